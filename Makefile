@@ -1,0 +1,60 @@
+# recsys: make targets for the engineer's loop. `make help` lists them.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Optional extra index for pip, e.g. https://download.pytorch.org/whl/cpu to get the CPU torch wheel
+# on a machine where PyPI's default Linux torch is the multi-GB CUDA build.
+TORCH_INDEX ?=
+PIP_INDEX_FLAGS := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),)
+# The local SageMaker-shaped tree that `make run` trains in.
+LOCAL_ML ?= local/opt_ml
+
+.PHONY: help install run test lint format bench-quality clean
+
+help:
+	@echo "make install        create $(VENV) with recsys and its dev tools (idempotent)"
+	@echo "make run            install, then train on the bundled synthetic data in $(LOCAL_ML) and recommend"
+	@echo "make test           install, then run the test suite"
+	@echo "make lint           ruff (lint + format check) and mypy"
+	@echo "make bench-quality  MovieLens-100K: this model vs EASE and most-popular"
+	@echo "make clean          remove $(VENV), $(LOCAL_ML) and caches"
+
+# The stamp is newer than pyproject.toml once the environment matches it.
+$(VENV)/.installed: pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "recsys needs Python 3.11 or newer; set PYTHON=python3.11")'
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(PIP_INDEX_FLAGS) -e '.[dev]'
+	@touch $@
+
+install: $(VENV)/.installed
+
+run: install
+	rm -rf $(LOCAL_ML)
+	$(BIN)/recsys generate-data --output $(LOCAL_ML)/input/data
+	SAGEMAKER_BASE_DIR=$(LOCAL_ML) $(BIN)/recsys train
+	@echo
+	@echo "== example recommendations (top 5) =="
+	$(BIN)/recsys recommend --model-dir $(LOCAL_ML)/model --user u0001 --user u0002 \
+		--history i0003,i0017,i0042 --k 5
+	@echo
+	@echo "model: $(LOCAL_ML)/model   report: $(LOCAL_ML)/output/data (metrics.json, learning_curves.png)"
+
+test: install
+	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check recsys tests benchmarks
+	$(BIN)/ruff format --check recsys tests benchmarks
+	$(BIN)/mypy
+
+format: install
+	$(BIN)/ruff format recsys tests benchmarks
+	$(BIN)/ruff check --fix recsys tests benchmarks
+
+bench-quality: install
+	$(BIN)/python -m benchmarks.quality
+
+clean:
+	rm -rf $(VENV) $(LOCAL_ML) .pytest_cache .mypy_cache .ruff_cache

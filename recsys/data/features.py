@@ -1,0 +1,278 @@
+"""Attribute tables (items or users) encoded as index and number arrays for the model's towers.
+
+Three kinds of column: categorical (one value), multi-valued categorical (``Action|Comedy``) and
+numeric (standardised). Kinds are declared by hyperparameters or detected. The encoding is
+plain JSON plus ``.npy`` arrays, so serving reloads it without pickle.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from recsys.data.vocab import Vocabulary
+from recsys.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+# A string column with more distinct values than this share of its rows is an id or free text
+# (a title, a description): as a categorical feature it would only duplicate the id embedding.
+MAX_DISTINCT_SHARE = 0.5
+MAX_MULTI_VALUES = 32
+
+
+@dataclass(frozen=True)
+class FeatureDeclaration:
+    categorical: tuple[str, ...] = ()
+    multi_valued: tuple[str, ...] = ()
+    numeric: tuple[str, ...] = ()
+    ignore: tuple[str, ...] = ()
+    separator: str = "|"
+
+
+@dataclass(frozen=True)
+class CategoricalColumn:
+    name: str
+    values: tuple[str, ...]  # index 0 is "missing or unseen"; values[i-1] has index i
+    multi_valued: bool
+    max_values: int  # width of the padded index array (1 for a single-valued column)
+
+
+@dataclass(frozen=True)
+class NumericColumn:
+    name: str
+    mean: float
+    std: float
+
+
+@dataclass(frozen=True)
+class FeatureEncoding:
+    """How one attribute table was encoded; saved as JSON in the artifact."""
+
+    id_column: str
+    separator: str
+    categorical: tuple[CategoricalColumn, ...]
+    numeric: tuple[NumericColumn, ...]
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.categorical and not self.numeric
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> FeatureEncoding:
+        return cls(
+            id_column=raw["id_column"],
+            separator=raw["separator"],
+            categorical=tuple(
+                CategoricalColumn(c["name"], tuple(c["values"]), c["multi_valued"], c["max_values"])
+                for c in raw["categorical"]
+            ),
+            numeric=tuple(NumericColumn(**n) for n in raw["numeric"]),
+        )
+
+    @classmethod
+    def empty(cls, id_column: str) -> FeatureEncoding:
+        return cls(id_column=id_column, separator="|", categorical=(), numeric=())
+
+
+@dataclass(frozen=True)
+class FeatureArrays:
+    """Encoded attributes of every entity in a vocabulary, row i for index i.
+
+    ``categorical[c]`` is [N, max_values_c] int64 with 0 as padding / missing;
+    ``numeric`` is [N, F] float32, standardised, 0 where missing.
+    """
+
+    categorical: tuple[np.ndarray, ...]
+    numeric: np.ndarray
+    numeric_raw: np.ndarray  # [N, F] float64, the original values, NaN where missing (for filters)
+
+    def save(self, directory: Path, prefix: str) -> None:
+        for c, array in enumerate(self.categorical):
+            np.save(directory / f"{prefix}_categorical_{c}.npy", array)
+        np.save(directory / f"{prefix}_numeric.npy", self.numeric)
+        np.save(directory / f"{prefix}_numeric_raw.npy", self.numeric_raw)
+
+    def file_names(self, prefix: str) -> list[str]:
+        names = [f"{prefix}_categorical_{c}.npy" for c in range(len(self.categorical))]
+        return [*names, f"{prefix}_numeric.npy", f"{prefix}_numeric_raw.npy"]
+
+    @classmethod
+    def load(cls, directory: Path, prefix: str, encoding: FeatureEncoding) -> FeatureArrays:
+        categorical = tuple(
+            np.load(directory / f"{prefix}_categorical_{c}.npy", allow_pickle=False)
+            for c in range(len(encoding.categorical))
+        )
+        numeric = np.load(directory / f"{prefix}_numeric.npy", allow_pickle=False)
+        numeric_raw = np.load(directory / f"{prefix}_numeric_raw.npy", allow_pickle=False)
+        return cls(categorical, numeric, numeric_raw)
+
+
+def _split_values(value: Any, separator: str) -> list[str]:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return []
+    if isinstance(value, list | tuple | np.ndarray):
+        return [str(v) for v in value if v is not None and str(v) != ""]
+    return [v.strip() for v in str(value).split(separator) if v.strip()]
+
+
+def _detect_kind(series: pd.Series, separator: str) -> str | None:
+    if pd.api.types.is_bool_dtype(series):
+        return "categorical"
+    if pd.api.types.is_numeric_dtype(series):
+        return "numeric"
+    non_null = series.dropna()
+    if non_null.empty:
+        return None
+    if non_null.map(lambda v: isinstance(v, list | tuple | np.ndarray)).any():
+        return "multi_valued"
+    as_text = non_null.astype(str)
+    if as_text.str.contains(separator, regex=False).any():
+        return "multi_valued"
+    if as_text.nunique() > MAX_DISTINCT_SHARE * len(as_text) and len(as_text) > 20:
+        return None
+    return "categorical"
+
+
+def encode_attributes(
+    table: pa.Table,
+    *,
+    id_column: str,
+    vocabulary: Vocabulary,
+    declaration: FeatureDeclaration,
+    channel: str,
+) -> tuple[FeatureEncoding, FeatureArrays]:
+    """Encode the attribute table of one channel against the entity vocabulary."""
+    names = table.column_names
+    if id_column not in names:
+        raise DataError(
+            f"channel '{channel}': the id column '{id_column}' was not found; columns present: "
+            f"{', '.join(names)}. Its id column is named by the same hyperparameter as in the "
+            f"interactions (user_id_column or item_id_column)."
+        )
+    declared = (
+        *declaration.categorical,
+        *declaration.multi_valued,
+        *declaration.numeric,
+    )
+    frame = table.to_pandas()
+    frame[id_column] = frame[id_column].astype("string")
+    if frame[id_column].duplicated().any():
+        dup = frame[id_column][frame[id_column].duplicated()].iloc[0]
+        raise DataError(f"channel '{channel}': id {dup!r} appears in more than one row of '{id_column}'.")
+    rows = vocabulary.lookup(frame[id_column].fillna("").tolist())
+    known = rows >= 0
+    if not known.any():
+        raise DataError(
+            f"channel '{channel}': none of its ids in column '{id_column}' appears in the interactions; "
+            f"check that both tables use the same ids."
+        )
+    frame, rows = frame[known], rows[known]
+    categorical: list[CategoricalColumn] = []
+    cat_arrays: list[np.ndarray] = []
+    numeric: list[NumericColumn] = []
+    num_arrays: list[np.ndarray] = []
+    raw_arrays: list[np.ndarray] = []
+    n = len(vocabulary)
+    for name in frame.columns:
+        if name == id_column or name in declaration.ignore:
+            continue
+        series = frame[name]
+        if name in declaration.numeric:
+            kind: str | None = "numeric"
+        elif name in declaration.multi_valued:
+            kind = "multi_valued"
+        elif name in declaration.categorical:
+            kind = "categorical"
+        elif declared:
+            # Once any column is declared, only declared columns are used: no surprises.
+            kind = None
+        else:
+            kind = _detect_kind(series, declaration.separator)
+        if kind is None:
+            logger.info("channel '%s': column '%s' not used as a feature", channel, name)
+            continue
+        if kind == "numeric":
+            values = pd.to_numeric(series, errors="coerce")
+            bad = series[values.isna() & series.notna()]
+            if len(bad):
+                raise DataError(
+                    f"channel '{channel}': numeric column '{name}' has a non-numeric value {bad.iloc[0]!r}."
+                )
+            mean = float(values.mean()) if values.notna().any() else 0.0
+            std = float(values.std(ddof=0)) if values.notna().sum() > 1 else 1.0
+            std = std if std > 0 else 1.0
+            column = np.zeros(n, dtype=np.float32)
+            column[rows] = ((values - mean) / std).fillna(0.0).to_numpy(dtype=np.float32)
+            raw = np.full(n, np.nan, dtype=np.float64)
+            raw[rows] = values.to_numpy(dtype=np.float64)
+            raw_arrays.append(raw)
+            numeric.append(NumericColumn(str(name), mean, std))
+            num_arrays.append(column)
+            continue
+        multi = kind == "multi_valued"
+        lists = [
+            _split_values(v, declaration.separator) if multi else ([] if pd.isna(v) else [str(v)])
+            for v in series.tolist()
+        ]
+        values_vocab = sorted({v for vs in lists for v in vs})
+        index = {v: i + 1 for i, v in enumerate(values_vocab)}
+        width = max(1, min(MAX_MULTI_VALUES, max((len(vs) for vs in lists), default=1)))
+        array = np.zeros((n, width), dtype=np.int64)
+        for row, vs in zip(rows, lists, strict=True):
+            for j, v in enumerate(vs[:width]):
+                array[row, j] = index[v]
+        categorical.append(CategoricalColumn(str(name), tuple(values_vocab), multi, width))
+        cat_arrays.append(array)
+    for name in declared:
+        if name not in frame.columns:
+            raise DataError(
+                f"channel '{channel}': declared feature column '{name}' was not found; columns present: "
+                f"{', '.join(map(str, frame.columns))}."
+            )
+    numeric_array = np.stack(num_arrays, axis=1) if num_arrays else np.zeros((n, 0), dtype=np.float32)
+    raw_array = np.stack(raw_arrays, axis=1) if raw_arrays else np.zeros((n, 0), dtype=np.float64)
+    encoding = FeatureEncoding(id_column, declaration.separator, tuple(categorical), tuple(numeric))
+    return encoding, FeatureArrays(tuple(cat_arrays), numeric_array, raw_array)
+
+
+def empty_arrays(num_rows: int) -> FeatureArrays:
+    return FeatureArrays((), np.zeros((num_rows, 0), dtype=np.float32), np.zeros((num_rows, 0)))
+
+
+def multi_hot(encoding: FeatureEncoding, arrays: FeatureArrays) -> np.ndarray | None:
+    """[N, total values] 0/1 matrix of every categorical value: the space for intra-list diversity."""
+    blocks = []
+    for column, array in zip(encoding.categorical, arrays.categorical, strict=True):
+        block = np.zeros((array.shape[0], len(column.values) + 1), dtype=np.float32)
+        np.put_along_axis(block, array, 1.0, axis=1)
+        blocks.append(block[:, 1:])
+    return np.concatenate(blocks, axis=1) if blocks else None
+
+
+def save_encoding(encoding: FeatureEncoding, path: Path) -> None:
+    path.write_text(json.dumps(encoding.to_json(), indent=1), encoding="utf-8")
+
+
+def load_encoding(path: Path) -> FeatureEncoding:
+    return FeatureEncoding.from_json(json.loads(path.read_text(encoding="utf-8")))
+
+
+def feature_cardinalities(encoding: FeatureEncoding) -> tuple[tuple[int, int], ...]:
+    """(number of values + 1 for missing, padded width) per categorical column."""
+    return tuple((len(c.values) + 1, c.max_values) for c in encoding.categorical)
+
+
+def column_names(encoding: FeatureEncoding) -> Sequence[str]:
+    return [c.name for c in encoding.categorical] + [n.name for n in encoding.numeric]

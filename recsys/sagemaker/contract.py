@@ -1,0 +1,240 @@
+"""The SageMaker container contract: the only module that knows ``/opt/ml`` and ``SAGEMAKER_*``.
+
+Every path derives from one base directory, ``$SAGEMAKER_BASE_DIR`` (default ``/opt/ml``), so a
+local run or a test points the whole contract somewhere else with one variable. Nothing here reads
+the environment at import: callers build a ``ContainerPaths`` at the edge and pass it down.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import traceback
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from recsys.errors import UserError
+
+BASE_DIR_ENV = "SAGEMAKER_BASE_DIR"
+DEFAULT_BASE_DIR = "/opt/ml"
+
+# Channel names, as the training job's InputDataConfig names them.
+CHANNEL_TRAIN = "train"
+CHANNEL_VALIDATION = "validation"
+CHANNEL_ITEMS = "items"
+CHANNEL_USERS = "users"
+KNOWN_CHANNELS = (CHANNEL_TRAIN, CHANNEL_VALIDATION, CHANNEL_ITEMS, CHANNEL_USERS)
+
+HYPERPARAMETERS_FILE = "hyperparameters.json"
+INPUT_DATA_CONFIG_FILE = "inputdataconfig.json"
+RESOURCE_CONFIG_FILE = "resourceconfig.json"
+FAILURE_FILE = "failure"
+SUCCESS_FILE = "success"
+
+# Names SageMaker itself adds to hyperparameters.json (tuning jobs, SDK defaults): not ours to validate.
+RESERVED_HYPERPARAMETER_PREFIXES = ("sagemaker_", "_tuning_objective_metric", "_sagemaker")
+
+# SageMaker shows the first 1024 characters of the failure file as the job's FailureReason.
+FAILURE_REASON_LIMIT = 1024
+
+
+@dataclass(frozen=True)
+class ContainerPaths:
+    """Every path of the contract, derived from one base directory."""
+
+    base: Path
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> ContainerPaths:
+        return cls(Path(environ.get(BASE_DIR_ENV) or DEFAULT_BASE_DIR))
+
+    @property
+    def input_config_dir(self) -> Path:
+        return self.base / "input" / "config"
+
+    @property
+    def hyperparameters_file(self) -> Path:
+        return self.input_config_dir / HYPERPARAMETERS_FILE
+
+    @property
+    def input_data_config_file(self) -> Path:
+        return self.input_config_dir / INPUT_DATA_CONFIG_FILE
+
+    @property
+    def resource_config_file(self) -> Path:
+        return self.input_config_dir / RESOURCE_CONFIG_FILE
+
+    @property
+    def data_dir(self) -> Path:
+        return self.base / "input" / "data"
+
+    def channel_dir(self, channel: str) -> Path:
+        return self.data_dir / channel
+
+    @property
+    def model_dir(self) -> Path:
+        return self.base / "model"
+
+    @property
+    def output_dir(self) -> Path:
+        return self.base / "output"
+
+    @property
+    def output_data_dir(self) -> Path:
+        return self.output_dir / "data"
+
+    @property
+    def failure_file(self) -> Path:
+        return self.output_dir / FAILURE_FILE
+
+    @property
+    def success_file(self) -> Path:
+        return self.output_dir / SUCCESS_FILE
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.base / "checkpoints"
+
+
+@dataclass(frozen=True)
+class ResourceConfig:
+    """``resourceconfig.json``: which host this is among the job's hosts."""
+
+    current_host: str = "algo-1"
+    hosts: tuple[str, ...] = ("algo-1",)
+    network_interface_name: str = "eth0"
+
+    @property
+    def num_hosts(self) -> int:
+        return len(self.hosts)
+
+    @property
+    def is_leader(self) -> bool:
+        return self.current_host == self.hosts[0]
+
+
+@dataclass(frozen=True)
+class TrainingContract:
+    """What the training job was handed: raw hyperparameters, channels and resources."""
+
+    paths: ContainerPaths
+    hyperparameters: dict[str, Any]
+    channels: dict[str, Path]
+    resources: ResourceConfig = field(default_factory=ResourceConfig)
+
+
+def decode_hyperparameter(raw: Any) -> Any:
+    """SageMaker passes every hyperparameter as a string: try JSON, else keep the raw string."""
+    if not isinstance(raw, str):
+        return raw
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
+
+
+def _read_json_object(path: Path, what: str) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{what} {path} is not valid JSON: {exc.msg} at line {exc.lineno}.") from exc
+    if not isinstance(value, dict):
+        raise UserError(f"{what} {path} must hold a JSON object, found {type(value).__name__}.")
+    return value
+
+
+def read_hyperparameters(paths: ContainerPaths) -> dict[str, Any]:
+    """The decoded hyperparameters; an absent file means none were given."""
+    if not paths.hyperparameters_file.exists():
+        return {}
+    raw = _read_json_object(paths.hyperparameters_file, "hyperparameters file")
+    return {
+        str(name): decode_hyperparameter(value)
+        for name, value in raw.items()
+        if not str(name).startswith(RESERVED_HYPERPARAMETER_PREFIXES)
+    }
+
+
+def read_resource_config(paths: ContainerPaths) -> ResourceConfig:
+    if not paths.resource_config_file.exists():
+        return ResourceConfig()
+    raw = _read_json_object(paths.resource_config_file, "resource config")
+    hosts = tuple(str(h) for h in raw.get("hosts") or ["algo-1"])
+    current = str(raw.get("current_host") or hosts[0])
+    return ResourceConfig(
+        current_host=current,
+        hosts=hosts,
+        network_interface_name=str(raw.get("network_interface_name") or "eth0"),
+    )
+
+
+def discover_channels(paths: ContainerPaths) -> dict[str, Path]:
+    """Channels present on disk, checked against ``inputdataconfig.json`` when it exists.
+
+    A channel declared in the config but absent on disk is a user error (the S3 prefix was
+    probably empty); a directory that the config does not declare is still read, which keeps
+    local runs with no config file working.
+    """
+    declared: set[str] = set()
+    if paths.input_data_config_file.exists():
+        declared = set(_read_json_object(paths.input_data_config_file, "input data config"))
+    unknown = sorted(declared - set(KNOWN_CHANNELS))
+    if unknown:
+        raise UserError(
+            f"unknown channel(s) {', '.join(repr(c) for c in unknown)} in inputdataconfig.json; "
+            f"recsys reads the channels {', '.join(KNOWN_CHANNELS)}."
+        )
+    channels: dict[str, Path] = {}
+    for name in KNOWN_CHANNELS:
+        directory = paths.channel_dir(name)
+        if directory.is_dir():
+            channels[name] = directory
+        elif name in declared:
+            raise UserError(
+                f"channel '{name}' is declared in inputdataconfig.json but {directory} does not exist."
+            )
+    if CHANNEL_TRAIN not in channels:
+        raise UserError(
+            f"the required channel '{CHANNEL_TRAIN}' is missing: expected interaction files under "
+            f"{paths.channel_dir(CHANNEL_TRAIN)}. Pass an S3 prefix as the 'train' channel of the job."
+        )
+    return channels
+
+
+def read_training_contract(paths: ContainerPaths) -> TrainingContract:
+    return TrainingContract(
+        paths=paths,
+        hyperparameters=read_hyperparameters(paths),
+        channels=discover_channels(paths),
+        resources=read_resource_config(paths),
+    )
+
+
+def write_failure(paths: ContainerPaths, exc: BaseException) -> str:
+    """Write ``output/failure``: a user error's message, or an internal error's traceback.
+
+    The user error's one paragraph comes first so that it fits in the 1024 characters that
+    SageMaker shows as FailureReason.
+    """
+    if isinstance(exc, UserError):
+        text = f"{exc.message}\n"
+    else:
+        details = "".join(traceback.format_exception(exc))
+        text = f"internal error: {type(exc).__name__}: {exc}\n\n{details}"
+    paths.output_dir.mkdir(parents=True, exist_ok=True)
+    paths.failure_file.write_text(text, encoding="utf-8")
+    return text
+
+
+def write_success(paths: ContainerPaths) -> None:
+    paths.output_dir.mkdir(parents=True, exist_ok=True)
+    if paths.failure_file.exists():
+        paths.failure_file.unlink()
+    paths.success_file.write_text("", encoding="utf-8")
+
+
+def environment_base(environ: Mapping[str, str] | None = None) -> ContainerPaths:
+    """The contract's paths from the process environment; for the CLI edge only."""
+    return ContainerPaths.from_env(os.environ if environ is None else environ)

@@ -1,0 +1,416 @@
+"""One training job, start to finish: tables -> clean data -> fit -> evaluate -> artifact -> report.
+
+Everything arrives as explicit, typed arguments (paths of channels, a ``TrainConfig``, a device):
+only ``recsys.sagemaker`` knows where those come from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from recsys.config import TrainConfig, config_to_json
+from recsys.data.features import (
+    FeatureArrays,
+    FeatureDeclaration,
+    FeatureEncoding,
+    empty_arrays,
+    encode_attributes,
+    feature_cardinalities,
+    multi_hot,
+)
+from recsys.data.interactions import (
+    IndexedInteractions,
+    InteractionColumns,
+    clean_interactions,
+    index_interactions,
+    split_last_out,
+)
+from recsys.data.io import list_data_files, read_table
+from recsys.data.vocab import Vocabulary
+from recsys.errors import DataError
+from recsys.evaluation.protocols import HeldOut, beyond_accuracy, full_ranking, sampled_ranking
+from recsys.models.ncf import NCF, FeatureSpec, ModelConfig
+from recsys.training.artifact import Artifact, save_artifact
+from recsys.training.batches import DeviceInteractions
+from recsys.training.loop import EpochRecord, FitResult, FitSettings, fit
+from recsys.training.report import write_report
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Channels:
+    """Directories of the job's input channels; only ``train`` is required."""
+
+    train: Path
+    validation: Path | None = None
+    items: Path | None = None
+    users: Path | None = None
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    users: Vocabulary
+    items: Vocabulary
+    interactions: IndexedInteractions  # every training interaction
+    validation: IndexedInteractions | None  # from the validation channel
+    item_encoding: FeatureEncoding
+    item_arrays: FeatureArrays
+    user_encoding: FeatureEncoding
+    user_arrays: FeatureArrays
+    fingerprint: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class TrainingOutcome:
+    metrics: dict[str, Any]
+    artifact: Artifact
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise DataError("hyperparameter device=cuda, but no CUDA device is visible to this container.")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _fingerprint(channels: Channels, counts: dict[str, int]) -> dict[str, Any]:
+    """SHA-256 and size of every input file, so a model can be traced to the exact data."""
+    out: dict[str, Any] = {"channels": {}, "rows": counts}
+    for name in ("train", "validation", "items", "users"):
+        directory = getattr(channels, name)
+        if directory is None:
+            continue
+        files = []
+        for path in list_data_files(directory):
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+            files.append(
+                {"file": str(path.relative_to(directory)), "bytes": path.stat().st_size, "sha256": digest}
+            )
+        out["channels"][name] = files
+    combined = hashlib.sha256(repr(sorted(out["channels"].items())).encode()).hexdigest()
+    out["sha256"] = combined
+    return out
+
+
+def prepare_data(channels: Channels, config: TrainConfig) -> PreparedData:
+    columns = InteractionColumns(
+        config.user_id_column, config.item_id_column, config.rating_column, config.timestamp_column
+    )
+    id_columns = (config.user_id_column, config.item_id_column)
+    train_table = read_table(channels.train, channel="train", string_columns=id_columns)
+    train = clean_interactions(train_table, columns, channel="train", min_rating=config.min_rating)
+    declaration = FeatureDeclaration(
+        config.categorical_columns,
+        config.multi_valued_columns,
+        config.numeric_columns,
+        config.ignore_columns,
+        config.multi_value_separator,
+    )
+    item_table = (
+        read_table(channels.items, channel="items", string_columns=(config.item_id_column,))
+        if channels.items
+        else None
+    )
+    item_ids = set(train.frame["item_id"])
+    if item_table is not None and config.item_id_column in item_table.column_names:
+        # Items with attributes but no interactions stay in the catalogue: their attributes
+        # alone give them a score, so they can be recommended from day one.
+        item_ids |= {str(v) for v in item_table.column(config.item_id_column).to_pylist() if v is not None}
+    users = Vocabulary.build(train.frame["user_id"])
+    items = Vocabulary.build(item_ids)
+    interactions, _ = index_interactions(train.frame, users, items)
+    if item_table is not None:
+        item_encoding, item_arrays = encode_attributes(
+            item_table,
+            id_column=config.item_id_column,
+            vocabulary=items,
+            declaration=declaration,
+            channel="items",
+        )
+    else:
+        item_encoding, item_arrays = FeatureEncoding.empty(config.item_id_column), empty_arrays(len(items))
+    if channels.users is not None:
+        user_table = read_table(channels.users, channel="users", string_columns=(config.user_id_column,))
+        user_encoding, user_arrays = encode_attributes(
+            user_table,
+            id_column=config.user_id_column,
+            vocabulary=users,
+            declaration=declaration,
+            channel="users",
+        )
+    else:
+        user_encoding, user_arrays = FeatureEncoding.empty(config.user_id_column), empty_arrays(len(users))
+    validation = None
+    if channels.validation is not None:
+        table = read_table(channels.validation, channel="validation", string_columns=id_columns)
+        held = clean_interactions(table, columns, channel="validation", min_rating=config.min_rating)
+        validation, dropped = index_interactions(held.frame, users, items)
+        if dropped:
+            logger.warning(
+                "channel 'validation': %d of %d interactions name a user or item absent from 'train' "
+                "and are not evaluated",
+                dropped,
+                len(held.frame),
+            )
+        if validation.num_interactions == 0:
+            raise DataError(
+                "channel 'validation': none of its interactions has both a user and an item seen in "
+                "'train', so nothing can be evaluated. Check that both channels use the same ids."
+            )
+    counts = {"train": interactions.num_interactions, "users": len(users), "items": len(items)}
+    return PreparedData(
+        users,
+        items,
+        interactions,
+        validation,
+        item_encoding,
+        item_arrays,
+        user_encoding,
+        user_arrays,
+        _fingerprint(channels, counts),
+    )
+
+
+def build_model_config(config: TrainConfig, data: PreparedData, kind: str | None = None) -> ModelConfig:
+    return ModelConfig(
+        kind=(kind or config.model),  # type: ignore[arg-type]
+        num_users=len(data.users),
+        num_items=len(data.items),
+        embedding_dim=config.embedding_dim,
+        mlp_layers=config.mlp_layers,
+        dropout=config.dropout,
+        use_user_id=config.user_representation in ("id", "both"),
+        use_history=config.user_representation in ("history", "both"),
+        history_length=config.history_length,
+        item_features=FeatureSpec(
+            len(data.items), feature_cardinalities(data.item_encoding), len(data.item_encoding.numeric)
+        ),
+        user_features=FeatureSpec(
+            len(data.users), feature_cardinalities(data.user_encoding), len(data.user_encoding.numeric)
+        ),
+    )
+
+
+def new_model(model_config: ModelConfig, data: PreparedData, seed: int, device: torch.device) -> NCF:
+    torch.manual_seed(seed)
+    model = NCF(model_config)
+    for encoder in (model.gmf_encoder, model.mlp_encoder):
+        if encoder is None:
+            continue
+        for tower, arrays in (
+            (encoder.item_attributes, data.item_arrays),
+            (encoder.user_attributes, data.user_arrays),
+        ):
+            if tower is not None:
+                tower.load_arrays(
+                    [torch.from_numpy(a) for a in arrays.categorical], torch.from_numpy(arrays.numeric)
+                )
+    return model.to(device)
+
+
+def _held_out(data: IndexedInteractions, device: torch.device) -> HeldOut:
+    return HeldOut(torch.from_numpy(data.indptr).to(device), torch.from_numpy(data.items).to(device))
+
+
+def _pretrained_neumf(
+    config: TrainConfig,
+    data: PreparedData,
+    settings: FitSettings,
+    train: DeviceInteractions,
+    held: HeldOut | None,
+    device: torch.device,
+) -> NCF:
+    """The NCF paper's recipe: train GMF and MLP alone, then start NeuMF from both."""
+    parts: dict[str, NCF] = {}
+    for kind in ("gmf", "mlp"):
+        logger.info("pretraining %s for NeuMF", kind)
+        part = new_model(build_model_config(config, data, kind), data, config.seed, device)
+        fit(part, train, held, settings, device=device, prefix=f"pretrain_{kind}_epoch")
+        parts[kind] = part
+    model = new_model(build_model_config(config, data), data, config.seed, device)
+    gmf, mlp = parts["gmf"], parts["mlp"]
+    with torch.no_grad():
+        for name in ("gmf_encoder",):
+            getattr(model, name).load_state_dict(getattr(gmf, name).state_dict())
+        for name in ("mlp_encoder", "mlp_user_in", "mlp_item_in", "mlp_hidden"):
+            getattr(model, name).load_state_dict(getattr(mlp, name).state_dict())
+        # alpha = 0.5 weighting of the two pretrained output layers, as in the paper.
+        model.get_parameter("gmf_out").copy_(0.5 * gmf.get_parameter("gmf_out"))
+        model.get_parameter("mlp_out.weight").copy_(0.5 * mlp.get_parameter("mlp_out.weight"))
+        model.item_bias.weight.copy_(0.5 * (gmf.item_bias.weight + mlp.item_bias.weight))
+    return model
+
+
+def evaluate_model(
+    model: NCF,
+    train: DeviceInteractions,
+    held: HeldOut,
+    config: TrainConfig,
+    *,
+    item_popularity: torch.Tensor,
+    item_features: torch.Tensor | None,
+    device: torch.device,
+) -> dict[str, float]:
+    """Every metric: full ranking (with standard errors), sampled, beyond accuracy."""
+    model.eval()
+    ks = tuple(sorted({10, config.eval_k}))
+    report = full_ranking(model, train, held, ks, history_length=config.history_length)
+    out = report.summary()
+    generator = torch.Generator(device=device)
+    generator.manual_seed(config.seed)
+    out.update(
+        sampled_ranking(
+            model,
+            train,
+            held,
+            config.eval_k,
+            num_negatives=config.sampled_eval_negatives,
+            history_length=config.history_length,
+            generator=generator,
+        )
+    )
+    k = min(config.eval_k, report.top_items.shape[1])
+    out.update(
+        beyond_accuracy(
+            report.top_items,
+            num_items=model.config.num_items,
+            item_popularity=item_popularity,
+            num_users=train.num_users,
+            item_features=item_features,
+            k=k,
+        )
+    )
+    return out
+
+
+def run_training(
+    channels: Channels, config: TrainConfig, *, model_dir: Path, output_data_dir: Path
+) -> TrainingOutcome:
+    started = time.perf_counter()
+    device = resolve_device(config.device)
+    data = prepare_data(channels, config)
+    logger.info(
+        "data: %d users, %d items, %d interactions; item attributes: %s; user attributes: %s; device: %s",
+        len(data.users),
+        len(data.items),
+        data.interactions.num_interactions,
+        ", ".join(c.name for c in data.item_encoding.categorical + data.item_encoding.numeric) or "none",  # type: ignore[operator]
+        ", ".join(c.name for c in data.user_encoding.categorical + data.user_encoding.numeric) or "none",  # type: ignore[operator]
+        device,
+    )
+    loss = config.resolved_loss(len(data.items))
+    settings = FitSettings(
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        learning_rate=config.learning_rate,
+        weight_decay=config.weight_decay,
+        loss=loss,
+        num_negatives=config.num_negatives,
+        history_length=config.history_length,
+        user_id_dropout=config.user_id_dropout if config.user_representation == "both" else 0.0,
+        patience=config.patience,
+        amp=config.amp,
+        seed=config.seed,
+        eval_k=config.eval_k,
+    )
+    if data.validation is not None:
+        fit_data, held_data = data.interactions, data.validation
+    else:
+        fit_data, held_data = split_last_out(data.interactions)
+        if held_data.num_interactions == 0:
+            raise DataError(
+                "channel 'train': no user has two or more interactions, so none can be held out for "
+                "validation. Provide a 'validation' channel or more interactions per user."
+            )
+        logger.info(
+            "no validation channel: holding out the latest interaction of %d users",
+            held_data.num_interactions,
+        )
+    train_device = DeviceInteractions.from_indexed(fit_data, device)
+    held = _held_out(held_data, device)
+    if config.model == "neumf" and config.pretrain:
+        model = _pretrained_neumf(config, data, settings, train_device, held, device)
+    else:
+        model = new_model(build_model_config(config, data), data, config.seed, device)
+    result: FitResult = fit(model, train_device, held, settings, device=device)
+    popularity = np.bincount(fit_data.items, minlength=len(data.items))
+    features = multi_hot(data.item_encoding, data.item_arrays)
+    validation_metrics = evaluate_model(
+        model,
+        train_device,
+        held,
+        config,
+        item_popularity=torch.from_numpy(popularity / max(len(data.users), 1)).float().to(device),
+        item_features=torch.from_numpy(features).to(device) if features is not None else None,
+        device=device,
+    )
+    logger.info(
+        "best epoch %d: %s",
+        result.best_epoch,
+        " ".join(f"val_{k}={v:.4f}" for k, v in validation_metrics.items() if not k.endswith("_se")),
+    )
+    records: list[EpochRecord] = list(result.records)
+    refit_records: list[EpochRecord] = []
+    final_model = model
+    if data.validation is None and config.final_fit == "refit":
+        # The held-out interactions are each user's most recent: refitting on them too lets the
+        # served model use the freshest signal. The epoch count comes from early stopping.
+        logger.info(
+            "refitting on all %d interactions for %d epochs",
+            data.interactions.num_interactions,
+            result.best_epoch,
+        )
+        all_device = DeviceInteractions.from_indexed(data.interactions, device)
+        final_model = new_model(build_model_config(config, data), data, config.seed, device)
+        refit = fit(
+            final_model,
+            all_device,
+            None,
+            settings,
+            device=device,
+            epochs=result.best_epoch,
+            prefix="refit_epoch",
+        )
+        refit_records = refit.records
+    final_model.eval()
+    seen = data.interactions
+    metrics: dict[str, Any] = {
+        "validation": validation_metrics,
+        "best_epoch": result.best_epoch,
+        "epochs_run": len(records),
+        "stopped_early": result.stopped_early,
+        "loss": loss,
+        "final_fit": "refit" if refit_records else "best_checkpoint",
+        "validation_source": "channel" if data.validation is not None else "latest interaction per user",
+        "device": str(device),
+        "training_seconds": round(time.perf_counter() - started, 2),
+    }
+    artifact = Artifact(
+        model_config=final_model.config,
+        state_dict={k: v.detach().cpu() for k, v in final_model.state_dict().items()},
+        users=data.users,
+        items=data.items,
+        item_encoding=data.item_encoding,
+        item_arrays=data.item_arrays,
+        user_encoding=data.user_encoding,
+        user_arrays=data.user_arrays,
+        seen_indptr=seen.indptr,
+        seen_items=seen.items,
+        item_popularity=np.bincount(seen.items, minlength=len(data.items)),
+        train_config=config_to_json(config),
+        metrics=metrics,
+        fingerprint=data.fingerprint,
+    )
+    save_artifact(artifact, model_dir)
+    write_report(output_data_dir, metrics, records, refit_records, config.eval_k)
+    return TrainingOutcome(metrics, artifact)

@@ -1,0 +1,57 @@
+"""Shared fixtures: tiny synthetic data and a builder of ``/opt/ml``-shaped trees."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from recsys.data.synthetic import SyntheticData, SyntheticSpec, generate, write_channels
+
+# Small enough that one training run takes about a second on two CPU cores.
+TINY_SPEC = SyntheticSpec(num_users=120, num_items=60, mean_interactions_per_user=12)
+FAST_HYPERPARAMETERS: dict[str, str] = {"epochs": "2", "embedding_dim": "8", "history_length": "10"}
+
+TreeBuilder = Callable[..., Path]
+
+
+@pytest.fixture(scope="session")
+def tiny_data() -> SyntheticData:
+    """The synthetic data set of ``TINY_SPEC``; treat it as read-only."""
+    return generate(TINY_SPEC)
+
+
+def write_hyperparameters(base: Path, hyperparameters: Mapping[str, str]) -> None:
+    config_dir = base / "input" / "config"
+    config_dir.mkdir(parents=True, exist_ok=True)
+    (config_dir / "hyperparameters.json").write_text(json.dumps(dict(hyperparameters)), encoding="utf-8")
+
+
+def build_tree(
+    base: Path,
+    data: SyntheticData | None = None,
+    *,
+    fmt: str = "csv",
+    hyperparameters: Mapping[str, str] | None = None,
+    train: pd.DataFrame | None = None,
+) -> Path:
+    """Fill ``base`` like ``/opt/ml``: hyperparameters plus ``input/data/{train,items,users}``.
+
+    ``train`` replaces the interactions of ``data`` in the train channel (items and users stay).
+    Without ``data`` only the config is written, so a test can lay out the channels itself.
+    """
+    write_hyperparameters(base, FAST_HYPERPARAMETERS if hyperparameters is None else hyperparameters)
+    if data is not None:
+        if train is not None:
+            data = SyntheticData(interactions=train, items=data.items, users=data.users)
+        write_channels(data, base / "input" / "data", fmt=fmt)
+    return base
+
+
+@pytest.fixture(scope="session")
+def make_tree() -> TreeBuilder:
+    """``make_tree(base, data=None, *, fmt, hyperparameters, train)``: see ``build_tree``."""
+    return build_tree

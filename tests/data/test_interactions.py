@@ -1,0 +1,238 @@
+"""Cleaning, indexing and splitting interaction tables, with hand-checked answers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from recsys.data.interactions import (
+    IndexedInteractions,
+    InteractionColumns,
+    clean_interactions,
+    index_interactions,
+    split_last_out,
+)
+from recsys.data.vocab import Vocabulary
+from recsys.errors import DataError
+
+COLUMNS = InteractionColumns()
+
+
+def _clean(columns: dict[str, Any], *, min_rating: float | None = None, **names: str) -> pd.DataFrame:
+    table = pa.table(columns)
+    return clean_interactions(
+        table, InteractionColumns(**names), channel="train", min_rating=min_rating
+    ).frame
+
+
+def _rows(frame: pd.DataFrame) -> list[tuple[str, str, float]]:
+    return [
+        (str(u), str(i), float(t)) for u, i, t in frame[["user_id", "item_id", "timestamp"]].itertuples(False)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("missing", "setting"), [("user_id", "user_id_column"), ("item_id", "item_id_column")]
+)
+def test_missing_id_column_names_it_the_columns_present_and_the_setting(missing: str, setting: str) -> None:
+    columns = {"user_id": ["u"], "item_id": ["i"], "stars": [5]}
+    del columns[missing]
+    with pytest.raises(DataError) as info:
+        _clean(columns)
+    message = str(info.value)
+    assert f"'{missing}'" in message
+    present = [c for c in ("user_id", "item_id", "stars") if c != missing]
+    assert ", ".join(present) in message
+    assert setting in message
+    assert "'train'" in message
+
+
+def test_custom_column_names_are_used() -> None:
+    frame = _clean({"who": ["u1"], "what": ["i1"], "when": [5]}, user="who", item="what", timestamp="when")
+    assert _rows(frame) == [("u1", "i1", 5.0)]
+
+
+def test_min_rating_keeps_ratings_at_or_above_the_threshold() -> None:
+    frame = _clean(
+        {
+            "user_id": ["u1", "u1", "u1", "u2"],
+            "item_id": ["a", "b", "c", "a"],
+            "rating": [3.0, 4.0, 5.0, 3.5],
+            "timestamp": [1, 2, 3, 4],
+        },
+        min_rating=4.0,
+    )
+    assert _rows(frame) == [("u1", "b", 2.0), ("u1", "c", 3.0)]
+
+
+def test_min_rating_without_a_rating_column_is_an_error() -> None:
+    with pytest.raises(DataError, match="rating column 'rating' was not found") as info:
+        _clean({"user_id": ["u"], "item_id": ["i"]}, min_rating=3)
+    assert "min_rating" in str(info.value)
+
+
+def test_min_rating_that_nothing_passes_is_an_error() -> None:
+    with pytest.raises(DataError, match="no interaction has rating >= min_rating=5"):
+        _clean({"user_id": ["u", "v"], "item_id": ["i", "j"], "rating": [1, 4]}, min_rating=5)
+
+
+def test_min_rating_with_a_non_numeric_rating_is_an_error() -> None:
+    with pytest.raises(DataError, match="'great'"):
+        _clean({"user_id": ["u", "v"], "item_id": ["i", "j"], "rating": ["5", "great"]}, min_rating=3)
+
+
+def test_min_rating_keeps_each_row_with_its_own_timestamp() -> None:
+    # Filtering drops rows: timestamps must still be taken from the surviving rows, not shifted.
+    frame = _clean(
+        {
+            "user_id": ["u", "u", "u"],
+            "item_id": ["a", "b", "c"],
+            "rating": [1, 5, 5],
+            "timestamp": [10, 20, 30],
+        },
+        min_rating=2,
+    )
+    assert _rows(frame) == [("u", "b", 20.0), ("u", "c", 30.0)]
+
+
+EPOCHS = [1577836800.0, 1577836801.5]  # 2020-01-01T00:00:00Z and 1.5 s later
+
+
+@pytest.mark.parametrize(
+    "stamps",
+    [
+        pa.array([1577836800, 1577836801.5]),
+        pa.array(["1577836800", "1577836801.5"]),
+        pa.array(["2020-01-01T00:00:00Z", "2020-01-01T01:00:01.5+01:00"]),
+        pa.array(["2020-01-01T00:00:00", "2020-01-01T00:00:01.500"]),  # naive means UTC
+        pa.array([1577836800000, 1577836801500], pa.timestamp("ms", tz="UTC")),
+        pa.array([1577836800, 1577836801], pa.timestamp("s")),
+    ],
+    ids=["numbers", "numeric-strings", "iso-offsets", "iso-naive", "arrow-ms", "arrow-s"],
+)
+def test_timestamps_in_every_form_give_epoch_seconds(stamps: pa.Array) -> None:
+    frame = _clean({"user_id": ["u", "u"], "item_id": ["a", "b"], "timestamp": stamps})
+    expected = [EPOCHS[0], EPOCHS[1] if stamps.type != pa.timestamp("s") else 1577836801.0]
+    assert frame["timestamp"].dtype == np.float64
+    assert frame["timestamp"].tolist() == pytest.approx(expected, abs=1e-6)
+
+
+def test_a_bad_timestamp_is_named() -> None:
+    with pytest.raises(DataError, match=r"'yesterday' \(1 such rows\)") as info:
+        _clean({"user_id": ["u", "u"], "item_id": ["a", "b"], "timestamp": ["2020-01-01", "yesterday"]})
+    assert "timestamp_column" in str(info.value)
+
+
+@pytest.mark.parametrize("stamps", [[1.0, None], ["2020-01-01T00:00:00Z", None]], ids=["number", "iso"])
+def test_an_empty_timestamp_is_an_error(stamps: list[Any]) -> None:
+    with pytest.raises(DataError, match="empty values"):
+        _clean({"user_id": ["u", "u"], "item_id": ["a", "b"], "timestamp": stamps})
+
+
+def test_without_a_timestamp_column_row_order_is_time() -> None:
+    table = pa.table({"user_id": ["u2", "u1", "u1", "u2"], "item_id": ["z", "b", "a", "y"]})
+    result = clean_interactions(table, COLUMNS, channel="train", min_rating=None)
+    assert not result.has_timestamp
+    # Sorted by user then time: u1's "b" came before "a" in the file, so it stays first.
+    assert _rows(result.frame) == [("u1", "b", 1.0), ("u1", "a", 2.0), ("u2", "z", 0.0), ("u2", "y", 3.0)]
+
+
+def test_duplicates_are_merged_keeping_the_latest_time() -> None:
+    table = pa.table(
+        {
+            "user_id": ["u", "u", "u", "v"],
+            "item_id": ["a", "b", "a", "a"],
+            "timestamp": [50, 20, 10, 5],
+        }
+    )
+    result = clean_interactions(table, COLUMNS, channel="train", min_rating=None)
+    assert result.has_timestamp
+    assert _rows(result.frame) == [("u", "b", 20.0), ("u", "a", 50.0), ("v", "a", 5.0)]
+
+
+def test_ties_in_time_are_ordered_by_item() -> None:
+    frame = _clean({"user_id": ["u", "u", "u"], "item_id": ["c", "a", "b"], "timestamp": [1, 1, 0]})
+    assert _rows(frame) == [("u", "b", 0.0), ("u", "a", 1.0), ("u", "c", 1.0)]
+
+
+def test_empty_and_null_ids_are_skipped() -> None:
+    frame = _clean(
+        {
+            "user_id": ["u", None, "", "u", "v"],
+            "item_id": ["a", "b", "c", "", None],
+            "timestamp": [1, 2, 3, 4, 5],
+        }
+    )
+    assert _rows(frame) == [("u", "a", 1.0)]
+
+
+def test_only_empty_ids_is_an_error() -> None:
+    with pytest.raises(DataError, match="empty user or item id"):
+        _clean({"user_id": ["", None], "item_id": ["a", "b"]})
+
+
+def test_numeric_ids_become_strings() -> None:
+    frame = _clean({"user_id": [7, 7], "item_id": [100, 20]})
+    assert _rows(frame) == [("7", "100", 0.0), ("7", "20", 1.0)]
+
+
+def _indexed() -> tuple[IndexedInteractions, int]:
+    frame = pd.DataFrame(
+        {
+            "user_id": ["bob", "ann", "bob", "ann", "ann", "zed", "bob"],
+            "item_id": ["x", "y", "y", "x", "q", "x", "z"],
+            "timestamp": [30.0, 5.0, 10.0, 7.0, 1.0, 2.0, 20.0],
+        }
+    )
+    # "zed" and item "q" are outside the vocabularies: their rows are dropped and counted.
+    return index_interactions(frame, Vocabulary.build(["ann", "bob", "cid"]), Vocabulary.build("xyz"))
+
+
+def test_index_interactions_builds_a_time_ordered_csr() -> None:
+    data, dropped = _indexed()
+    assert dropped == 2  # (ann, q) and (zed, x)
+    assert (data.num_users, data.num_items, data.num_interactions) == (3, 3, 5)
+    # ann (0): y@5, x@7; bob (1): y@10, z@20, x@30; cid (2): nothing.
+    assert data.indptr.tolist() == [0, 2, 5, 5]
+    assert data.users.tolist() == [0, 0, 1, 1, 1]
+    assert data.items.tolist() == [1, 0, 1, 2, 0]
+    assert data.timestamps.tolist() == [5.0, 7.0, 10.0, 20.0, 30.0]
+    for u in range(data.num_users):
+        stamps = data.timestamps[data.indptr[u] : data.indptr[u + 1]]
+        assert np.all(np.diff(stamps) >= 0)
+
+
+def test_split_last_out_holds_out_each_users_latest_item() -> None:
+    frame = pd.DataFrame(
+        {
+            "user_id": ["a", "a", "a", "b", "c", "c"],
+            "item_id": ["1", "2", "3", "1", "3", "2"],
+            "timestamp": [3.0, 1.0, 2.0, 9.0, 4.0, 8.0],
+        }
+    )
+    data, dropped = index_interactions(frame, Vocabulary.build("abc"), Vocabulary.build("123"))
+    assert dropped == 0
+    train, held = split_last_out(data)
+    # a: 2@1, 3@2, 1@3 -> holds out 1; b has one interaction -> all in train; c: 3@4, 2@8 -> holds out 2.
+    assert held.indptr.tolist() == [0, 1, 1, 2]
+    assert held.items.tolist() == [0, 1]
+    assert held.timestamps.tolist() == [3.0, 8.0]
+    assert train.indptr.tolist() == [0, 2, 3, 4]
+    assert train.items.tolist() == [1, 2, 0, 2]
+    assert train.users.tolist() == [0, 0, 1, 2]
+    assert train.num_interactions + held.num_interactions == data.num_interactions
+    for part in (train, held):
+        assert (part.num_users, part.num_items) == (3, 3)
+
+
+def test_split_last_out_respects_min_history() -> None:
+    data, _ = _indexed()
+    train, held = split_last_out(data, min_history=3)
+    # Only bob has three interactions; his latest (x@30) is held out.
+    assert held.indptr.tolist() == [0, 0, 1, 1]
+    assert held.items.tolist() == [0]
+    assert train.indptr.tolist() == [0, 2, 4, 4]

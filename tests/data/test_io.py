@@ -1,0 +1,305 @@
+"""Tests for recsys.data.io: every format, channel layouts, and each error message."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from recsys.data.io import SUPPORTED_EXTENSIONS, list_data_files, read_table, require_columns, write_table
+from recsys.errors import DataError, UserError
+
+FRAME = pd.DataFrame(
+    {
+        "user_id": ["007", "042", "100"],
+        "item_id": ["i01", "i02", "i03"],
+        "rating": [4.5, 3.0, 1.0],
+        "count": [1, 2, 3],
+    }
+)
+
+
+def _write_text(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("extension", SUPPORTED_EXTENSIONS)
+def test_round_trip_every_format(tmp_path: Path, extension: str) -> None:
+    write_table(FRAME, tmp_path / "train" / f"part{extension}")
+
+    table = read_table(tmp_path / "train", channel="train", string_columns=["user_id", "item_id"])
+
+    assert table.column_names == ["user_id", "item_id", "rating", "count"]
+    assert table.schema.field("user_id").type == pa.string()
+    assert table.column("user_id").to_pylist() == ["007", "042", "100"]
+    assert table.column("item_id").to_pylist() == ["i01", "i02", "i03"]
+    assert table.column("rating").to_pylist() == [4.5, 3.0, 1.0]
+    assert table.column("count").to_pylist() == [1, 2, 3]
+
+
+@pytest.mark.parametrize("extension", [ext for ext in SUPPORTED_EXTENSIONS if ext.endswith(".gz")])
+def test_gz_files_are_gzip_compressed(tmp_path: Path, extension: str) -> None:
+    path = tmp_path / f"part{extension}"
+    write_table(pa.Table.from_pandas(FRAME, preserve_index=False), path)
+
+    assert path.read_bytes()[:2] == b"\x1f\x8b"
+    with gzip.open(path) as stream:
+        assert len(stream.read()) > 0
+
+
+def test_ids_with_leading_zeros_stay_strings_in_csv(tmp_path: Path) -> None:
+    _write_text(tmp_path / "train" / "a.csv", "user_id,rating\n007,5\n010,3\n")
+
+    inferred = read_table(tmp_path / "train", channel="train")
+    forced = read_table(tmp_path / "train", channel="train", string_columns=["user_id"])
+
+    assert inferred.column("user_id").to_pylist() == [7, 10]  # what string_columns prevents
+    assert forced.column("user_id").to_pylist() == ["007", "010"]
+    assert forced.schema.field("rating").type == pa.int64()
+
+
+def test_tsv_uses_tabs(tmp_path: Path) -> None:
+    _write_text(tmp_path / "train" / "a.tsv", "user_id\titem_id\n007\tx,y\n")
+
+    table = read_table(tmp_path / "train", channel="train", string_columns=["user_id"])
+
+    assert table.to_pylist() == [{"user_id": "007", "item_id": "x,y"}]
+
+
+@pytest.mark.parametrize("extension", [".parquet", ".jsonl"])
+def test_numeric_ids_cast_to_string_after_reading(tmp_path: Path, extension: str) -> None:
+    write_table(pd.DataFrame({"user_id": [7, 10], "rating": [1, 2]}), tmp_path / "train" / f"a{extension}")
+
+    table = read_table(tmp_path / "train", channel="train", string_columns=["user_id", "absent"])
+
+    assert table.schema.field("user_id").type == pa.string()
+    assert table.column("user_id").to_pylist() == ["7", "10"]
+    assert table.schema.field("rating").type == pa.int64()
+
+
+def test_several_files_are_concatenated_in_path_order(tmp_path: Path) -> None:
+    channel = tmp_path / "train"
+    write_table(FRAME.iloc[2:], channel / "part-2.parquet")
+    write_table(FRAME.iloc[:1], channel / "part-0.csv")
+    write_table(FRAME.iloc[1:2], channel / "part-1.jsonl.gz")
+
+    table = read_table(channel, channel="train", string_columns=["user_id"])
+
+    assert table.column("user_id").to_pylist() == ["007", "042", "100"]
+    assert table.num_rows == 3
+
+
+def test_nested_directories_are_read(tmp_path: Path) -> None:
+    channel = tmp_path / "train"
+    write_table(FRAME.iloc[:1], channel / "year=2023" / "month=01" / "a.csv")
+    write_table(FRAME.iloc[1:], channel / "year=2024" / "b.csv")
+
+    files = list_data_files(channel)
+    table = read_table(channel, channel="train", string_columns=["user_id"])
+
+    assert [path.relative_to(channel).as_posix() for path in files] == [
+        "year=2023/month=01/a.csv",
+        "year=2024/b.csv",
+    ]
+    assert table.column("user_id").to_pylist() == ["007", "042", "100"]
+
+
+def test_hidden_and_bookkeeping_files_are_ignored(tmp_path: Path) -> None:
+    channel = tmp_path / "train"
+    write_table(FRAME, channel / "data.csv")
+    _write_text(channel / "_SUCCESS", "")
+    _write_text(channel / ".DS_Store", "\x00\x01binary")
+    _write_text(channel / "_temporary" / "junk.csv", "not,the,same\n1,2,3\n")
+    _write_text(channel / ".ipynb_checkpoints" / "data-checkpoint.csv", "x\n1\n")
+
+    assert list_data_files(channel) == [channel / "data.csv"]
+    assert read_table(channel, channel="train").num_rows == 3
+
+
+def test_list_data_files_is_sorted(tmp_path: Path) -> None:
+    for name in ["b.csv", "a.csv", "c/z.csv", "c/a.csv", "B.csv"]:
+        _write_text(tmp_path / name, "x\n1\n")
+
+    names = [path.relative_to(tmp_path).as_posix() for path in list_data_files(tmp_path)]
+
+    assert names == ["B.csv", "a.csv", "b.csv", "c/a.csv", "c/z.csv"]
+
+
+def test_compatible_schemas_are_promoted(tmp_path: Path) -> None:
+    channel = tmp_path / "train"
+    _write_text(channel / "a.csv", "user_id,rating\n1,4\n")
+    _write_text(channel / "b.csv", "user_id,rating,extra\n2,3.5,x\n")
+
+    table = read_table(channel, channel="train", string_columns=["user_id"])
+
+    assert table.schema.field("rating").type == pa.float64()
+    assert table.column("rating").to_pylist() == [4.0, 3.5]
+    assert table.column("extra").to_pylist() == [None, "x"]
+
+
+def test_write_table_accepts_arrow_and_creates_parents(tmp_path: Path) -> None:
+    path = tmp_path / "deep" / "er" / "t.parquet"
+    write_table(pa.table({"a": [1, 2]}), path)
+
+    assert read_table(path.parent, channel="c").to_pylist() == [{"a": 1}, {"a": 2}]
+
+
+def test_write_table_rejects_unknown_extension(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"t\.txt.*unsupported extension"):
+        write_table(FRAME, tmp_path / "t.txt")
+
+
+# Errors: each is a DataError (a UserError) naming the channel, the path and the problem.
+
+
+def test_data_error_is_a_user_error() -> None:
+    assert issubclass(DataError, UserError)
+
+
+def test_missing_directory(tmp_path: Path) -> None:
+    missing = tmp_path / "nope"
+    with pytest.raises(DataError) as raised:
+        read_table(missing, channel="train")
+
+    message = str(raised.value)
+    assert "channel 'train'" in message
+    assert str(missing) in message
+    assert "does not exist" in message
+
+
+def test_file_instead_of_directory(tmp_path: Path) -> None:
+    path = _write_text(tmp_path / "train.csv", "a\n1\n")
+    with pytest.raises(DataError, match=r"channel 'train': .*train\.csv is a file"):
+        read_table(path, channel="train")
+
+
+def test_no_data_file_lists_supported_extensions(tmp_path: Path) -> None:
+    channel = tmp_path / "items"
+    _write_text(channel / "_SUCCESS", "")
+    with pytest.raises(DataError) as raised:
+        read_table(channel, channel="items")
+
+    message = str(raised.value)
+    assert "channel 'items'" in message
+    assert str(channel) in message
+    assert "no data file" in message
+    for extension in [".csv", ".tsv", ".parquet", ".pq", ".jsonl", ".json", ".gz"]:
+        assert extension in message
+
+
+def test_unsupported_extension_names_the_file(tmp_path: Path) -> None:
+    channel = tmp_path / "train"
+    write_table(FRAME, channel / "a.csv")
+    bad = _write_text(channel / "notes.txt", "hello")
+    with pytest.raises(DataError) as raised:
+        read_table(channel, channel="train")
+
+    message = str(raised.value)
+    assert "channel 'train'" in message
+    assert str(bad) in message
+    assert "unsupported extension" in message
+    assert ".parquet" in message
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "label"),
+    [
+        ("bad.parquet", b"this is not parquet", "Parquet"),
+        ("bad.csv.gz", b"a,b\n1,2\n", "CSV (gzip)"),
+        ("bad.csv", b"a,b\n1,2\n3,4,5\n", "CSV"),
+        ("bad.json", b'[{"a": 1},\n{"a": 2}]\n', "JSON Lines"),
+    ],
+)
+def test_unparsable_file_names_it_and_gives_the_reason(
+    tmp_path: Path, name: str, content: bytes, label: str
+) -> None:
+    channel = tmp_path / "train"
+    channel.mkdir()
+    (channel / name).write_bytes(content)
+    with pytest.raises(DataError) as raised:
+        read_table(channel, channel="train")
+
+    message = str(raised.value)
+    assert message.startswith("channel 'train': cannot read ")
+    assert str(channel / name) in message
+    assert f"as {label}: " in message
+    reason = message.split(f"as {label}: ", 1)[1]
+    assert reason.strip(". ")  # pyarrow's reason is included
+    assert "\n" not in message  # only its first line
+
+
+def test_json_parse_error_explains_json_lines(tmp_path: Path) -> None:
+    _write_text(tmp_path / "train" / "a.json", '[{"a": 1}, {"a": 2}]\n')
+    with pytest.raises(DataError, match="one object per line"):
+        read_table(tmp_path / "train", channel="train")
+
+
+def test_conflicting_column_types_name_both_files(tmp_path: Path) -> None:
+    channel = tmp_path / "train"
+    first = _write_text(channel / "a.csv", "user_id,rating\n1,4\n")
+    _write_text(channel / "b.csv", "user_id,rating\n2,5\n")
+    third = _write_text(channel / "c.csv", "user_id,rating\n3,good\n")
+    with pytest.raises(DataError) as raised:
+        read_table(channel, channel="train")
+
+    message = str(raised.value)
+    assert "channel 'train'" in message
+    assert f"files {first} and {third} disagree on column 'rating'" in message
+    assert "int64 vs string" in message
+
+
+def test_uncastable_string_column(tmp_path: Path) -> None:
+    path = tmp_path / "train" / "a.parquet"
+    write_table(pa.table({"user_id": [[1, 2], [3]]}), path)
+    with pytest.raises(DataError) as raised:
+        read_table(path.parent, channel="train", string_columns=["user_id"])
+
+    message = str(raised.value)
+    assert "channel 'train'" in message
+    assert str(path) in message
+    assert "column 'user_id'" in message
+
+
+def test_zero_rows_is_an_error(tmp_path: Path) -> None:
+    channel = tmp_path / "train"
+    _write_text(channel / "a.csv", "user_id,item_id\n")
+    _write_text(channel / "b.csv", "user_id,item_id\n")
+    with pytest.raises(DataError) as raised:
+        read_table(channel, channel="train")
+
+    message = str(raised.value)
+    assert "channel 'train'" in message
+    assert str(channel) in message
+    assert "no rows" in message
+    assert "2 files read" in message
+
+
+def test_require_columns_message() -> None:
+    table = pa.table({"user": ["a"], "movie": ["b"], "rating": [1]})
+    with pytest.raises(DataError) as raised:
+        require_columns(
+            table,
+            ["user", "item_id"],
+            channel="train",
+            hint="Set the hyperparameter item_id_column to the right name.",
+        )
+
+    assert str(raised.value) == (
+        "channel 'train': column 'item_id' not found; columns present: user, movie, rating. "
+        "Set the hyperparameter item_id_column to the right name."
+    )
+
+
+def test_require_columns_names_every_missing_column() -> None:
+    table = pa.table({"user": ["a"]})
+    with pytest.raises(DataError, match=r"columns 'a', 'b' not found; columns present: user\.$"):
+        require_columns(table, ["a", "user", "b"], channel="items", hint="")
+
+
+def test_require_columns_passes_when_present() -> None:
+    require_columns(pa.table({"a": [1], "b": [2]}), ["b", "a"], channel="train", hint="unused")

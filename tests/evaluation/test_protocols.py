@@ -1,0 +1,220 @@
+"""Evaluation protocols on models whose scores are set by hand, so every metric is known in advance."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from recsys.data.interactions import IndexedInteractions
+from recsys.evaluation.protocols import (
+    HeldOut,
+    beyond_accuracy,
+    full_ranking,
+    rank_top_k,
+    sampled_ranking,
+    segment_positions,
+)
+from recsys.models.ncf import NCF, ModelConfig
+from recsys.training.batches import DeviceInteractions
+
+CPU = torch.device("cpu")
+
+
+def _train(per_user: list[list[int]], num_items: int) -> DeviceInteractions:
+    counts = [len(items) for items in per_user]
+    indexed = IndexedInteractions(
+        users=np.repeat(np.arange(len(per_user)), counts).astype(np.int64),
+        items=np.array([i for items in per_user for i in items], dtype=np.int64),
+        timestamps=np.arange(sum(counts), dtype=np.float64),
+        indptr=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+        num_users=len(per_user),
+        num_items=num_items,
+    )
+    return DeviceInteractions.from_indexed(indexed, CPU)
+
+
+def _held_out(per_user: list[list[int]]) -> HeldOut:
+    counts = [len(items) for items in per_user]
+    indptr = torch.tensor([0, *np.cumsum(counts).tolist()], dtype=torch.long)
+    return HeldOut(indptr, torch.tensor([i for items in per_user for i in items], dtype=torch.long))
+
+
+def _bias_model(biases: list[float], num_users: int) -> NCF:
+    """A GMF whose user embeddings are zero: every user's logits are exactly the item biases."""
+    model = NCF(
+        ModelConfig(
+            kind="gmf", num_users=num_users, num_items=len(biases), embedding_dim=2, use_history=False
+        )
+    )
+    assert model.gmf_encoder is not None and model.gmf_encoder.user_ids is not None
+    with torch.no_grad():
+        model.gmf_encoder.user_ids.weight.zero_()
+        model.item_bias.weight.copy_(torch.tensor(biases).unsqueeze(1))
+    return model.eval()
+
+
+def test_segment_positions_on_a_hand_made_csr() -> None:
+    indptr = torch.tensor([0, 2, 2, 5, 6])  # segments: [0, 1], [], [2, 3, 4], [5]
+    owner, flat = segment_positions(indptr, torch.tensor([2, 0, 1, 3]))
+    assert owner.tolist() == [0, 0, 0, 1, 1, 3]
+    assert flat.tolist() == [2, 3, 4, 0, 1, 5]
+    owner, flat = segment_positions(indptr, torch.tensor([1]))
+    assert owner.tolist() == [] and flat.tolist() == []
+
+
+# Item i's logit is 6 - i: item 0 is everyone's favourite, item 5 the least liked.
+BIASES = [6.0, 5.0, 4.0, 3.0, 2.0, 1.0]
+TRAIN = [[0, 1], [2], [0], [1]]
+HELD = [[3], [0], [5], []]  # user 3 has nothing held out and is not evaluated
+
+
+def test_rank_top_k_skips_training_items() -> None:
+    model = _bias_model(BIASES, num_users=4)
+    top = rank_top_k(model, _train(TRAIN, 6), torch.arange(4), 4, history_length=2, batch_size=3)
+    assert top.tolist() == [[2, 3, 4, 5], [0, 1, 3, 4], [1, 2, 3, 4], [0, 2, 3, 4]]
+
+
+def test_rank_top_k_never_returns_a_training_item_even_when_they_score_highest() -> None:
+    generator = torch.Generator().manual_seed(0)
+    num_users, num_items, per_user = 5, 12, 4
+    train_items = [
+        torch.randperm(num_items, generator=generator)[:per_user].tolist() for _ in range(num_users)
+    ]
+    torch.manual_seed(0)
+    model = NCF(ModelConfig(kind="neumf", num_users=num_users, num_items=num_items, embedding_dim=4))
+    with torch.no_grad():  # items someone trained on get a huge bias: unmasked, they would top every list
+        model.item_bias.weight[sorted({i for items in train_items for i in items})] = 100.0
+    model.eval()
+    top = rank_top_k(
+        model,
+        _train(train_items, num_items),
+        torch.arange(num_users),
+        num_items - per_user,
+        history_length=3,
+        batch_size=2,
+    )
+    assert top.shape == (num_users, num_items - per_user)
+    for user, row in enumerate(top.tolist()):
+        assert len(set(row)) == len(row)
+        assert not set(row) & set(train_items[user])
+
+
+def test_full_ranking_gives_hand_computed_metrics() -> None:
+    model = _bias_model(BIASES, num_users=4)
+    report = full_ranking(model, _train(TRAIN, 6), _held_out(HELD), (1, 2, 4), history_length=2)
+    # Unseen items in score order -> rank of the held-out item (0-based):
+    # user 0: 2 3 4 5 -> item 3 at rank 1; user 1: 0 1 3 4 5 -> item 0 at rank 0;
+    # user 2: 1 2 3 4 5 -> item 5 at rank 4.
+    values = {name: per_user.tolist() for name, per_user in report.values.items()}
+    inv = 1.0 / math.log2(3.0)
+    assert values["hr@1"] == [0.0, 1.0, 0.0]
+    assert values["hr@2"] == [1.0, 1.0, 0.0]
+    assert values["hr@4"] == [1.0, 1.0, 0.0]
+    assert values["ndcg@2"] == pytest.approx([inv, 1.0, 0.0])
+    assert values["mrr@4"] == pytest.approx([0.5, 1.0, 0.0])
+    assert values["recall@2"] == [1.0, 1.0, 0.0]
+    assert values["precision@2"] == [0.5, 0.5, 0.0]
+    assert report.top_items.tolist() == [[2, 3, 4, 5], [0, 1, 3, 4], [1, 2, 3, 4]]
+    summary = report.summary()
+    assert summary["num_users"] == 3.0
+    assert summary["hr@2"] == pytest.approx(2 / 3)
+    assert summary["ndcg@2"] == pytest.approx((inv + 1.0) / 3)
+    assert summary["hr@1_se"] == pytest.approx(float(torch.tensor([0.0, 1.0, 0.0]).std()) / math.sqrt(3))
+
+
+def test_full_ranking_with_several_held_out_items() -> None:
+    model = _bias_model(BIASES, num_users=2)
+    report = full_ranking(model, _train([[0], [5]], 6), _held_out([[2, 4], [0]]), (2,), history_length=1)
+    # user 0: 1 2 | 3 4 5 -> one of two relevant in the top 2; user 1: 0 1 -> a hit at rank 0.
+    assert report.values["recall@2"].tolist() == [0.5, 1.0]
+    assert report.values["ndcg@2"].tolist() == pytest.approx(
+        [(1 / math.log2(3)) / (1 + 1 / math.log2(3)), 1.0]
+    )
+
+
+def _known_sets(train: list[list[int]], held: list[list[int]]) -> list[set[int]]:
+    return [set(t) | set(h) for t, h in zip(train, held, strict=True)]
+
+
+def test_sampled_negatives_never_include_a_known_item(monkeypatch: pytest.MonkeyPatch) -> None:
+    generator = torch.Generator().manual_seed(3)
+    num_users, num_items = 6, 10
+    picks = [torch.randperm(num_items, generator=generator)[:4].tolist() for _ in range(num_users)]
+    train, held = [p[:3] for p in picks], [p[3:] for p in picks]
+    model = _bias_model([0.0] * num_items, num_users=num_users)
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def reveal(
+        users: torch.Tensor, history: torch.Tensor, mask: torch.Tensor, candidates: torch.Tensor
+    ) -> torch.Tensor:
+        seen.append((users.clone(), candidates.clone()))
+        return (
+            (torch.arange(candidates.shape[1]) == 0).float().expand(candidates.shape[0], -1)
+        )  # positive wins
+
+    monkeypatch.setattr(model, "forward", reveal)
+    result = sampled_ranking(
+        model,
+        _train(train, num_items),
+        _held_out(held),
+        1,
+        num_negatives=30,  # 30 draws among 10 items, 4 of them known: clashes are certain before rejection
+        history_length=2,
+        generator=torch.Generator().manual_seed(0),
+        batch_size=4,
+    )
+    known = _known_sets(train, held)
+    rows = 0
+    for users, candidates in seen:
+        for user, row in zip(users.tolist(), candidates.tolist(), strict=True):
+            assert row[0] == held[user][0]
+            assert not set(row[1:]) & known[user], f"user {user} got a known item as a negative"
+            rows += 1
+    assert rows == num_users
+    assert result["sampled_hr@1"] == 1.0
+    assert result["sampled_ndcg@1"] == 1.0
+    assert result["sampled_hr@1_se"] == 0.0
+
+
+def test_sampled_ranking_with_real_scores() -> None:
+    num_items, num_negatives = 8, 5
+    train, held = [[1, 2], [3]], [[7], [0]]
+    # Bias decreasing with the index except item 7, the favourite: user 0's held-out item beats any
+    # negative; user 1's held-out item 0 is the worst (-10) and every negative beats it.
+    biases = [-10.0, 6.0, 5.0, 4.0, 3.0, 2.0, 1.0, 20.0]
+    model = _bias_model(biases, num_users=2)
+    args = {
+        "num_negatives": num_negatives,
+        "history_length": 2,
+        "generator": torch.Generator().manual_seed(1),
+    }
+    result = sampled_ranking(model, _train(train, num_items), _held_out(held), 1, **args)  # type: ignore[arg-type]
+    assert result["sampled_hr@1"] == 0.5
+    assert result["sampled_ndcg@1"] == 0.5
+    args["generator"] = torch.Generator().manual_seed(1)
+    deep = sampled_ranking(model, _train(train, num_items), _held_out(held), num_negatives + 1, **args)  # type: ignore[arg-type]
+    # User 1's item ranks last of num_negatives + 1: rank 5, inside the top 6.
+    assert deep[f"sampled_hr@{num_negatives + 1}"] == 1.0
+    assert deep[f"sampled_ndcg@{num_negatives + 1}"] == pytest.approx(
+        (1.0 + 1.0 / math.log2(num_negatives + 2)) / 2
+    )
+
+
+def test_beyond_accuracy_keys_and_values() -> None:
+    top = torch.tensor([[0, 1], [1, 2]])
+    popularity = torch.tensor([0.5, 0.25, 0.125, 0.125])  # share of users who touched each item
+
+    def measure(k: int, features: torch.Tensor | None) -> dict[str, float]:
+        return beyond_accuracy(
+            top, num_items=4, item_popularity=popularity, num_users=8, item_features=features, k=k
+        )
+
+    plain = measure(2, None)
+    assert set(plain) == {"coverage@2", "gini@2", "novelty@2"}
+    assert plain["coverage@2"] == 0.75
+    assert plain["novelty@2"] == pytest.approx((1 + 2 + 2 + 3) / 4)  # mean of -log2(p)
+    assert measure(1, None)["coverage@1"] == 0.5  # only the first column: items 0 and 1
+    assert measure(2, torch.eye(4))["diversity@2"] > 0
