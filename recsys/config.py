@@ -203,8 +203,8 @@ def _coerce(name: str, annotation: str, value: Any) -> Any:
         raise fail("a non-empty string")
     if annotation.startswith("tuple["):
         items: list[Any]
-        if isinstance(value, list):
-            items = value
+        if isinstance(value, list | tuple):
+            items = list(value)
         elif isinstance(value, str):
             items = [v.strip() for v in value.split(",") if v.strip()]
         elif isinstance(value, int | float) and not isinstance(value, bool):

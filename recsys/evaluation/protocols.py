@@ -140,17 +140,25 @@ def sampled_ranking(
         negatives = torch.randint(
             num_items, (users.shape[0], num_negatives), device=device, generator=generator
         )
-        for _ in range(20):  # collisions are rare; a few redraws remove them all in practice
+
+        def clashes(negatives: Tensor) -> Tensor:
             keys = users.unsqueeze(1) * num_items + negatives
-            pos = torch.searchsorted(known, keys).clamp(max=known.shape[0] - 1)
-            clash = known[pos] == keys
+            found = torch.searchsorted(known, keys).clamp(max=known.shape[0] - 1)
+            return known[found] == keys
+
+        clash = clashes(negatives)
+        for _ in range(20):  # collisions are rare on real catalogues; a few redraws remove them
             if not bool(clash.any()):
                 break
             redraw = torch.randint(num_items, negatives.shape, device=device, generator=generator)
             negatives = torch.where(clash, redraw, negatives)
+            clash = clashes(negatives)
         history, mask = user_histories(train, users, history_length)
         candidates = torch.cat([positives.unsqueeze(1), negatives], dim=1)
         logits = model(users, history, mask, candidates).float()
+        # On a tiny catalogue some users have fewer unseen items than negatives asked for: a
+        # negative the user did touch must not count against the held-out item.
+        logits = torch.cat([logits[:, :1], logits[:, 1:].masked_fill(clash, float("-inf"))], dim=1)
         rank = (logits[:, 1:] > logits[:, :1]).sum(1)
         hr.append((rank < k).float())
         ndcg.append(torch.where(rank < k, 1.0 / torch.log2(rank.float() + 2.0), 0.0))
