@@ -141,7 +141,7 @@ def sampled_ranking(
             num_items, (users.shape[0], num_negatives), device=device, generator=generator
         )
 
-        def clashes(negatives: Tensor) -> Tensor:
+        def clashes(negatives: Tensor, users: Tensor = users) -> Tensor:
             keys = users.unsqueeze(1) * num_items + negatives
             found = torch.searchsorted(known, keys).clamp(max=known.shape[0] - 1)
             return known[found] == keys
