@@ -31,17 +31,7 @@ def synthetic(num_users: int, num_items: int, per_user: int, seed: int = 0) -> I
     counts = rng.poisson(per_user, size=num_users).clip(min=2)
     users = np.repeat(np.arange(num_users), counts)
     items = rng.choice(num_items, size=users.shape[0], p=popularity)
-    pairs = np.unique(np.stack([users, items], 1), axis=0)
-    indptr = np.zeros(num_users + 1, dtype=np.int64)
-    np.cumsum(np.bincount(pairs[:, 0], minlength=num_users), out=indptr[1:])
-    return IndexedInteractions(
-        pairs[:, 0].astype(np.int64),
-        pairs[:, 1].astype(np.int64),
-        np.arange(len(pairs), dtype=np.float64),
-        indptr,
-        num_users,
-        num_items,
-    )
+    return IndexedInteractions.from_pairs(users, items, num_users, num_items)
 
 
 def measure(

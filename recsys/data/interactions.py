@@ -150,6 +150,17 @@ class IndexedInteractions:
     def num_interactions(self) -> int:
         return len(self.items)
 
+    @classmethod
+    def from_pairs(
+        cls, users: np.ndarray, items: np.ndarray, num_users: int, num_items: int
+    ) -> IndexedInteractions:
+        """Unique (user, item) index pairs, time taken as their sorted order (benchmarks and tests)."""
+        pairs = np.unique(np.stack([users, items], 1).astype(np.int64), axis=0)
+        indptr = np.zeros(num_users + 1, dtype=np.int64)
+        np.cumsum(np.bincount(pairs[:, 0], minlength=num_users), out=indptr[1:])
+        stamps = np.arange(len(pairs), dtype=np.float64)
+        return cls(pairs[:, 0].copy(), pairs[:, 1].copy(), stamps, indptr, num_users, num_items)
+
 
 def index_interactions(
     frame: pd.DataFrame, users: Vocabulary, items: Vocabulary

@@ -44,10 +44,13 @@ def compute_loss(
         return F.binary_cross_entropy_with_logits(logits, labels)
     if loss == "sampled_softmax":
         shared = torch.randint(num_items, (num_negatives,), device=device, generator=generator)
-        candidates = torch.cat([batch.positives.unsqueeze(1), shared.expand(size, -1)], dim=1)
-        logits = model.score_candidates(user_state, model.encode_items(candidates)).float()
+        # The negatives are shared by the batch: encode them once and score them as a block,
+        # rather than encoding batch x negatives item copies.
+        positive_state = model.encode_items(batch.positives.unsqueeze(1))
+        positive = model.score_candidates(user_state, positive_state).float()  # [B, 1]
+        negative = model.score_all(user_state, model.encode_items(shared)).float()  # [B, n]
         # A sampled "negative" that is the positive itself would be a contradiction: drop it.
-        collision = candidates[:, 1:] == batch.positives.unsqueeze(1)
-        logits[:, 1:] = logits[:, 1:].masked_fill(collision, float("-inf"))
+        collision = shared.unsqueeze(0) == batch.positives.unsqueeze(1)
+        logits = torch.cat([positive, negative.masked_fill(collision, float("-inf"))], dim=1)
         return F.cross_entropy(logits, torch.zeros(size, dtype=torch.long, device=device))
     raise ValueError(f"unknown loss {loss!r}")

@@ -26,17 +26,7 @@ def _interactions(num_users: int = 300, num_items: int = 120, per_user: int = 15
     users = np.repeat(np.arange(num_users), per_user)
     # Each user draws from a band of items, so there is something to learn.
     items = (users * 7 + rng.integers(0, 20, size=users.shape[0])) % num_items
-    pairs = np.unique(np.stack([users, items], 1), axis=0)
-    indptr = np.zeros(num_users + 1, dtype=np.int64)
-    np.cumsum(np.bincount(pairs[:, 0], minlength=num_users), out=indptr[1:])
-    return IndexedInteractions(
-        pairs[:, 0].astype(np.int64),
-        pairs[:, 1].astype(np.int64),
-        np.arange(len(pairs), dtype=np.float64),
-        indptr,
-        num_users,
-        num_items,
-    )
+    return IndexedInteractions.from_pairs(users, items, num_users, num_items)
 
 
 def _settings(loss: str, amp: bool) -> FitSettings:
