@@ -21,7 +21,7 @@ from recsys.data.io import read_path
 from recsys.errors import DataError
 from recsys.training.artifact import load_artifact
 from recsys.training.batches import DeviceInteractions
-from recsys.training.job import _held_out, evaluate_model, resolve_device
+from recsys.training.job import evaluate_model, held_out_tensors, resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ def evaluate_saved_model(model_dir: Path, test_path: Path, *, k: int | None = No
     metrics = evaluate_model(
         model,
         DeviceInteractions.from_indexed(seen, device),
-        _held_out(held, device),
+        held_out_tensors(held, device),
         config,
         item_popularity=torch.from_numpy(artifact.item_popularity / max(num_users, 1)).float().to(device),
         item_features=torch.from_numpy(features).to(device) if features is not None else None,

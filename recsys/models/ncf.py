@@ -266,7 +266,8 @@ class NCF(nn.Module):
         return self.encode_items(torch.arange(self.config.num_items, device=device))
 
     def _mlp_logits(self, user_part: Tensor, item_part: Tensor) -> Tensor:
-        assert self.mlp_hidden is not None and self.mlp_out is not None  # built together for mlp kinds
+        if self.mlp_hidden is None or self.mlp_out is None:
+            raise RuntimeError(f"a {self.config.kind} model has no MLP tower")
         logits: Tensor = self.mlp_out(self.mlp_hidden(user_part + item_part))
         return logits.squeeze(-1)
 

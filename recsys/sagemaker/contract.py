@@ -179,7 +179,18 @@ def discover_channels(paths: ContainerPaths) -> dict[str, Path]:
     """
     declared: set[str] = set()
     if paths.input_data_config_file.exists():
-        declared = set(_read_json_object(paths.input_data_config_file, "input data config"))
+        config = _read_json_object(paths.input_data_config_file, "input data config")
+        declared = set(config)
+        piped = sorted(
+            name
+            for name, spec in config.items()
+            if isinstance(spec, dict) and str(spec.get("TrainingInputMode", "File")).lower() == "pipe"
+        )
+        if piped:
+            raise UserError(
+                f"channel(s) {', '.join(repr(c) for c in piped)} use Pipe input mode, which recsys does not "
+                f"read; use File or FastFile input mode."
+            )
     unknown = sorted(declared - set(KNOWN_CHANNELS))
     if unknown:
         raise UserError(

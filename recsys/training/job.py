@@ -16,11 +16,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from recsys.config import TrainConfig, config_to_json
+from recsys.config import ModelName, TrainConfig, config_to_json
 from recsys.data.features import (
     FeatureArrays,
     FeatureDeclaration,
     FeatureEncoding,
+    column_names,
     empty_arrays,
     encode_attributes,
     feature_cardinalities,
@@ -181,9 +182,9 @@ def prepare_data(channels: Channels, config: TrainConfig) -> PreparedData:
     )
 
 
-def build_model_config(config: TrainConfig, data: PreparedData, kind: str | None = None) -> ModelConfig:
+def build_model_config(config: TrainConfig, data: PreparedData, kind: ModelName | None = None) -> ModelConfig:
     return ModelConfig(
-        kind=(kind or config.model),  # type: ignore[arg-type]
+        kind=kind or config.model,
         num_users=len(data.users),
         num_items=len(data.items),
         embedding_dim=config.embedding_dim,
@@ -218,7 +219,7 @@ def new_model(model_config: ModelConfig, data: PreparedData, seed: int, device: 
     return model.to(device)
 
 
-def _held_out(data: IndexedInteractions, device: torch.device) -> HeldOut:
+def held_out_tensors(data: IndexedInteractions, device: torch.device) -> HeldOut:
     return HeldOut(torch.from_numpy(data.indptr).to(device), torch.from_numpy(data.items).to(device))
 
 
@@ -232,7 +233,8 @@ def _pretrained_neumf(
 ) -> NCF:
     """The NCF paper's recipe: train GMF and MLP alone, then start NeuMF from both."""
     parts: dict[str, NCF] = {}
-    for kind in ("gmf", "mlp"):
+    kinds: tuple[ModelName, ...] = ("gmf", "mlp")
+    for kind in kinds:
         logger.info("pretraining %s for NeuMF", kind)
         part = new_model(build_model_config(config, data, kind), data, config.seed, device)
         fit(part, train, held, settings, device=device, prefix=f"pretrain_{kind}_epoch")
@@ -304,8 +306,8 @@ def run_training(
         len(data.users),
         len(data.items),
         data.interactions.num_interactions,
-        ", ".join(c.name for c in data.item_encoding.categorical + data.item_encoding.numeric) or "none",  # type: ignore[operator]
-        ", ".join(c.name for c in data.user_encoding.categorical + data.user_encoding.numeric) or "none",  # type: ignore[operator]
+        ", ".join(column_names(data.item_encoding)) or "none",
+        ", ".join(column_names(data.user_encoding)) or "none",
         device,
     )
     loss = config.resolved_loss(len(data.items))
@@ -337,7 +339,7 @@ def run_training(
             held_data.num_interactions,
         )
     train_device = DeviceInteractions.from_indexed(fit_data, device)
-    held = _held_out(held_data, device)
+    held = held_out_tensors(held_data, device)
     if config.model == "neumf" and config.pretrain:
         model = _pretrained_neumf(config, data, settings, train_device, held, device)
     else:

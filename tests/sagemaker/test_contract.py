@@ -342,3 +342,14 @@ def test_write_success_creates_the_output_dir(tmp_path: Path) -> None:
     write_success(paths)
 
     assert paths.success_file.is_file()
+
+
+def test_pipe_mode_channel_is_refused_with_what_to_use(tmp_path: Path) -> None:
+    paths = ContainerPaths(tmp_path)
+    paths.input_config_dir.mkdir(parents=True)
+    paths.channel_dir("train").mkdir(parents=True)
+    paths.input_data_config_file.write_text(
+        json.dumps({"train": {"TrainingInputMode": "Pipe", "S3DistributionType": "FullyReplicated"}})
+    )
+    with pytest.raises(UserError, match="Pipe input mode.*File or FastFile"):
+        discover_channels(paths)
