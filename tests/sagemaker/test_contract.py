@@ -351,5 +351,5 @@ def test_pipe_mode_channel_is_refused_with_what_to_use(tmp_path: Path) -> None:
     paths.input_data_config_file.write_text(
         json.dumps({"train": {"TrainingInputMode": "Pipe", "S3DistributionType": "FullyReplicated"}})
     )
-    with pytest.raises(UserError, match="Pipe input mode.*File or FastFile"):
+    with pytest.raises(UserError, match=r"Pipe input mode.*File or FastFile"):
         discover_channels(paths)
