@@ -92,9 +92,9 @@ class TrainConfig:
         5, "Epochs without a better validation NDCG@10 before stopping early.", _range(1, 10_000)
     )
     final_fit: FinalFit = _param(
-        "refit",
-        "Without a `validation` channel: `refit` retrains on all data for the best epoch count; "
-        "`best_checkpoint` keeps the best model trained without each user's latest interaction.",
+        "best_checkpoint",
+        "Without a `validation` channel: `best_checkpoint` keeps the best model trained without each "
+        "user's latest interaction; `refit` retrains on all data for the best epoch count (twice the time).",
     )
     pretrain: bool = _param(
         False, "NeuMF only: train GMF and MLP first and initialise the fusion from them (NCF paper)."

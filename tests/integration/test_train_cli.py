@@ -31,6 +31,8 @@ HYPERPARAMETERS = {
     "embedding_dim": "8",
     "history_length": "10",
     "sampled_eval_negatives": "20",
+    # Not the default: exercises the refit pass and its separate log lines.
+    "final_fit": "refit",
 }
 TIMEOUT_SECONDS = 180
 

@@ -128,8 +128,9 @@ def test_success_writes_the_report(trained: tuple[Path, int]) -> None:
     assert metrics["epochs_run"] == len(curves["epochs"]) == 2
     assert 1 <= metrics["best_epoch"] <= 2
     assert metrics["validation_source"] == "latest interaction per user"
-    assert metrics["final_fit"] == "refit"
-    assert len(curves["refit_epochs"]) == metrics["best_epoch"]
+    # The default keeps the best checkpoint: no refit pass.
+    assert metrics["final_fit"] == "best_checkpoint"
+    assert curves["refit_epochs"] == []
     assert 0.0 <= metrics["validation"]["ndcg@10"] <= 1.0
     assert metrics == json.loads((_paths(base).model_dir / "metrics.json").read_text())
 
