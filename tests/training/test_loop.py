@@ -117,3 +117,30 @@ def test_metric_line_with_another_k_reports_both() -> None:
     record = EpochRecord(1, 1.0, 1.0, 1.0, {"ndcg@5": 0.2, "hr@5": 0.3, "ndcg@10": 0.25, "hr@10": 0.4})
     line = metric_line("epoch", record, 5)
     assert "val_ndcg@5=0.2000" in line and "val_ndcg@10=0.2500" in line
+
+
+class _FakeStdout:
+    def __init__(self, tty: bool) -> None:
+        self.tty, self.written = tty, ""
+
+    def isatty(self) -> bool:
+        return self.tty
+
+    def write(self, text: str) -> int:
+        self.written += text
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("tty", [True, False])
+def test_progress_bar_only_on_a_terminal(monkeypatch: pytest.MonkeyPatch, tty: bool) -> None:
+    fake = _FakeStdout(tty)
+    monkeypatch.setattr(loop.sys, "stdout", fake)
+    progress = loop._Progress(10, "epoch 1")
+    for step in range(1, 11):
+        progress.update(step)
+    progress.close()
+    assert ("10/10" in fake.written) is tty
+    assert (fake.written == "") is not tty
