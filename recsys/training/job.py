@@ -359,7 +359,11 @@ def run_training(
     logger.info(
         "best epoch %d: %s",
         result.best_epoch,
-        " ".join(f"val_{k}={v:.4f}" for k, v in validation_metrics.items() if not k.endswith("_se")),
+        " ".join(
+            f"val_{k}={v:.4f}"
+            for k, v in validation_metrics.items()
+            if not k.endswith("_se") and k != "num_users"
+        ),
     )
     records: list[EpochRecord] = list(result.records)
     refit_records: list[EpochRecord] = []
