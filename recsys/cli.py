@@ -39,6 +39,18 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return train(ContainerPaths.from_env(environ))
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from recsys.sagemaker.contract import BASE_DIR_ENV
+    from recsys.serving.server import serve
+
+    environ = dict(os.environ)
+    if args.base_dir:
+        environ[BASE_DIR_ENV] = str(args.base_dir)
+        # Workers read the environment themselves: hand the override on.
+        os.environ[BASE_DIR_ENV] = str(args.base_dir)
+    return serve(environ)
+
+
 def _cmd_hyperparameters(args: argparse.Namespace) -> int:
     from recsys.config import hyperparameter_table
 
@@ -60,18 +72,22 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _cmd_recommend(args: argparse.Namespace) -> int:
-    from recsys.serving.engine import Recommender
+    from recsys.serving.engine import Query, Recommender
 
     recommender = Recommender.load(args.model_dir)
-    requests: list[tuple[str | None, list[str] | None]] = [(u, None) for u in args.user]
-    requests += [(None, [i for i in h.split(",") if i]) for h in args.history]
-    if not requests:
+    queries = [Query(user_id=u, k=args.k) for u in args.user]
+    queries += [Query(history=tuple(i for i in h.split(",") if i), k=args.k) for h in args.history]
+    if not queries:
         raise UserError("give at least one --user or --history")
-    results = recommender.recommend([r[0] for r in requests], [r[1] for r in requests], args.k)
-    for (user, history), result in zip(requests, results, strict=True):
-        who = f"user {user}" if user is not None else f"new user with history {','.join(history or [])}"
-        known = user is None or user in recommender.artifact.users
-        note = "" if known else " (unknown user: no personal signal)"
+    for query, result in zip(queries, recommender.recommend(queries), strict=True):
+        who = (
+            f"user {query.user_id}"
+            if query.user_id
+            else f"new user with history {','.join(query.history or ())}"
+        )
+        note = " (unknown: most popular items)" if result.fallback else ""
+        if result.unknown_items:
+            note += f" (ignored unknown items: {', '.join(result.unknown_items)})"
         print(f"{who}{note}:")
         for item, score in zip(result.item_ids, result.scores, strict=True):
             print(f"  {item}  {score:.3f}")
@@ -108,6 +124,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--base-dir", type=Path, help="use this instead of $SAGEMAKER_BASE_DIR")
     train.set_defaults(func=_cmd_train)
+
+    serve = sub.add_parser(
+        "serve",
+        help="serve $SAGEMAKER_BASE_DIR/model over HTTP (the SageMaker hosting contract)",
+        description="Serve the model under $SAGEMAKER_BASE_DIR/model (default /opt/ml/model) on "
+        "0.0.0.0:$SAGEMAKER_BIND_TO_PORT (default 8080): GET /ping, POST /invocations, "
+        "GET /execution-parameters. Workers: $SAGEMAKER_MODEL_SERVER_WORKERS; request timeout: "
+        "$SAGEMAKER_MODEL_SERVER_TIMEOUT; body limit: $SAGEMAKER_MAX_PAYLOAD_IN_MB.",
+    )
+    serve.add_argument("--base-dir", type=Path, help="use this instead of $SAGEMAKER_BASE_DIR")
+    serve.set_defaults(func=_cmd_serve)
 
     hp = sub.add_parser("hyperparameters", help="print every hyperparameter with its default")
     hp.set_defaults(func=_cmd_hyperparameters)

@@ -249,3 +249,63 @@ def write_success(paths: ContainerPaths) -> None:
 def environment_base(environ: Mapping[str, str] | None = None) -> ContainerPaths:
     """The contract's paths from the process environment; for the CLI edge only."""
     return ContainerPaths.from_env(os.environ if environ is None else environ)
+
+
+# -- hosting -------------------------------------------------------------------------------------
+
+BIND_TO_PORT_ENV = "SAGEMAKER_BIND_TO_PORT"
+DEFAULT_PORT = 8080
+WORKERS_ENV = "SAGEMAKER_MODEL_SERVER_WORKERS"
+TIMEOUT_ENV = "SAGEMAKER_MODEL_SERVER_TIMEOUT"
+MAX_PAYLOAD_ENV = "SAGEMAKER_MAX_PAYLOAD_IN_MB"
+DEFAULT_MAX_PAYLOAD_MB = 6
+DEFAULT_TIMEOUT_SECONDS = 60
+CUSTOM_ATTRIBUTES_HEADER = "X-Amzn-SageMaker-Custom-Attributes"
+# Ours, not SageMaker's: the most instances one request may carry.
+MAX_INSTANCES_ENV = "RECSYS_MAX_INSTANCES"
+DEFAULT_MAX_INSTANCES = 100_000
+
+
+@dataclass(frozen=True)
+class HostingConfig:
+    """The hosting contract's settings, resolved from the environment at the server's edge."""
+
+    model_dir: Path
+    port: int
+    workers: int
+    timeout_seconds: float
+    max_payload_bytes: int
+    max_instances: int
+
+
+def _positive_number(environ: Mapping[str, str], name: str, default: float, *, integer: bool) -> float:
+    raw = environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw) if integer else float(raw)
+    except ValueError as exc:
+        kind = "a whole number" if integer else "a number"
+        raise UserError(f"environment variable {name} must be {kind}; got {raw!r}.") from exc
+    if value <= 0:
+        raise UserError(f"environment variable {name} must be positive; got {raw!r}.")
+    return value
+
+
+def default_workers(cpu_count: int) -> int:
+    """One worker per two cores, at least one: each worker's torch uses the other core's threads."""
+    return max(1, cpu_count // 2)
+
+
+def read_hosting_config(environ: Mapping[str, str], *, cpu_count: int) -> HostingConfig:
+    paths = ContainerPaths.from_env(environ)
+    return HostingConfig(
+        model_dir=paths.model_dir,
+        port=int(_positive_number(environ, BIND_TO_PORT_ENV, DEFAULT_PORT, integer=True)),
+        workers=int(_positive_number(environ, WORKERS_ENV, default_workers(cpu_count), integer=True)),
+        timeout_seconds=_positive_number(environ, TIMEOUT_ENV, DEFAULT_TIMEOUT_SECONDS, integer=False),
+        max_payload_bytes=int(
+            _positive_number(environ, MAX_PAYLOAD_ENV, DEFAULT_MAX_PAYLOAD_MB, integer=False) * 1024 * 1024
+        ),
+        max_instances=int(_positive_number(environ, MAX_INSTANCES_ENV, DEFAULT_MAX_INSTANCES, integer=True)),
+    )

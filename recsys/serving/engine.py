@@ -1,31 +1,81 @@
-"""The ranking engine: a loaded artifact, with the item side of every tower computed once.
+"""The ranking engine: a loaded artifact with the item side of every tower computed once.
 
-A request batch is scored with one pass over the precomputed catalogue state; seen and
-excluded items are masked and the top k taken with ``topk`` (no sort of the catalogue).
+A request batch is scored in one pass over the precomputed catalogue state (for GMF one matrix
+product); seen, excluded and filtered-out items are masked, and the top k taken with ``topk``,
+never a sort of the catalogue.
+
+Shapes: B = queries in a batch, N = catalogue items, L = history length, D = embedding size.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 import torch
+from torch import Tensor
 
+from recsys.errors import UserError
 from recsys.models.ncf import NCF, ItemState
 from recsys.training.artifact import Artifact, load_artifact
+
+logger = logging.getLogger(__name__)
+
+MAX_K = 1000
+QueryKind = Literal["user", "history", "similar", "popular"]
+
+
+@dataclass(frozen=True)
+class Query:
+    """One instance of a request, already type-checked."""
+
+    user_id: str | None = None
+    history: tuple[str, ...] | None = None
+    item_id: str | None = None
+    k: int = 10
+    exclude_seen: bool = True
+    exclude: tuple[str, ...] = ()
+    items: tuple[str, ...] | None = None
+    filter: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
 class Recommendation:
     item_ids: list[str]
     scores: list[float]
-    unknown_history_items: list[str]
+    kind: QueryKind
+    fallback: bool = False
+    unknown_user: bool = False
+    unknown_items: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"item_ids": self.item_ids, "scores": self.scores, "kind": self.kind}
+        if self.fallback:
+            out["fallback"] = True
+        if self.unknown_user:
+            out["unknown_user"] = True
+        if self.unknown_items:
+            out["unknown_items"] = self.unknown_items
+        return out
+
+
+@dataclass(frozen=True)
+class _Attribute:
+    """A filterable item attribute: categorical codes or raw numbers."""
+
+    name: str
+    codes: np.ndarray | None  # [N, W] int64, 0 = missing
+    values: dict[str, int] | None  # value -> code
+    numbers: np.ndarray | None  # [N] float64, NaN = missing
 
 
 class Recommender:
-    """Top-k recommendations for known users or for a history of item ids."""
+    """Top-k recommendations for known users, histories, similar items, or the popular fallback."""
 
     def __init__(self, artifact: Artifact, device: torch.device) -> None:
         self.artifact = artifact
@@ -33,68 +83,197 @@ class Recommender:
         self.model: NCF = artifact.build_model(device)
         with torch.no_grad():
             self.items: ItemState = self.model.all_items(device)
+            vectors = self.items.gmf if self.items.gmf is not None else self.items.mlp
+            assert vectors is not None  # every model kind has at least one item tower
+            # Unit vectors make item-to-item similarity one matrix-vector product.
+            self.item_unit = torch.nn.functional.normalize(vectors.float(), dim=1)
         self.history_length = self.model.config.history_length
         self.num_users = self.model.config.num_users
         self.num_items = self.model.config.num_items
+        self.popularity = torch.from_numpy(artifact.item_popularity.astype(np.float32)).to(device)
+        self.attributes = self._attributes(artifact)
 
     @classmethod
     def load(cls, model_dir: Path, device: torch.device | None = None) -> Recommender:
         return cls(load_artifact(model_dir), device or torch.device("cpu"))
 
+    @staticmethod
+    def _attributes(artifact: Artifact) -> dict[str, _Attribute]:
+        out: dict[str, _Attribute] = {}
+        encoding, arrays = artifact.item_encoding, artifact.item_arrays
+        for column, codes in zip(encoding.categorical, arrays.categorical, strict=True):
+            values = {v: i + 1 for i, v in enumerate(column.values)}
+            out[column.name] = _Attribute(column.name, codes, values, None)
+        for j, numeric in enumerate(encoding.numeric):
+            out[numeric.name] = _Attribute(numeric.name, None, None, arrays.numeric_raw[:, j])
+        return out
+
+    # -- masks -------------------------------------------------------------------------------
+
+    def filter_mask(self, spec: Mapping[str, Any]) -> np.ndarray:
+        """[N] bool: items that satisfy every constraint (AND across attributes, OR within one)."""
+        mask = np.ones(self.num_items, dtype=bool)
+        for name, condition in spec.items():
+            attribute = self.attributes.get(name)
+            if attribute is None:
+                known = ", ".join(sorted(self.attributes)) or "none (the model was trained without items)"
+                raise UserError(f"filter: unknown item attribute '{name}'; filterable attributes: {known}.")
+            if attribute.codes is not None and attribute.values is not None:
+                wanted = condition if isinstance(condition, list) else [condition]
+                if not wanted or not all(isinstance(v, str | int | float) for v in wanted):
+                    raise UserError(
+                        f'filter \'{name}\': give a value or a list of values, e.g. {{"{name}": ["A", "B"]}}.'
+                    )
+                codes = [attribute.values[str(v)] for v in wanted if str(v) in attribute.values]
+                mask &= np.isin(attribute.codes, codes).any(axis=1) if codes else False
+                continue
+            numbers = attribute.numbers
+            assert numbers is not None  # an attribute is categorical or numeric
+            if isinstance(condition, dict):
+                unknown = set(condition) - {"min", "max"}
+                bounds = [condition.get("min"), condition.get("max")]
+                if unknown or not all(b is None or _is_number(b) for b in bounds) or bounds == [None, None]:
+                    raise UserError(
+                        f'filter \'{name}\': a numeric attribute takes {{"min": x, "max": y}} (either or '
+                        f"both) or a number; got {condition!r}."
+                    )
+                with np.errstate(invalid="ignore"):
+                    if bounds[0] is not None:
+                        mask &= numbers >= float(bounds[0])
+                    if bounds[1] is not None:
+                        mask &= numbers <= float(bounds[1])
+            elif _is_number(condition):
+                mask &= numbers == float(condition)
+            else:
+                raise UserError(
+                    f'filter \'{name}\': a numeric attribute takes {{"min": x, "max": y}} or a number; '
+                    f"got {condition!r}."
+                )
+        return mask
+
     def seen_items(self, user: int) -> np.ndarray:
         start, end = self.artifact.seen_indptr[user], self.artifact.seen_indptr[user + 1]
         return self.artifact.seen_items[start:end].astype(np.int64)
 
+    def _lookup(self, ids: Sequence[str], unknown: list[str]) -> np.ndarray:
+        indices = self.artifact.items.lookup(list(ids))
+        unknown.extend(i for i, x in zip(ids, indices, strict=True) if x < 0)
+        return indices[indices >= 0]
+
+    # -- scoring -----------------------------------------------------------------------------
+
     @torch.no_grad()
-    def recommend(
-        self,
-        user_ids: Sequence[str | None],
-        histories: Sequence[Sequence[str] | None],
-        k: int,
-        *,
-        exclude_seen: bool = True,
-    ) -> list[Recommendation]:
-        """One recommendation list per request; a ``history`` replaces a known user's stored one."""
-        size = len(user_ids)
+    def recommend(self, queries: Sequence[Query]) -> list[Recommendation]:
+        """One recommendation per query, in order. Personal queries share one scoring pass."""
+        for query in queries:
+            if not 1 <= query.k <= MAX_K:
+                raise UserError(f"k must be between 1 and {MAX_K}; got {query.k}.")
+        results: list[Recommendation | None] = [None] * len(queries)
+        personal: list[int] = []
+        for row, query in enumerate(queries):
+            if query.item_id is not None and query.user_id is None and query.history is None:
+                results[row] = self._similar(query)
+            elif query.history is not None or (
+                query.user_id is not None and query.user_id in self.artifact.users
+            ):
+                personal.append(row)
+            else:
+                results[row] = self._popular(query)
+        # A [B, N] block of logits per pass: bounded so that a large Batch Transform request on a
+        # large catalogue does not allocate B x N floats at once.
+        chunk = max(1, min(1024, (1 << 25) // self.num_items))
+        for start in range(0, len(personal), chunk):
+            rows = personal[start : start + chunk]
+            for row, result in zip(rows, self._personal([queries[r] for r in rows]), strict=True):
+                results[row] = result
+        return [r for r in results if r is not None]
+
+    def _personal(self, queries: Sequence[Query]) -> list[Recommendation]:
+        size = len(queries)
         users = torch.full((size,), self.num_users, dtype=torch.long)
         history = torch.zeros(size, self.history_length, dtype=torch.long)
         mask = torch.zeros(size, self.history_length, dtype=torch.bool)
-        exclusions: list[np.ndarray] = []
-        unknown: list[list[str]] = []
-        for row, (user_id, items) in enumerate(zip(user_ids, histories, strict=True)):
-            user = self.artifact.users.get(user_id) if user_id is not None else -1
+        seen_rows: list[np.ndarray] = []
+        unknown_rows: list[list[str]] = []
+        unknown_user_rows: list[bool] = []
+        for row, query in enumerate(queries):
+            user = self.artifact.users.get(query.user_id) if query.user_id is not None else -1
+            unknown: list[str] = []
             seen = self.seen_items(user) if user >= 0 else np.zeros(0, dtype=np.int64)
             if user >= 0:
                 users[row] = user
-            missing: list[str] = []
-            if items is not None:
-                indices = self.artifact.items.lookup(list(items))
-                missing = [i for i, x in zip(items, indices, strict=True) if x < 0]
-                given = indices[indices >= 0]
-                seen = np.union1d(seen, given)
-                sequence = given
+            if query.history is not None:
+                sequence = self._lookup(query.history, unknown)
+                seen = np.union1d(seen, sequence)
             else:
-                sequence = self.seen_items(user) if user >= 0 else np.zeros(0, dtype=np.int64)
+                sequence = seen if user < 0 else self.seen_items(user)
             recent = sequence[::-1][: self.history_length].copy()  # most recent first
             history[row, : len(recent)] = torch.from_numpy(recent)
             mask[row, : len(recent)] = True
-            exclusions.append(seen if exclude_seen else np.zeros(0, dtype=np.int64))
-            unknown.append(missing)
+            seen_rows.append(seen)
+            unknown_rows.append(unknown)
+            unknown_user_rows.append(query.user_id is not None and user < 0)
         users, history, mask = users.to(self.device), history.to(self.device), mask.to(self.device)
-        logits = self.model.score_all(self.model.encode_users(users, history, mask), self.items).float()
-        for row, excluded in enumerate(exclusions):
-            if len(excluded):
-                logits[row, torch.from_numpy(excluded).to(self.device)] = float("-inf")
-        top = torch.topk(logits, min(k, self.num_items), dim=1)
-        results = []
-        for row in range(size):
-            finite = torch.isfinite(top.values[row])
-            indices = top.indices[row][finite].cpu().numpy()
-            results.append(
-                Recommendation(
-                    [self.artifact.items.ids[i] for i in indices],
-                    top.values[row][finite].cpu().tolist(),
-                    unknown[row],
-                )
+        state = self.model.encode_users(users, history, mask)
+        logits = self.model.score_all(state, self.items).float()  # [B, N]
+        out = []
+        for row, query in enumerate(queries):
+            scores = self._restrict(logits[row], query, seen_rows[row], unknown_rows[row])
+            item_ids, values = self._top(scores, query.k)
+            kind: QueryKind = "user" if query.history is None else "history"
+            out.append(
+                Recommendation(item_ids, values, kind, False, unknown_user_rows[row], unknown_rows[row])
             )
-        return results
+        return out
+
+    def _restrict(self, scores: Tensor, query: Query, seen: np.ndarray, unknown: list[str]) -> Tensor:
+        """Mask what the query rules out: seen, excluded, outside the candidates, filtered."""
+        blocked = np.zeros(self.num_items, dtype=bool)
+        if query.exclude_seen and len(seen):
+            blocked[seen] = True
+        if query.exclude:
+            blocked[self._lookup(query.exclude, unknown)] = True
+        if query.items is not None:
+            allowed = np.zeros(self.num_items, dtype=bool)
+            allowed[self._lookup(query.items, unknown)] = True
+            blocked |= ~allowed
+        if query.filter:
+            blocked |= ~self.filter_mask(query.filter)
+        if blocked.any():
+            scores = scores.masked_fill(torch.from_numpy(blocked).to(scores.device), float("-inf"))
+        return scores
+
+    def _top(self, scores: Tensor, k: int) -> tuple[list[str], list[float]]:
+        top = torch.topk(scores, min(k, self.num_items))
+        keep = torch.isfinite(top.values)
+        indices = top.indices[keep].cpu().numpy()
+        values = [round(v, 6) for v in top.values[keep].cpu().tolist()]
+        ids = self.artifact.items.ids
+        return [ids[i] for i in indices], values
+
+    def _popular(self, query: Query) -> Recommendation:
+        unknown: list[str] = []
+        seen = np.zeros(0, dtype=np.int64)
+        if query.history is not None:
+            seen = self._lookup(query.history, unknown)
+        scores = self._restrict(self.popularity, query, seen, unknown)
+        item_ids, values = self._top(scores, query.k)
+        return Recommendation(item_ids, values, "popular", True, query.user_id is not None, unknown)
+
+    def _similar(self, query: Query) -> Recommendation:
+        assert query.item_id is not None  # routed here only with an item id
+        index = self.artifact.items.get(query.item_id)
+        if index < 0:
+            recommendation = self._popular(query)
+            return Recommendation(
+                recommendation.item_ids, recommendation.scores, "popular", True, False, [query.item_id]
+            )
+        scores = self.item_unit @ self.item_unit[index]
+        unknown: list[str] = []
+        scores = self._restrict(scores, query, np.array([index]), unknown)
+        item_ids, values = self._top(scores, query.k)
+        return Recommendation(item_ids, values, "similar", False, False, unknown)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)

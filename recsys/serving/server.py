@@ -1,0 +1,46 @@
+"""``recsys serve``: check the artifact, then run uvicorn under the hosting contract."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+
+import uvicorn
+
+from recsys.sagemaker.contract import read_hosting_config
+from recsys.training.artifact import verify_artifact
+
+logger = logging.getLogger(__name__)
+
+# SIGTERM lets in-flight requests finish for up to this long before workers are stopped.
+GRACEFUL_SHUTDOWN_SECONDS = 30
+
+
+def serve(environ: Mapping[str, str], *, host: str = "0.0.0.0") -> int:
+    """Serve until stopped; returns the exit code. A bad artifact fails here, before any port opens."""
+    config = read_hosting_config(environ, cpu_count=os.cpu_count() or 1)
+    # Checked once in this process so that a missing or corrupt model is one clear error and a
+    # quick non-zero exit, not workers that crash and restart behind a port that never says 200.
+    verify_artifact(config.model_dir)
+    logger.info(
+        "serving %s on %s:%d with %d worker(s), timeout %gs, max payload %d bytes",
+        config.model_dir,
+        host,
+        config.port,
+        config.workers,
+        config.timeout_seconds,
+        config.max_payload_bytes,
+    )
+    uvicorn.run(
+        "recsys.serving.app:app_from_environment",
+        factory=True,
+        host=host,
+        port=config.port,
+        workers=config.workers,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+        timeout_keep_alive=75,  # above the 60 s idle timeout of SageMaker's front end
+        log_level="info",
+        access_log=False,
+    )
+    return 0
