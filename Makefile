@@ -10,14 +10,16 @@ PIP_INDEX_FLAGS := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),)
 # The local SageMaker-shaped tree that `make run` trains in.
 LOCAL_ML ?= local/opt_ml
 
-.PHONY: help install run test lint format bench-quality clean
+.PHONY: help install run serve test lint format bench-quality bench-serving clean
 
 help:
 	@echo "make install        create $(VENV) with recsys and its dev tools (idempotent)"
 	@echo "make run            install, then train on the bundled synthetic data in $(LOCAL_ML) and recommend"
 	@echo "make test           install, then run the test suite"
 	@echo "make lint           ruff (lint + format check) and mypy"
+	@echo "make serve          serve the model of 'make run' on localhost:8080"
 	@echo "make bench-quality  MovieLens-100K: this model vs EASE and most-popular"
+	@echo "make bench-serving  serving req/s and latency at 1,682 / 100,000 / 1,000,000 items"
 	@echo "make clean          remove $(VENV), $(LOCAL_ML) and caches"
 
 # The stamp is newer than pyproject.toml once the environment matches it.
@@ -40,6 +42,9 @@ run: install
 	@echo
 	@echo "model: $(LOCAL_ML)/model   report: $(LOCAL_ML)/output/data (metrics.json, learning_curves.png)"
 
+serve: install
+	SAGEMAKER_BASE_DIR=$(LOCAL_ML) $(BIN)/recsys serve
+
 test: install
 	$(BIN)/python -m pytest -q
 
@@ -54,6 +59,9 @@ format: install
 
 bench-quality: install
 	$(BIN)/python -m benchmarks.quality
+
+bench-serving: install
+	$(BIN)/python -m benchmarks.serving
 
 clean:
 	rm -rf $(VENV) $(LOCAL_ML) .pytest_cache .mypy_cache .ruff_cache

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 import math
 from typing import Any, Literal
@@ -39,7 +40,7 @@ MEDIA_TYPES: dict[str, str] = {
 }
 """The Content-Type to send with a response in each format."""
 
-# Request media type -> format. The x- alias is what older SageMaker examples and tools send.
+# Request media type -> format. Both JSON Lines spellings are in use around SageMaker: take either.
 _CONTENT_TYPES: dict[str, Format] = {
     "application/json": "json",
     "application/jsonlines": "jsonlines",
@@ -64,8 +65,8 @@ def _media_type(value: str) -> str:
 def content_type_of(header: str | None) -> Format:
     """The request format named by a Content-Type header.
 
-    A missing (or blank) header means JSON, as the SageMaker SDK's default serializer does not
-    always send one. Anything else unsupported is a 415 naming the type and the supported ones.
+    A missing (or blank) header means JSON, the endpoint's default format. An unsupported type
+    is a 415 naming it and the supported ones.
     """
     if header is None or not header.strip():
         return "json"
@@ -233,14 +234,18 @@ def _parse_k(field: str, number: int) -> int:
 
 def _decode_csv(lines: list[str]) -> list[dict[str, Any]]:
     instances: list[dict[str, Any]] = []
-    # strict: a stray quote is an error, not a field silently rebuilt around it.
-    reader = csv.reader(lines, strict=True)
+    unclosed = "a quoted field is not closed on the same line"
+    # strict: a stray quote is an error, not a field silently rebuilt around it. The extra empty
+    # line makes a quote left open on the last line look like one left open anywhere else: a
+    # record that runs on past its own line.
+    reader = csv.reader(itertools.chain(lines, [""]), strict=True)
     number = 0
     try:
         for number, row in enumerate(reader, start=1):
             if reader.line_num != number:
-                # The reader ran on into the next line: a quote opened on this one was never closed.
-                raise UserError(f"line {number}: a quoted field is not closed on the same line")
+                raise UserError(f"line {number}: {unclosed}")
+            if number > len(lines):
+                break  # The extra empty line.
             if len(row) > 2:
                 raise UserError(f"line {number}: expected user_id[,k], got {len(row)} fields")
             user_id = row[0]
@@ -253,7 +258,7 @@ def _decode_csv(lines: list[str]) -> list[dict[str, Any]]:
     except csv.Error as error:
         number += 1  # The line whose record failed.
         if reader.line_num > number:
-            raise UserError(f"line {number}: a quoted field is not closed on the same line") from None
+            raise UserError(f"line {number}: {unclosed}") from None
         raise UserError(f"line {number}: malformed CSV: {error}") from None
     return instances
 
@@ -290,8 +295,10 @@ def decode_instances(body: bytes, fmt: str, *, max_instances: int) -> list[dict[
     return _decode_jsonlines(lines) if fmt == "jsonlines" else _decode_csv(lines)
 
 
-def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+# What json.dumps(..., separators=(",", ":"), ensure_ascii=False) would build on every call; built once,
+# it makes JSON Lines encoding several times faster.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+_dumps = _ENCODER.encode
 
 
 def encode_predictions(predictions: list[dict[str, Any]], fmt: str) -> bytes:
@@ -310,7 +317,7 @@ def encode_predictions(predictions: list[dict[str, Any]], fmt: str) -> bytes:
         return "".join(_dumps(prediction) + "\n" for prediction in predictions).encode("utf-8")
     if fmt == "csv":
         buffer = io.StringIO()
-        # "\n", not csv's default "\r\n": Batch Transform splits the output on "\n", as for JSON Lines.
+        # "\n", not csv's default "\r\n": the same record separator as the JSON Lines output.
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerows(prediction["item_ids"] for prediction in predictions)
         return buffer.getvalue().encode("utf-8")

@@ -1,0 +1,597 @@
+"""Serving throughput and latency: the real server, over loopback, at several catalogue sizes.
+
+Run from the repository root::
+
+    python -m benchmarks.serving                           # 1,682 / 100,000 / 1,000,000 items
+    python -m benchmarks.serving --catalogues 1682 --concurrency 1,32 --duration 5 --workers 2
+
+For each catalogue a synthetic GMF artifact (randomly initialised: serving cost does not depend on
+the weights' values) is written once under ``benchmarks/.cache/serving/<N>/model`` with
+``save_artifact`` and reused afterwards. ``python -m recsys serve`` is then started as a child
+process exactly as the container starts it (``SAGEMAKER_BASE_DIR``, ``SAGEMAKER_BIND_TO_PORT``,
+and ``SAGEMAKER_MODEL_SERVER_WORKERS`` only when ``--workers`` is given), and loaded over
+127.0.0.1 at each concurrency (keep-alive connections, for ``--duration`` seconds each) with:
+
+* ``GET /ping``;
+* ``POST /invocations`` with ``{"instances":[{"user_id":"<random known user>","k":10}]}``: a
+  known user's top 10, their seen items excluded, one instance per request, a different random
+  user on every request.
+
+The load generator is ``wrk`` (with ``benchmarks/wrk_post.lua``) when it is installed or can be
+installed with ``apt-get``; otherwise a small asyncio client with raw HTTP/1.1 keep-alive
+connections. Either way it shares the machine's cores with the server, which the figures include.
+
+Printed: req/s, p50 and p99 latency per endpoint and concurrency, the ratio of /invocations to /ping
+req/s, and whether the targets hold:
+
+* ``/invocations`` >= 0.5 x ``/ping`` req/s at 32 connections with 1,682 items;
+* p99 < 50 ms at 1,000,000 items, judged at 1 connection and at 32 connections (both shown).
+
+The same numbers go to ``benchmarks/.cache/serving.json``; each server's log to
+``benchmarks/.cache/serving/<N>/server.log``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from recsys.data.features import FeatureEncoding, empty_arrays
+from recsys.data.vocab import Vocabulary
+from recsys.models.ncf import NCF, ModelConfig
+from recsys.sagemaker.contract import BASE_DIR_ENV, BIND_TO_PORT_ENV, WORKERS_ENV, ContainerPaths, default_workers
+from recsys.training.artifact import MANIFEST, Artifact, save_artifact
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CACHE = REPO_ROOT / "benchmarks" / ".cache"
+RUNS = CACHE / "serving"
+RESULTS_FILE = CACHE / "serving.json"
+WRK_SCRIPT = Path(__file__).resolve().parent / "wrk_post.lua"
+
+NUM_USERS = 1000
+EMBEDDING_DIM = 64
+HISTORY_LENGTH = 50
+SEEN_PER_USER = 20
+K = 10
+HOST = "127.0.0.1"
+STARTUP_TIMEOUT_S = 600.0  # a 1M-item artifact is checksummed twice and loaded before /ping says 200
+STOP_TIMEOUT_S = 45.0  # the server drains in-flight requests for up to 30 s on SIGTERM
+WARMUP_S = 2.0
+
+PING_TARGET = (1682, 32, 0.5)  # (items, connections, minimum /invocations : /ping req/s)
+P99_TARGET = (1_000_000, (1, 32), 50.0)  # (items, connections judged, p99 limit in ms)
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    """One load run of one endpoint at one concurrency."""
+
+    items: int
+    endpoint: str
+    connections: int
+    requests: int
+    seconds: float
+    requests_per_second: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    max_ms: float
+    errors: int  # connection errors, timeouts and non-2xx responses
+
+
+def _progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# -- synthetic artifacts -------------------------------------------------------------------------
+
+
+def model_config(num_items: int) -> ModelConfig:
+    return ModelConfig(
+        kind="gmf",
+        num_users=NUM_USERS,
+        num_items=num_items,
+        embedding_dim=EMBEDDING_DIM,
+        history_length=HISTORY_LENGTH,
+    )
+
+
+def build_artifact(num_items: int, seed: int = 0) -> Artifact:
+    """A randomly initialised GMF with ~20 seen items per user and random popularity."""
+    config = model_config(num_items)
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    state_dict = NCF(config).state_dict()
+    users = Vocabulary.build(f"u{u}" for u in range(NUM_USERS))
+    items = Vocabulary.build(f"i{i}" for i in range(num_items))
+    counts = rng.integers(SEEN_PER_USER // 2, SEEN_PER_USER * 3 // 2 + 1, size=NUM_USERS)
+    counts = np.minimum(counts, num_items)
+    seen_indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    seen_items = np.concatenate([rng.choice(num_items, size=c, replace=False) for c in counts])
+    popularity = rng.zipf(1.5, size=num_items).clip(max=1_000_000).astype(np.int64)
+    return Artifact(
+        model_config=config,
+        state_dict=state_dict,
+        users=users,
+        items=items,
+        item_encoding=FeatureEncoding.empty("item_id"),
+        item_arrays=empty_arrays(num_items),
+        user_encoding=FeatureEncoding.empty("user_id"),
+        user_arrays=empty_arrays(NUM_USERS),
+        seen_indptr=seen_indptr,
+        seen_items=seen_items.astype(np.int32),
+        item_popularity=popularity,
+        train_config={"synthetic": True, "benchmark": "serving"},
+        metrics={},
+        fingerprint={"synthetic": True, "num_items": num_items, "seed": seed},
+    )
+
+
+def ensure_artifact(num_items: int) -> ContainerPaths:
+    """The SageMaker tree whose ``model/`` holds the artifact of ``num_items`` items (built once)."""
+    paths = ContainerPaths(RUNS / str(num_items))
+    model_dir = paths.model_dir
+    config_file = model_dir / "model_config.json"
+    if (model_dir / MANIFEST).exists() and config_file.exists():
+        if ModelConfig.from_json(json.loads(config_file.read_text())) == model_config(num_items):
+            return paths
+    _progress(f"[{num_items:,} items] building the synthetic artifact in {model_dir}")
+    started = time.perf_counter()
+    save_artifact(build_artifact(num_items), model_dir)
+    _progress(f"[{num_items:,} items] artifact written in {time.perf_counter() - started:.1f} s")
+    return paths
+
+
+# -- the server ----------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def _get(url: str, timeout: float = 5.0) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except (urllib.error.URLError, OSError):
+        return 0
+
+
+class Server:
+    """``python -m recsys serve`` as a child process, in its own process group."""
+
+    def __init__(self, paths: ContainerPaths, workers: int | None, log_file: Path) -> None:
+        self.port = free_port()
+        environ = dict(os.environ)
+        environ[BASE_DIR_ENV] = str(paths.base)
+        environ[BIND_TO_PORT_ENV] = str(self.port)
+        environ.pop(WORKERS_ENV, None)
+        if workers is not None:
+            environ[WORKERS_ENV] = str(workers)
+        self.log_file = log_file
+        self._log = log_file.open("w")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "recsys", "serve"],
+            cwd=REPO_ROOT,
+            env=environ,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def wait_ready(self, timeout: float = STARTUP_TIMEOUT_S) -> float:
+        """Seconds until /ping answered 200; raises if the server exits or never gets there."""
+        started = time.perf_counter()
+        while time.perf_counter() - started < timeout:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"the server exited with {self.process.returncode} before /ping said 200; "
+                    f"see {self.log_file}"
+                )
+            if _get(f"{self.url}/ping", timeout=2.0) == 200:
+                return time.perf_counter() - started
+            time.sleep(0.2)
+        raise RuntimeError(f"/ping did not say 200 within {timeout:g} s; see {self.log_file}")
+
+    def stop(self) -> int | None:
+        """SIGTERM, as SageMaker stops a container; the return code, or None if it had to be killed."""
+        code: int | None = None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                code = self.process.wait(timeout=STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        else:
+            code = self.process.returncode
+        self._log.close()
+        return code
+
+
+def server_rss_mib(pid: int) -> float:
+    """Resident memory of the server process and its children (uvicorn workers), MiB."""
+    total = 0
+    pids = [pid]
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        pids += [int(c) for c in children]
+    except OSError:
+        pass
+    for p in pids:
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue
+    return total / 1024
+
+
+def invocation_body(user: int) -> bytes:
+    return json.dumps({"instances": [{"user_id": f"u{user}", "k": K}]}, separators=(",", ":")).encode()
+
+
+def check_invocation(url: str) -> dict[str, Any]:
+    """One request up front: the benchmark must measure known-user top-k, not an error or a fallback."""
+    request = urllib.request.Request(
+        f"{url}/invocations",
+        data=invocation_body(7),
+        headers={"Content-Type": "application/json", "Accept": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        prediction = json.loads(response.read())["predictions"][0]
+    if prediction.get("kind") != "user" or len(prediction.get("item_ids", [])) != K:
+        raise RuntimeError(f"unexpected prediction for a known user: {prediction}")
+    return dict(prediction)
+
+
+# -- load generators -----------------------------------------------------------------------------
+
+
+def find_wrk(install: bool) -> str | None:
+    """The wrk binary, installing the Debian package once if allowed and possible."""
+    found = shutil.which("wrk")
+    if found or not install:
+        return found
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        return None
+    _progress("wrk not found: trying `apt-get install -y wrk`")
+    completed = subprocess.run(
+        ["apt-get", "install", "-y", "wrk"], capture_output=True, text=True, check=False
+    )
+    if completed.returncode != 0:
+        _progress(f"apt-get could not install wrk ({completed.stderr.strip()[-200:]}); using the asyncio client")
+    return shutil.which("wrk")
+
+
+WRK_LINE = re.compile(r"^WRK_RESULT (\{.*\})$", re.MULTILINE)
+
+
+def run_wrk(
+    wrk: str, url: str, endpoint: str, connections: int, duration: float, threads: int
+) -> dict[str, Any]:
+    mode = "ping" if endpoint == "/ping" else "invocations"
+    command = [
+        wrk,
+        f"--threads={max(1, min(threads, connections))}",
+        f"--connections={connections}",
+        f"--duration={max(1, round(duration))}s",
+        "--timeout=30s",
+        "--latency",
+        f"--script={WRK_SCRIPT}",
+        url,
+        "--",
+        mode,
+        str(NUM_USERS),
+        str(K),
+    ]
+    completed = subprocess.run(command, capture_output=True, text=True, check=False, timeout=duration + 120)
+    match = WRK_LINE.search(completed.stdout)
+    if completed.returncode != 0 or match is None:
+        raise RuntimeError(f"wrk failed ({completed.returncode}): {completed.stdout}\n{completed.stderr}")
+    raw: dict[str, Any] = json.loads(match.group(1))
+    seconds = raw["duration_us"] / 1e6
+    errors = sum(raw[k] for k in ("connect_errors", "read_errors", "write_errors", "status_errors", "timeouts"))
+    return {
+        "requests": raw["requests"],
+        "seconds": seconds,
+        "p50_ms": raw["p50_us"] / 1000,
+        "p90_ms": raw["p90_us"] / 1000,
+        "p99_ms": raw["p99_us"] / 1000,
+        "max_ms": raw["max_us"] / 1000,
+        "errors": errors,
+    }
+
+
+async def _read_response(reader: asyncio.StreamReader) -> int:
+    """Read one HTTP/1.1 response with a Content-Length body; its status code."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    status = int(lines[0].split(b" ", 2)[1])
+    length = 0
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value.strip())
+    if length:
+        await reader.readexactly(length)
+    return status
+
+
+async def _python_load(port: int, endpoint: str, connections: int, duration: float) -> dict[str, Any]:
+    """``connections`` keep-alive connections, each sending its next request as soon as the last ends."""
+    latencies: list[float] = []
+    errors = 0
+    deadline = time.perf_counter() + duration
+
+    def build(rng: random.Random) -> bytes:
+        if endpoint == "/ping":
+            return f"GET /ping HTTP/1.1\r\nHost: {HOST}:{port}\r\n\r\n".encode()
+        body = invocation_body(rng.randrange(NUM_USERS))
+        head = (
+            f"POST /invocations HTTP/1.1\r\nHost: {HOST}:{port}\r\nContent-Type: application/json\r\n"
+            f"Accept: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
+        return head.encode() + body
+
+    async def connection(seed: int) -> None:
+        nonlocal errors
+        rng = random.Random(seed)
+        reader, writer = await asyncio.open_connection(HOST, port)
+        try:
+            while time.perf_counter() < deadline:
+                request = build(rng)
+                started = time.perf_counter()
+                writer.write(request)
+                status = await _read_response(reader)
+                latencies.append(time.perf_counter() - started)
+                if not 200 <= status < 300:
+                    errors += 1
+        except (OSError, asyncio.IncompleteReadError, ValueError):
+            errors += 1
+        finally:
+            writer.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(connection(seed) for seed in range(connections)))
+    seconds = time.perf_counter() - started
+    ms = np.asarray(latencies) * 1000 if latencies else np.zeros(1)
+    return {
+        "requests": len(latencies),
+        "seconds": seconds,
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p90_ms": float(np.percentile(ms, 90)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "max_ms": float(ms.max()),
+        "errors": errors,
+    }
+
+
+def measure(
+    server: Server, wrk: str | None, items: int, endpoint: str, connections: int, duration: float, threads: int
+) -> LoadResult:
+    if wrk is not None:
+        raw = run_wrk(wrk, server.url, endpoint, connections, duration, threads)
+    else:
+        raw = asyncio.run(_python_load(server.port, endpoint, connections, duration))
+    return LoadResult(
+        items=items,
+        endpoint=endpoint,
+        connections=connections,
+        requests=raw["requests"],
+        seconds=round(raw["seconds"], 3),
+        requests_per_second=round(raw["requests"] / raw["seconds"], 1) if raw["seconds"] > 0 else 0.0,
+        p50_ms=round(raw["p50_ms"], 3),
+        p90_ms=round(raw["p90_ms"], 3),
+        p99_ms=round(raw["p99_ms"], 3),
+        max_ms=round(raw["max_ms"], 3),
+        errors=int(raw["errors"]),
+    )
+
+
+# -- the report ----------------------------------------------------------------------------------
+
+
+def _find(results: Sequence[LoadResult], items: int, endpoint: str, connections: int) -> LoadResult | None:
+    for result in results:
+        if (result.items, result.endpoint, result.connections) == (items, endpoint, connections):
+            return result
+    return None
+
+
+def ratio(results: Sequence[LoadResult], items: int, connections: int) -> float | None:
+    ping = _find(results, items, "/ping", connections)
+    invocations = _find(results, items, "/invocations", connections)
+    if ping is None or invocations is None or ping.requests_per_second == 0:
+        return None
+    return invocations.requests_per_second / ping.requests_per_second
+
+
+def judge_targets(results: Sequence[LoadResult]) -> dict[str, Any]:
+    items, connections, minimum = PING_TARGET
+    measured = ratio(results, items, connections)
+    throughput = {
+        "target": f"/invocations >= {minimum} x /ping req/s at {connections} connections with {items:,} items",
+        "measured_ratio": None if measured is None else round(measured, 3),
+        "holds": None if measured is None else measured >= minimum,
+    }
+    items, judged, limit = P99_TARGET
+    latency: dict[str, Any] = {
+        "target": f"/invocations p99 < {limit:g} ms at {items:,} items",
+        "by_connections": {},
+    }
+    for connections in judged:
+        result = _find(results, items, "/invocations", connections)
+        latency["by_connections"][str(connections)] = {
+            "p99_ms": None if result is None else result.p99_ms,
+            "holds": None if result is None else result.p99_ms < limit,
+        }
+    return {"throughput": throughput, "latency": latency}
+
+
+def _verdict(holds: bool | None) -> str:
+    return "not measured" if holds is None else ("HOLDS" if holds else "FAILS")
+
+
+def print_report(results: Sequence[LoadResult], targets: dict[str, Any], header: str) -> None:
+    print(header)
+    print()
+    line = (
+        f"{'items':>9}  {'conns':>5}  {'/ping req/s':>11}  {'p50 ms':>7}  {'p99 ms':>7}  "
+        f"{'/inv req/s':>10}  {'p50 ms':>7}  {'p99 ms':>7}  {'inv/ping':>8}  {'errors':>6}"
+    )
+    print(line)
+    print("-" * len(line))
+    keys = sorted({(r.items, r.connections) for r in results})
+    _, judged, _ = P99_TARGET
+    for items, connections in keys:
+        ping = _find(results, items, "/ping", connections)
+        inv = _find(results, items, "/invocations", connections)
+        measured = ratio(results, items, connections)
+        mark = " *" if items == P99_TARGET[0] and connections in judged else ""
+        mark += " +" if (items, connections) == PING_TARGET[:2] else ""
+        errors = (ping.errors if ping else 0) + (inv.errors if inv else 0)
+
+        def cells(r: LoadResult | None, width: int) -> str:
+            if r is None:
+                return f"{'-':>{width}}  {'-':>7}  {'-':>7}"
+            return f"{r.requests_per_second:>{width},.0f}  {r.p50_ms:>7.2f}  {r.p99_ms:>7.2f}"
+
+        print(
+            f"{items:>9,}  {connections:>5}  {cells(ping, 11)}  {cells(inv, 10)}  "
+            f"{'-' if measured is None else f'{measured:.2f}':>8}  {errors:>6}{mark}"
+        )
+    print()
+    print("+ the row that judges the throughput target; * the rows that judge the p99 target")
+    throughput = targets["throughput"]
+    measured = throughput["measured_ratio"]
+    print(
+        f"target: {throughput['target']}: {_verdict(throughput['holds'])}"
+        + ("" if measured is None else f" (measured {measured:.2f} x)")
+    )
+    latency = targets["latency"]
+    for connections, verdict in latency["by_connections"].items():
+        p99 = verdict["p99_ms"]
+        print(
+            f"target: {latency['target']}, judged at {connections} connection(s): {_verdict(verdict['holds'])}"
+            + ("" if p99 is None else f" (p99 {p99:.2f} ms)")
+        )
+
+
+def _int_list(text: str) -> list[int]:
+    return [int(part.replace("_", "")) for part in text.split(",") if part.strip()]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--catalogues", type=_int_list, default=[1682, 100_000, 1_000_000], help="item counts")
+    parser.add_argument("--concurrency", type=_int_list, default=[1, 8, 32], help="connection counts")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per endpoint and concurrency")
+    parser.add_argument(
+        "--workers", type=int, default=None, help="SAGEMAKER_MODEL_SERVER_WORKERS (default: the server's own)"
+    )
+    parser.add_argument("--tool", choices=("auto", "wrk", "python"), default="auto", help="load generator")
+    parser.add_argument("--wrk-threads", type=int, default=1, help="wrk threads (they share the server's cores)")
+    args = parser.parse_args(argv)
+
+    wrk = None if args.tool == "python" else find_wrk(install=True)
+    if args.tool == "wrk" and wrk is None:
+        parser.error("wrk is not installed and could not be installed")
+    tool = "wrk" if wrk is not None else "asyncio client"
+    cpu_count = os.cpu_count() or 1
+    workers = args.workers if args.workers is not None else default_workers(cpu_count)
+    RUNS.mkdir(parents=True, exist_ok=True)
+
+    results: list[LoadResult] = []
+    servers: dict[str, Any] = {}
+    for items in args.catalogues:
+        paths = ensure_artifact(items)
+        server = Server(paths, args.workers, paths.base / "server.log")
+        try:
+            ready_s = server.wait_ready()
+            check_invocation(server.url)
+            rss = server_rss_mib(server.process.pid)
+            _progress(f"[{items:,} items] server ready in {ready_s:.1f} s on port {server.port}, RSS {rss:.0f} MiB")
+            # Warm-up, not recorded: first requests pay for lazy imports, allocator growth, thread pools.
+            measure(server, wrk, items, "/invocations", max(args.concurrency), WARMUP_S, args.wrk_threads)
+            for connections in args.concurrency:
+                for endpoint in ("/ping", "/invocations"):
+                    result = measure(server, wrk, items, endpoint, connections, args.duration, args.wrk_threads)
+                    results.append(result)
+                    _progress(
+                        f"[{items:,} items] {endpoint:<12} c={connections:<3} {result.requests_per_second:>9,.1f} "
+                        f"req/s  p50 {result.p50_ms:7.2f} ms  p99 {result.p99_ms:7.2f} ms  errors {result.errors}"
+                    )
+            servers[str(items)] = {"ready_seconds": round(ready_s, 2), "rss_mib_after_load": round(rss, 1)}
+        finally:
+            code = server.stop()
+            _progress(f"[{items:,} items] server stopped (exit code {code})")
+            if str(items) in servers:
+                servers[str(items)]["exit_code"] = code
+
+    targets = judge_targets(results)
+    header = (
+        f"Serving benchmark: GMF (D={EMBEDDING_DIM}, {NUM_USERS:,} users), top-{K} for a random known user, "
+        f"one instance per request; {tool} over {HOST} keep-alive, {args.duration:g} s per cell; "
+        f"{workers} worker(s){' (default)' if args.workers is None else ''} on {cpu_count} CPU(s), "
+        f"load generator on the same machine."
+    )
+    print_report(results, targets, header)
+    report = {
+        "tool": tool,
+        "duration_seconds": args.duration,
+        "workers": workers,
+        "workers_default": args.workers is None,
+        "cpu_count": cpu_count,
+        "machine": platform.platform(),
+        "processor": platform.processor(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "num_users": NUM_USERS,
+        "embedding_dim": EMBEDDING_DIM,
+        "k": K,
+        "servers": servers,
+        "results": [asdict(r) for r in results],
+        "ratios": {
+            f"{items}/{connections}": None if (r := ratio(results, items, connections)) is None else round(r, 3)
+            for items, connections in sorted({(r.items, r.connections) for r in results})
+        },
+        "targets": targets,
+    }
+    RESULTS_FILE.write_text(json.dumps(report, indent=1))
+    _progress(f"wrote {RESULTS_FILE}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,48 @@
+-- wrk script of benchmarks/serving.py: GET /ping, or POST /invocations for a random known user.
+--
+--   wrk ... -s benchmarks/wrk_post.lua http://127.0.0.1:PORT -- invocations NUM_USERS K
+--   wrk ... -s benchmarks/wrk_post.lua http://127.0.0.1:PORT -- ping
+--
+-- Users are "u0" .. "u<NUM_USERS-1>", as in the benchmark's synthetic artifacts. done() prints one
+-- line "WRK_RESULT {json}" with exact counts and latency percentiles (microseconds) for the caller.
+
+local mode = "ping"
+local num_users = 1
+local k = 10
+local ping_request = nil
+local headers = { ["Content-Type"] = "application/json", ["Accept"] = "application/json" }
+
+local counter = 0
+function setup(thread)
+   -- Each wrk thread has its own Lua state: give each a distinct random seed.
+   counter = counter + 1
+   thread:set("thread_id", counter)
+end
+
+function init(args)
+   mode = args[1] or "ping"
+   num_users = tonumber(args[2] or "1")
+   k = tonumber(args[3] or "10")
+   math.randomseed(os.time() * 1000 + (thread_id or 0))
+   ping_request = wrk.format("GET", "/ping")
+end
+
+function request()
+   if mode == "ping" then
+      return ping_request
+   end
+   local user = math.random(0, num_users - 1)
+   local body = string.format('{"instances":[{"user_id":"u%d","k":%d}]}', user, k)
+   return wrk.format("POST", "/invocations", headers, body)
+end
+
+function done(summary, latency, requests)
+   local e = summary.errors
+   io.write(string.format(
+      'WRK_RESULT {"requests":%d,"duration_us":%d,"bytes":%d,"p50_us":%d,"p90_us":%d,"p99_us":%d,' ..
+      '"max_us":%d,"mean_us":%.1f,"connect_errors":%d,"read_errors":%d,"write_errors":%d,' ..
+      '"status_errors":%d,"timeouts":%d}\n',
+      summary.requests, summary.duration, summary.bytes,
+      latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max, latency.mean,
+      e.connect, e.read, e.write, e.status, e.timeout))
+end
