@@ -190,6 +190,8 @@ def _decode_json(text: str) -> list[dict[str, Any]]:
         document = json.loads(text)
     except json.JSONDecodeError as error:
         raise UserError(f"invalid JSON at line {error.lineno}, column {error.colno}: {error.msg}") from None
+    except RecursionError:  # json raises this, not JSONDecodeError, for very deep nesting
+        raise UserError("invalid JSON: arrays or objects nested too deeply") from None
     if isinstance(document, list):
         return _check_objects(document, "the request's list of instances")
     if not isinstance(document, dict):
@@ -216,6 +218,8 @@ def _decode_jsonlines(lines: list[str]) -> list[dict[str, Any]]:
             value = json.loads(line)
         except json.JSONDecodeError as error:
             raise UserError(f"line {number}: invalid JSON at column {error.colno}: {error.msg}") from None
+        except RecursionError:
+            raise UserError(f"line {number}: invalid JSON: arrays or objects nested too deeply") from None
         if not isinstance(value, dict):
             raise UserError(f"line {number}: expected a JSON object, got a JSON {_json_type(value)}")
         instances.append(value)  # Never unwrapped: a line is one instance, whatever it holds.

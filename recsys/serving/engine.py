@@ -173,8 +173,8 @@ class Recommender:
         for row, query in enumerate(queries):
             if query.item_id is not None and query.user_id is None and query.history is None:
                 results[row] = self._similar(query)
-            elif query.history is not None or (
-                query.user_id is not None and query.user_id in self.artifact.users
+            elif (query.user_id is not None and query.user_id in self.artifact.users) or (
+                query.history is not None and any(i in self.artifact.items for i in query.history)
             ):
                 personal.append(row)
             else:
@@ -264,13 +264,20 @@ class Recommender:
         assert query.item_id is not None  # routed here only with an item id
         index = self.artifact.items.get(query.item_id)
         if index < 0:
-            recommendation = self._popular(query)
+            fallback = self._popular(query)
             return Recommendation(
-                recommendation.item_ids, recommendation.scores, "popular", True, False, [query.item_id]
+                fallback.item_ids,
+                fallback.scores,
+                "popular",
+                True,
+                False,
+                [query.item_id, *fallback.unknown_items],
             )
         scores = self.item_unit @ self.item_unit[index]
         unknown: list[str] = []
-        scores = self._restrict(scores, query, np.array([index]), unknown)
+        scores = self._restrict(scores, query, np.zeros(0, dtype=np.int64), unknown)
+        # The item itself is never "similar to itself", whatever exclude_seen says.
+        scores[index] = float("-inf")
         item_ids, values = self._top(scores, query.k)
         return Recommendation(item_ids, values, "similar", False, False, unknown)
 

@@ -75,6 +75,30 @@ class InvocationResponse(BaseModel):
     predictions: list[Prediction]
 
 
+def request_json_schema() -> dict[str, Any]:
+    """The JSON schema of a JSON request body, self-contained for the OpenAPI page.
+
+    Pydantic puts ``Instance`` under ``$defs`` and points at it with ``#/$defs/Instance``; inside the
+    OpenAPI document that pointer starts at the document's root, where there is no ``$defs``, so no
+    client could resolve it. The definitions are inlined instead (none of them is recursive).
+    """
+    schema = InvocationRequest.model_json_schema()
+    definitions = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            resolved = {key: inline(value) for key, value in node.items() if key != "$ref"}
+            reference = node.get("$ref")
+            if isinstance(reference, str) and reference.startswith("#/$defs/"):
+                resolved = {**inline(definitions[reference.removeprefix("#/$defs/")]), **resolved}
+            return resolved
+        if isinstance(node, list):
+            return [inline(value) for value in node]
+        return node
+
+    return dict(inline(schema))
+
+
 def parse_instances(raw: list[dict[str, Any]]) -> list[Query]:
     """Validate raw instances; the first bad one gives a 400 naming its index and field."""
     queries = []

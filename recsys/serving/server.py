@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 from collections.abc import Mapping
+from types import FrameType
 
 import uvicorn
 
@@ -32,15 +34,25 @@ def serve(environ: Mapping[str, str], *, host: str = "0.0.0.0") -> int:
         config.timeout_seconds,
         config.max_payload_bytes,
     )
-    uvicorn.run(
-        "recsys.serving.app:app_from_environment",
-        factory=True,
-        host=host,
-        port=config.port,
-        workers=config.workers,
-        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
-        timeout_keep_alive=75,  # above the 60 s idle timeout of SageMaker's front end
-        log_level="info",
-        access_log=False,
-    )
+    # uvicorn shuts down gracefully on SIGTERM, then raises the signal again for the handler it
+    # found: make that a clean exit 0 (SageMaker stopping the container), not a death by signal (143).
+    previous = signal.signal(signal.SIGTERM, _exit_cleanly)
+    try:
+        uvicorn.run(
+            "recsys.serving.app:app_from_environment",
+            factory=True,
+            host=host,
+            port=config.port,
+            workers=config.workers,
+            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+            timeout_keep_alive=75,  # above the 60 s idle timeout of SageMaker's front end
+            log_level="info",
+            access_log=False,
+        )
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(0)
