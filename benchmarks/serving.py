@@ -59,7 +59,13 @@ import torch
 from recsys.data.features import FeatureEncoding, empty_arrays
 from recsys.data.vocab import Vocabulary
 from recsys.models.ncf import NCF, ModelConfig
-from recsys.sagemaker.contract import BASE_DIR_ENV, BIND_TO_PORT_ENV, WORKERS_ENV, ContainerPaths, default_workers
+from recsys.sagemaker.contract import (
+    BASE_DIR_ENV,
+    BIND_TO_PORT_ENV,
+    WORKERS_ENV,
+    ContainerPaths,
+    default_workers,
+)
 from recsys.training.artifact import MANIFEST, Artifact, save_artifact
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -152,9 +158,12 @@ def ensure_artifact(num_items: int) -> ContainerPaths:
     paths = ContainerPaths(RUNS / str(num_items))
     model_dir = paths.model_dir
     config_file = model_dir / "model_config.json"
-    if (model_dir / MANIFEST).exists() and config_file.exists():
-        if ModelConfig.from_json(json.loads(config_file.read_text())) == model_config(num_items):
-            return paths
+    if (
+        (model_dir / MANIFEST).exists()
+        and config_file.exists()
+        and ModelConfig.from_json(json.loads(config_file.read_text())) == model_config(num_items)
+    ):
+        return paths
     _progress(f"[{num_items:,} items] building the synthetic artifact in {model_dir}")
     started = time.perf_counter()
     save_artifact(build_artifact(num_items), model_dir)
@@ -290,7 +299,9 @@ def find_wrk(install: bool) -> str | None:
         ["apt-get", "install", "-y", "wrk"], capture_output=True, text=True, check=False
     )
     if completed.returncode != 0:
-        _progress(f"apt-get could not install wrk ({completed.stderr.strip()[-200:]}); using the asyncio client")
+        _progress(
+            f"apt-get could not install wrk ({completed.stderr.strip()[-200:]}); using the asyncio client"
+        )
     return shutil.which("wrk")
 
 
@@ -321,7 +332,9 @@ def run_wrk(
         raise RuntimeError(f"wrk failed ({completed.returncode}): {completed.stdout}\n{completed.stderr}")
     raw: dict[str, Any] = json.loads(match.group(1))
     seconds = raw["duration_us"] / 1e6
-    errors = sum(raw[k] for k in ("connect_errors", "read_errors", "write_errors", "status_errors", "timeouts"))
+    errors = sum(
+        raw[k] for k in ("connect_errors", "read_errors", "write_errors", "status_errors", "timeouts")
+    )
     return {
         "requests": raw["requests"],
         "seconds": seconds,
@@ -398,7 +411,13 @@ async def _python_load(port: int, endpoint: str, connections: int, duration: flo
 
 
 def measure(
-    server: Server, wrk: str | None, items: int, endpoint: str, connections: int, duration: float, threads: int
+    server: Server,
+    wrk: str | None,
+    items: int,
+    endpoint: str,
+    connections: int,
+    duration: float,
+    threads: int,
 ) -> LoadResult:
     if wrk is not None:
         raw = run_wrk(wrk, server.url, endpoint, connections, duration, threads)
@@ -441,7 +460,9 @@ def judge_targets(results: Sequence[LoadResult]) -> dict[str, Any]:
     items, connections, minimum = PING_TARGET
     measured = ratio(results, items, connections)
     throughput = {
-        "target": f"/invocations >= {minimum} x /ping req/s at {connections} connections with {items:,} items",
+        "target": (
+            f"/invocations >= {minimum} x /ping req/s at {connections} connections with {items:,} items"
+        ),
         "measured_ratio": None if measured is None else round(measured, 3),
         "holds": None if measured is None else measured >= minimum,
     }
@@ -503,8 +524,8 @@ def print_report(results: Sequence[LoadResult], targets: dict[str, Any], header:
     for connections, verdict in latency["by_connections"].items():
         p99 = verdict["p99_ms"]
         print(
-            f"target: {latency['target']}, judged at {connections} connection(s): {_verdict(verdict['holds'])}"
-            + ("" if p99 is None else f" (p99 {p99:.2f} ms)")
+            f"target: {latency['target']}, judged at {connections} connection(s): "
+            f"{_verdict(verdict['holds'])}" + ("" if p99 is None else f" (p99 {p99:.2f} ms)")
         )
 
 
@@ -513,15 +534,21 @@ def _int_list(text: str) -> list[int]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--catalogues", type=_int_list, default=[1682, 100_000, 1_000_000], help="item counts")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--catalogues", type=_int_list, default=[1682, 100_000, 1_000_000], help="item counts"
+    )
     parser.add_argument("--concurrency", type=_int_list, default=[1, 8, 32], help="connection counts")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per endpoint and concurrency")
     parser.add_argument(
         "--workers", type=int, default=None, help="SAGEMAKER_MODEL_SERVER_WORKERS (default: the server's own)"
     )
     parser.add_argument("--tool", choices=("auto", "wrk", "python"), default="auto", help="load generator")
-    parser.add_argument("--wrk-threads", type=int, default=1, help="wrk threads (they share the server's cores)")
+    parser.add_argument(
+        "--wrk-threads", type=int, default=1, help="wrk threads (they share the server's cores)"
+    )
     args = parser.parse_args(argv)
 
     wrk = None if args.tool == "python" else find_wrk(install=True)
@@ -541,16 +568,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             ready_s = server.wait_ready()
             check_invocation(server.url)
             rss = server_rss_mib(server.process.pid)
-            _progress(f"[{items:,} items] server ready in {ready_s:.1f} s on port {server.port}, RSS {rss:.0f} MiB")
+            _progress(
+                f"[{items:,} items] server ready in {ready_s:.1f} s on port {server.port}, RSS {rss:.0f} MiB"
+            )
             # Warm-up, not recorded: first requests pay for lazy imports, allocator growth, thread pools.
             measure(server, wrk, items, "/invocations", max(args.concurrency), WARMUP_S, args.wrk_threads)
             for connections in args.concurrency:
                 for endpoint in ("/ping", "/invocations"):
-                    result = measure(server, wrk, items, endpoint, connections, args.duration, args.wrk_threads)
+                    result = measure(
+                        server, wrk, items, endpoint, connections, args.duration, args.wrk_threads
+                    )
                     results.append(result)
                     _progress(
-                        f"[{items:,} items] {endpoint:<12} c={connections:<3} {result.requests_per_second:>9,.1f} "
-                        f"req/s  p50 {result.p50_ms:7.2f} ms  p99 {result.p99_ms:7.2f} ms  errors {result.errors}"
+                        f"[{items:,} items] {endpoint:<12} c={connections:<3} "
+                        f"{result.requests_per_second:>9,.1f} req/s  p50 {result.p50_ms:7.2f} ms  "
+                        f"p99 {result.p99_ms:7.2f} ms  errors {result.errors}"
                     )
             servers[str(items)] = {"ready_seconds": round(ready_s, 2), "rss_mib_after_load": round(rss, 1)}
         finally:
@@ -582,9 +614,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "k": K,
         "servers": servers,
         "results": [asdict(r) for r in results],
-        "ratios": {
-            f"{items}/{connections}": None if (r := ratio(results, items, connections)) is None else round(r, 3)
+        "invocations_to_ping_ratios": {
+            f"{items} items, {connections} connections": None if value is None else round(value, 3)
             for items, connections in sorted({(r.items, r.connections) for r in results})
+            for value in [ratio(results, items, connections)]
         },
         "targets": targets,
     }

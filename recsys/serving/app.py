@@ -56,7 +56,7 @@ def create_app(config: HostingConfig, *, recommender: Recommender | None = None)
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Each worker gets its share of the cores, so workers do not fight over threads.
-        torch.set_num_threads(1)
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(config.workers, 1)))
         app.state.recommender = recommender or Recommender.load(config.model_dir)
         logger.info("model loaded from %s: %d items", config.model_dir, app.state.recommender.num_items)
         # Everything alive now (imported modules, the model) lives as long as the worker: keep it

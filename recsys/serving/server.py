@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import signal
+import socket
 from collections.abc import Mapping
 from types import FrameType
+from typing import Any
 
 import uvicorn
+from uvicorn.supervisors import Multiprocess
 
 from recsys.sagemaker.contract import read_hosting_config
 from recsys.training.artifact import verify_artifact
@@ -17,6 +21,7 @@ logger = logging.getLogger(__name__)
 
 # SIGTERM lets in-flight requests finish for up to this long before workers are stopped.
 GRACEFUL_SHUTDOWN_SECONDS = 30
+APP = "recsys.serving.app:app_from_environment"
 
 
 def serve(environ: Mapping[str, str], *, host: str = "0.0.0.0") -> int:
@@ -36,22 +41,40 @@ def serve(environ: Mapping[str, str], *, host: str = "0.0.0.0") -> int:
     )
     # uvicorn shuts down gracefully on SIGTERM, then raises the signal again for the handler it
     # found: make that a clean exit 0 (SageMaker stopping the container), not a death by signal (143).
+    options: dict[str, Any] = {
+        "factory": True,
+        "host": host,
+        "port": config.port,
+        "workers": config.workers,
+        "timeout_graceful_shutdown": GRACEFUL_SHUTDOWN_SECONDS,
+        "timeout_keep_alive": 75,  # above the 60 s idle timeout of SageMaker's front end
+        "log_level": "info",
+        "access_log": False,
+    }
     previous = signal.signal(signal.SIGTERM, _exit_cleanly)
     try:
-        uvicorn.run(
-            "recsys.serving.app:app_from_environment",
-            factory=True,
-            host=host,
-            port=config.port,
-            workers=config.workers,
-            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
-            timeout_keep_alive=75,  # above the 60 s idle timeout of SageMaker's front end
-            log_level="info",
-            access_log=False,
-        )
+        if config.workers > 1:
+            _run_workers(uvicorn.Config(APP, **options))
+        else:
+            uvicorn.run(APP, **options)
     finally:
         signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+def _run_workers(config: uvicorn.Config) -> None:
+    """``uvicorn.run``'s multi-worker branch, with the shared listening socket marked as TCP.
+
+    uvicorn binds it with ``proto`` 0 (Kludex/uvicorn#3149). Accepted connections inherit that, and
+    asyncio, not seeing IPPROTO_TCP, leaves Nagle's algorithm on: every keep-alive response then
+    waits ~40 ms for the client's delayed ACK. The same descriptor, re-wrapped, fixes it.
+    """
+    bound = config.bind_socket()
+    listener = socket.socket(bound.family, bound.type, socket.IPPROTO_TCP, fileno=bound.detach())
+    if "target" in inspect.signature(Multiprocess).parameters:  # older uvicorn: the worker target too
+        Multiprocess(config, target=uvicorn.Server(config).run, sockets=[listener]).run()  # type: ignore[call-arg]
+    else:
+        Multiprocess(config, sockets=[listener]).run()
 
 
 def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
