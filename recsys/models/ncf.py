@@ -287,7 +287,8 @@ class NCF(nn.Module):
         """
         logits = items.bias.unsqueeze(0)
         if user.gmf is not None and items.gmf is not None:
-            logits = logits + user.gmf @ items.gmf.T
+            # addmm adds the bias inside the product: one pass over a large catalogue, not two.
+            logits = torch.addmm(items.bias.to(user.gmf.dtype).unsqueeze(0), user.gmf, items.gmf.T)
         if user.mlp is not None and items.mlp is not None:
             parts = [
                 self._mlp_logits(user.mlp.unsqueeze(1), items.mlp[start : start + chunk].unsqueeze(0))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -19,10 +20,12 @@ from typing import Annotated, Any
 import torch
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
+from starlette.types import Receive, Scope, Send
 
 from recsys.errors import UserError
 from recsys.sagemaker.contract import CUSTOM_ATTRIBUTES_HEADER, HostingConfig, read_hosting_config
 from recsys.serving import codecs
+from recsys.serving.batching import MicroBatcher
 from recsys.serving.engine import Recommender
 from recsys.serving.schemas import InvocationResponse, parse_instances, request_json_schema
 
@@ -58,6 +61,7 @@ def create_app(config: HostingConfig, *, recommender: Recommender | None = None)
         # Each worker gets its share of the cores, so workers do not fight over threads.
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(config.workers, 1)))
         app.state.recommender = recommender or Recommender.load(config.model_dir)
+        app.state.batcher = MicroBatcher(app.state.recommender.recommend, executor)
         logger.info("model loaded from %s: %d items", config.model_dir, app.state.recommender.num_items)
         # Everything alive now (imported modules, the model) lives as long as the worker: keep it
         # out of the collector's sight. Otherwise each full collection walks ~230,000 objects, a
@@ -115,25 +119,96 @@ def create_app(config: HostingConfig, *, recommender: Recommender | None = None)
         },
     )
     async def invocations(request: Request, recommender: ServingRecommender) -> Response:
-        fmt_in = codecs.content_type_of(request.headers.get("content-type"))
-        fmt_out = codecs.accept_of(request.headers.get("accept"))
+        # Served by InvocationsEndpoint in front of this app; kept here for the OpenAPI page and for
+        # callers that mount the FastAPI app alone. Both run invoke().
         body = await _read_body(request, config.max_payload_bytes)
-        raw = codecs.decode_instances(body, fmt_in, max_instances=config.max_instances)
-        queries = parse_instances(raw)
-        try:
-            results = await asyncio.wait_for(
-                asyncio.get_running_loop().run_in_executor(executor, recommender.recommend, queries),
-                timeout=config.timeout_seconds,
-            )
-        except TimeoutError:
-            raise UserError(
-                f"the request took longer than {config.timeout_seconds:g} s; send fewer instances",
-                status_code=504,
-            ) from None
-        payload = codecs.encode_predictions([r.to_json() for r in results], fmt_out)
-        return Response(payload, media_type=codecs.MEDIA_TYPES[fmt_out], headers=_echo(request))
+        payload, media_type = await invoke(
+            request.app, request.headers.get("content-type"), request.headers.get("accept"), body
+        )
+        return Response(payload, media_type=media_type, headers=_echo(request))
 
     return app
+
+
+async def invoke(
+    app: FastAPI, content_type: str | None, accept: str | None, body: bytes
+) -> tuple[bytes, str]:
+    """Decode, validate, score (micro-batched) and encode one /invocations request."""
+    config: HostingConfig = app.state.config
+    if getattr(app.state, "recommender", None) is None:
+        raise UserError("the model is not loaded", status_code=503)
+    fmt_in = codecs.content_type_of(content_type)
+    fmt_out = codecs.accept_of(accept)
+    raw = codecs.decode_instances(body, fmt_in, max_instances=config.max_instances)
+    queries = parse_instances(raw)
+    try:
+        results = await asyncio.wait_for(app.state.batcher.submit(queries), timeout=config.timeout_seconds)
+    except TimeoutError:
+        raise UserError(
+            f"the request took longer than {config.timeout_seconds:g} s; send fewer instances",
+            status_code=504,
+        ) from None
+    return codecs.encode_predictions([r.to_json() for r in results], fmt_out), codecs.MEDIA_TYPES[fmt_out]
+
+
+class InvocationsEndpoint:
+    """POST /invocations as a plain ASGI handler in front of the FastAPI app.
+
+    /invocations is the one hot path: FastAPI's request object, routing and dependency
+    machinery cost more per request than scoring a micro-batched user does. Everything else
+    (/ping, /execution-parameters, the OpenAPI page, the lifespan) goes to the FastAPI app.
+    """
+
+    def __init__(self, app: FastAPI) -> None:
+        self.app = app
+        self.limit: int = app.state.config.max_payload_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != "/invocations" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        headers = {name.lower(): value.decode("latin-1") for name, value in scope["headers"]}
+        status, media_type = 200, codecs.MEDIA_TYPES["json"]
+        try:
+            body = await self._read(headers, receive)
+            payload, media_type = await invoke(
+                self.app, headers.get(b"content-type"), headers.get(b"accept"), body
+            )
+        except UserError as exc:
+            status, payload = exc.status_code, _error_body(exc.message)
+        except Exception:
+            logger.exception("internal error on /invocations")
+            status, payload = 500, _error_body("internal error; see the endpoint's logs")
+        response_headers = [
+            (b"content-type", media_type.encode()),
+            (b"content-length", str(len(payload)).encode()),
+        ]
+        echo = headers.get(CUSTOM_ATTRIBUTES_HEADER.lower().encode())
+        if echo is not None:
+            response_headers.append((CUSTOM_ATTRIBUTES_HEADER.encode(), echo.encode("latin-1")))
+        await send({"type": "http.response.start", "status": status, "headers": response_headers})
+        await send({"type": "http.response.body", "body": payload})
+
+    async def _read(self, headers: dict[bytes, str], receive: Receive) -> bytes:
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            raise UserError(_too_large(self.limit), status_code=413)
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise UserError("the client disconnected", status_code=400)
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.limit:
+                raise UserError(_too_large(self.limit), status_code=413)
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        return b"".join(chunks)
+
+
+def _error_body(message: str) -> bytes:
+    return json.dumps({"error": message}).encode()
 
 
 def _echo(request: Request) -> dict[str, str]:
@@ -156,9 +231,9 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 
 def _too_large(limit: int) -> str:
-    return f"request body over the limit of {limit / (1024 * 1024):g} MB (SAGEMAKER_MAX_PAYLOAD_IN_MB)"
+    return f"request body over the limit of {limit:,} bytes ({limit / 2**20:.2f} MB; SAGEMAKER_MAX_PAYLOAD_IN_MB)"
 
 
-def app_from_environment() -> FastAPI:
+def app_from_environment() -> InvocationsEndpoint:
     """The uvicorn factory of each worker process: the edge that reads the environment."""
-    return create_app(read_hosting_config(os.environ, cpu_count=os.cpu_count() or 1))
+    return InvocationsEndpoint(create_app(read_hosting_config(os.environ, cpu_count=os.cpu_count() or 1)))

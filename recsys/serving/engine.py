@@ -21,8 +21,10 @@ import torch
 from torch import Tensor
 
 from recsys.errors import UserError
+from recsys.evaluation.protocols import segment_positions
 from recsys.models.ncf import NCF, ItemState
 from recsys.training.artifact import Artifact, load_artifact
+from recsys.training.batches import gather_history
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +93,9 @@ class Recommender:
         self.num_users = self.model.config.num_users
         self.num_items = self.model.config.num_items
         self.popularity = torch.from_numpy(artifact.item_popularity.astype(np.float32)).to(device)
+        # Known users' items (oldest first, CSR) on the device: their histories and exclusions.
+        self.seen_flat = torch.from_numpy(artifact.seen_items.astype(np.int64)).to(device)
+        self.seen_indptr = torch.from_numpy(artifact.seen_indptr.astype(np.int64)).to(device)
         self.attributes = self._attributes(artifact)
 
     @classmethod
@@ -189,58 +194,91 @@ class Recommender:
         return [r for r in results if r is not None]
 
     def _personal(self, queries: Sequence[Query]) -> list[Recommendation]:
+        """Score a batch of user/history queries together.
+
+        Known users' histories and seen items come from the artifact's CSR arrays in vectorised
+        gathers; only rows that bring a history, excludes, candidates or filters are touched one
+        by one. Per-query Python work here runs while holding the GIL, so it is kept small.
+        """
         size = len(queries)
-        users = torch.full((size,), self.num_users, dtype=torch.long)
-        history = torch.zeros(size, self.history_length, dtype=torch.long)
-        mask = torch.zeros(size, self.history_length, dtype=torch.bool)
-        seen_rows: list[np.ndarray] = []
-        unknown_rows: list[list[str]] = []
-        unknown_user_rows: list[bool] = []
+        index = np.fromiter(
+            (self.artifact.users.get(q.user_id) if q.user_id is not None else -1 for q in queries),
+            dtype=np.int64,
+            count=size,
+        )
+        known = index >= 0
+        safe = np.where(known, index, 0)
+        starts = torch.from_numpy(np.where(known, self.artifact.seen_indptr[safe], 0)).to(self.device)
+        ends = torch.from_numpy(np.where(known, self.artifact.seen_indptr[safe + 1], 0)).to(self.device)
+        history, mask = gather_history(self.seen_flat, starts, ends, self.history_length)
+        users = torch.from_numpy(np.where(known, index, self.num_users)).to(self.device)
+        unknown_rows: list[list[str]] = [[] for _ in queries]
+        given: dict[int, np.ndarray] = {}
         for row, query in enumerate(queries):
-            user = self.artifact.users.get(query.user_id) if query.user_id is not None else -1
-            unknown: list[str] = []
-            seen = self.seen_items(user) if user >= 0 else np.zeros(0, dtype=np.int64)
-            if user >= 0:
-                users[row] = user
-            if query.history is not None:
-                sequence = self._lookup(query.history, unknown)
-                seen = np.union1d(seen, sequence)
-            else:
-                sequence = seen if user < 0 else self.seen_items(user)
-            recent = sequence[::-1][: self.history_length].copy()  # most recent first
-            history[row, : len(recent)] = torch.from_numpy(recent)
+            if query.history is None:
+                continue
+            sequence = self._lookup(query.history, unknown_rows[row])
+            given[row] = sequence
+            recent = torch.from_numpy(sequence[::-1][: self.history_length].copy())  # most recent first
+            history[row] = 0
+            mask[row] = False
+            history[row, : len(recent)] = recent.to(self.device)
             mask[row, : len(recent)] = True
-            seen_rows.append(seen)
-            unknown_rows.append(unknown)
-            unknown_user_rows.append(query.user_id is not None and user < 0)
-        users, history, mask = users.to(self.device), history.to(self.device), mask.to(self.device)
-        state = self.model.encode_users(users, history, mask)
-        logits = self.model.score_all(state, self.items).float()  # [B, N]
+        logits = self.model.score_all(self.model.encode_users(users, history, mask), self.items).float()
+        exclude_seen = np.fromiter((q.exclude_seen for q in queries), dtype=bool, count=size)
+        rows = np.nonzero(known & exclude_seen)[0]
+        if len(rows):
+            owner, flat = segment_positions(self.seen_indptr, torch.from_numpy(index[rows]).to(self.device))
+            logits[torch.from_numpy(rows).to(self.device)[owner], self.seen_flat[flat]] = float("-inf")
+        for row, query in enumerate(queries):
+            extra_seen = given.get(row) if query.exclude_seen else None
+            if extra_seen is not None or query.exclude or query.items is not None or query.filter:
+                seen = extra_seen if extra_seen is not None else np.zeros(0, dtype=np.int64)
+                self._restrict(logits[row], query, seen, unknown_rows[row])
+        top_k = min(max(q.k for q in queries), self.num_items)
+        top = torch.topk(logits, top_k, dim=1)
+        all_values, all_indices = top.values.tolist(), top.indices.tolist()
+        ids = self.artifact.items.ids
         out = []
         for row, query in enumerate(queries):
-            scores = self._restrict(logits[row], query, seen_rows[row], unknown_rows[row])
-            item_ids, values = self._top(scores, query.k)
+            values, indices = all_values[row][: query.k], all_indices[row][: query.k]
+            # Scores come sorted, so the masked (-inf) items are a tail to cut.
+            cut = next((j for j, v in enumerate(values) if v == float("-inf")), len(values))
             kind: QueryKind = "user" if query.history is None else "history"
             out.append(
-                Recommendation(item_ids, values, kind, False, unknown_user_rows[row], unknown_rows[row])
+                Recommendation(
+                    [ids[i] for i in indices[:cut]],
+                    [round(v, 6) for v in values[:cut]],
+                    kind,
+                    False,
+                    query.user_id is not None and not known[row],
+                    unknown_rows[row],
+                )
             )
         return out
 
     def _restrict(self, scores: Tensor, query: Query, seen: np.ndarray, unknown: list[str]) -> Tensor:
-        """Mask what the query rules out: seen, excluded, outside the candidates, filtered."""
-        blocked = np.zeros(self.num_items, dtype=bool)
+        """Mask what the query rules out: seen, excluded, outside the candidates, filtered.
+
+        ``scores`` is a fresh row, masked in place. The seen and excluded items are a short index
+        list; a catalogue-wide mask is built only for candidates and filters.
+        """
+        blocked: list[np.ndarray] = []
         if query.exclude_seen and len(seen):
-            blocked[seen] = True
+            blocked.append(seen)
         if query.exclude:
-            blocked[self._lookup(query.exclude, unknown)] = True
-        if query.items is not None:
-            allowed = np.zeros(self.num_items, dtype=bool)
-            allowed[self._lookup(query.items, unknown)] = True
-            blocked |= ~allowed
-        if query.filter:
-            blocked |= ~self.filter_mask(query.filter)
-        if blocked.any():
-            scores = scores.masked_fill(torch.from_numpy(blocked).to(scores.device), float("-inf"))
+            blocked.append(self._lookup(query.exclude, unknown))
+        if blocked:
+            indices = torch.from_numpy(np.concatenate(blocked)).to(scores.device)
+            scores.index_fill_(0, indices, float("-inf"))
+        if query.items is not None or query.filter:
+            allowed = np.ones(self.num_items, dtype=bool)
+            if query.items is not None:
+                allowed[:] = False
+                allowed[self._lookup(query.items, unknown)] = True
+            if query.filter:
+                allowed &= self.filter_mask(query.filter)
+            scores.masked_fill_(torch.from_numpy(~allowed).to(scores.device), float("-inf"))
         return scores
 
     def _top(self, scores: Tensor, k: int) -> tuple[list[str], list[float]]:
@@ -256,7 +294,7 @@ class Recommender:
         seen = np.zeros(0, dtype=np.int64)
         if query.history is not None:
             seen = self._lookup(query.history, unknown)
-        scores = self._restrict(self.popularity, query, seen, unknown)
+        scores = self._restrict(self.popularity.clone(), query, seen, unknown)
         item_ids, values = self._top(scores, query.k)
         return Recommendation(item_ids, values, "popular", True, query.user_id is not None, unknown)
 
