@@ -231,7 +231,8 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 
 def _too_large(limit: int) -> str:
-    return f"request body over the limit of {limit:,} bytes ({limit / 2**20:.2f} MB; SAGEMAKER_MAX_PAYLOAD_IN_MB)"
+    megabytes = limit / 2**20
+    return f"request body over the limit of {limit:,} bytes ({megabytes:.2f} MB; SAGEMAKER_MAX_PAYLOAD_IN_MB)"
 
 
 def app_from_environment() -> InvocationsEndpoint:
