@@ -142,7 +142,9 @@ async def invoke(
     raw = codecs.decode_instances(body, fmt_in, max_instances=config.max_instances)
     queries = parse_instances(raw)
     try:
-        results = await asyncio.wait_for(app.state.batcher.submit(queries), timeout=config.timeout_seconds)
+        # asyncio.timeout, unlike wait_for, adds no task per request on this hot path.
+        async with asyncio.timeout(config.timeout_seconds):
+            results = await app.state.batcher.submit(queries)
     except TimeoutError:
         raise UserError(
             f"the request took longer than {config.timeout_seconds:g} s; send fewer instances",

@@ -22,13 +22,15 @@ from torch import Tensor
 
 from recsys.errors import UserError
 from recsys.evaluation.protocols import segment_positions
-from recsys.models.ncf import NCF, ItemState
+from recsys.models.ncf import NCF, ItemState, UserState
 from recsys.training.artifact import Artifact, load_artifact
 from recsys.training.batches import gather_history
 
 logger = logging.getLogger(__name__)
 
 MAX_K = 1000
+# Known users' vectors are precomputed at load up to this size (256 MB is 1,000,000 users at D=64).
+USER_CACHE_MAX_BYTES = 256 * 2**20
 QueryKind = Literal["user", "history", "similar", "popular"]
 
 
@@ -100,6 +102,8 @@ class Recommender:
         self.seen_flat = torch.from_numpy(artifact.seen_items.astype(np.int64)).to(device)
         self.seen_indptr = torch.from_numpy(artifact.seen_indptr.astype(np.int64)).to(device)
         self.attributes = self._attributes(artifact)
+        with torch.no_grad():
+            self.user_cache = self._build_user_cache()
 
     @classmethod
     def load(cls, model_dir: Path, device: torch.device | None = None) -> Recommender:
@@ -210,24 +214,19 @@ class Recommender:
             count=size,
         )
         known = index >= 0
-        safe = np.where(known, index, 0)
-        starts = torch.from_numpy(np.where(known, self.artifact.seen_indptr[safe], 0)).to(self.device)
-        ends = torch.from_numpy(np.where(known, self.artifact.seen_indptr[safe + 1], 0)).to(self.device)
-        history, mask = gather_history(self.seen_flat, starts, ends, self.history_length)
-        users = torch.from_numpy(np.where(known, index, self.num_users)).to(self.device)
         unknown_rows: list[list[str]] = [[] for _ in queries]
         given: dict[int, np.ndarray] = {}
         for row, query in enumerate(queries):
-            if query.history is None:
-                continue
-            sequence = self._lookup(query.history, unknown_rows[row])
-            given[row] = sequence
-            recent = torch.from_numpy(sequence[::-1][: self.history_length].copy())  # most recent first
-            history[row] = 0
-            mask[row] = False
-            history[row, : len(recent)] = recent.to(self.device)
-            mask[row, : len(recent)] = True
-        logits = self.model.score_all(self.model.encode_users(users, history, mask), self.items).float()
+            if query.history is not None:
+                given[row] = self._lookup(query.history, unknown_rows[row])
+        cached = known.copy()
+        cached[list(given)] = False
+        if self.user_cache is not None and cached.all():
+            # The common case: known users, stored histories: their vectors were computed at load.
+            state = self._cached_state(torch.from_numpy(index).to(self.device))
+        else:
+            state = self._encode(index, known, given)
+        logits = self.model.score_all(state, self.items).float()
         exclude_seen = np.fromiter((q.exclude_seen for q in queries), dtype=bool, count=size)
         rows = np.nonzero(known & exclude_seen)[0]
         if len(rows):
@@ -259,6 +258,39 @@ class Recommender:
                 )
             )
         return out
+
+    def _encode(self, index: np.ndarray, known: np.ndarray, given: dict[int, np.ndarray]) -> UserState:
+        """User vectors from ids and histories: stored ones, or the ones a query brings."""
+        safe = np.where(known, index, 0)
+        starts = torch.from_numpy(np.where(known, self.artifact.seen_indptr[safe], 0)).to(self.device)
+        ends = torch.from_numpy(np.where(known, self.artifact.seen_indptr[safe + 1], 0)).to(self.device)
+        history, mask = gather_history(self.seen_flat, starts, ends, self.history_length)
+        for row, sequence in given.items():
+            recent = torch.from_numpy(sequence[::-1][: self.history_length].copy())  # most recent first
+            history[row] = 0
+            mask[row] = False
+            history[row, : len(recent)] = recent.to(self.device)
+            mask[row, : len(recent)] = True
+        users = torch.from_numpy(np.where(known, index, self.num_users)).to(self.device)
+        return self.model.encode_users(users, history, mask)
+
+    def _cached_state(self, users: Tensor) -> UserState:
+        assert self.user_cache is not None  # checked by the caller
+        gmf, mlp = self.user_cache
+        return UserState(gmf[users] if gmf is not None else None, mlp[users] if mlp is not None else None)
+
+    def _build_user_cache(self) -> tuple[Tensor | None, Tensor | None] | None:
+        """Every known user's vectors from their stored history, or None when too large to keep."""
+        width = sum(t.shape[1] for t in (self.items.gmf, self.items.mlp) if t is not None)
+        if self.num_users * width * 4 > USER_CACHE_MAX_BYTES:
+            return None
+        parts: list[UserState] = []
+        everyone = np.arange(self.num_users)
+        for chunk in np.array_split(everyone, max(1, self.num_users // 4096)):
+            parts.append(self._encode(chunk, np.ones(len(chunk), dtype=bool), {}))
+        gmf = torch.cat([p.gmf for p in parts if p.gmf is not None]) if parts[0].gmf is not None else None
+        mlp = torch.cat([p.mlp for p in parts if p.mlp is not None]) if parts[0].mlp is not None else None
+        return gmf, mlp
 
     def _restrict(self, scores: Tensor, query: Query, seen: np.ndarray, unknown: list[str]) -> Tensor:
         """Mask what the query rules out: seen, excluded, outside the candidates, filtered.

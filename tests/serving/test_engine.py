@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from recsys.data.io import write_table
 from recsys.data.synthetic import SyntheticData
@@ -555,3 +556,27 @@ def test_similar_items_never_include_the_item_itself(recommender: Recommender) -
         )
         assert item not in result.item_ids
         assert len(result.item_ids) == recommender.num_items - 1
+
+
+def test_precomputed_user_vectors_equal_the_encoded_ones(recommender: Recommender) -> None:
+    assert recommender.user_cache is not None
+    index = np.arange(recommender.num_users)
+    encoded = recommender._encode(index, np.ones(len(index), dtype=bool), {})
+    cached = recommender._cached_state(torch.from_numpy(index))
+    for fresh, stored in zip(encoded, cached, strict=True):
+        if fresh is None:
+            assert stored is None
+        else:
+            torch.testing.assert_close(fresh, stored)
+
+
+def test_known_users_rank_the_same_with_or_without_a_history_row_in_the_batch(
+    recommender: Recommender, users: list[str]
+) -> None:
+    alone = recommender.recommend([Query(user_id=u, k=5) for u in users[:10]])
+    known_item = recommender.artifact.items.ids[0]
+    mixed = recommender.recommend(
+        [*(Query(user_id=u, k=5) for u in users[:10]), Query(history=(known_item,), k=5)]
+    )
+    assert mixed[-1].kind == "history"
+    assert [r.item_ids for r in alone] == [r.item_ids for r in mixed[:10]]
