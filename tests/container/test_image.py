@@ -1,0 +1,171 @@
+"""The image, built and run for real: `train` on a local /opt/ml tree, then `serve` from it.
+
+Needs a Docker engine (DOCKER_HOST or the default socket); skipped, saying so, where none answers.
+The CPU variant is built; its torch wheel is fetched into docker/wheels/ with pip first (PyTorch's
+CPU index may be out of reach). BASE_IMAGE picks the base (e.g. local/bookworm-python:latest
+where Docker Hub is out of reach).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from recsys.data.synthetic import SyntheticSpec, generate, write_channels
+
+ROOT = Path(__file__).resolve().parents[2]
+TAG = "recsys:test-cpu"
+
+
+def _docker_ready() -> str | None:
+    if shutil.which("docker") is None:
+        return "no docker client on PATH"
+    probe = subprocess.run(["docker", "info"], capture_output=True, text=True, timeout=30)
+    if probe.returncode != 0:
+        detail = probe.stderr.strip().splitlines()[-1] if probe.stderr.strip() else "docker info failed"
+        return f"no Docker engine answers ({detail})"
+    return None
+
+
+_why = _docker_ready() if os.environ.get("RECSYS_SKIP_CONTAINER") is None else "RECSYS_SKIP_CONTAINER is set"
+pytestmark = pytest.mark.skipif(_why is not None, reason=f"container tests skipped: {_why}")
+
+
+@pytest.fixture(scope="module")
+def image() -> str:
+    wheels = ROOT / "docker" / "wheels"
+    if not list(wheels.glob("torch-*.whl")):
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--only-binary=:all:",
+                "torch==2.13.0",
+                "-d",
+                str(wheels),
+            ],
+            check=True,
+        )
+    base = os.environ.get("BASE_IMAGE", "python:3.11-slim-bookworm")
+    subprocess.run(
+        [
+            "docker",
+            "build",
+            "-q",
+            "--build-arg",
+            f"BASE_IMAGE={base}",
+            "--build-arg",
+            "TORCH_VARIANT=cpu",
+            "-t",
+            TAG,
+            str(ROOT),
+        ],
+        check=True,
+        timeout=1200,
+    )
+    return TAG
+
+
+@pytest.fixture(scope="module")
+def trained_tree(image: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    base = tmp_path_factory.mktemp("opt_ml")
+    data = generate(SyntheticSpec(num_users=150, num_items=60, mean_interactions_per_user=12))
+    write_channels(data, base / "input" / "data")
+    (base / "input" / "config").mkdir(parents=True)
+    (base / "input" / "config" / "hyperparameters.json").write_text(json.dumps({"epochs": "2"}))
+    result = subprocess.run(
+        ["docker", "run", "--rm", "-v", f"{base}:/opt/ml", image, "train"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    return base
+
+
+def test_no_argument_prints_usage(image: str) -> None:
+    result = subprocess.run(["docker", "run", "--rm", image], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0
+    assert "docker run IMAGE train" in result.stdout
+
+
+def test_train_writes_the_artifact_and_success(trained_tree: Path) -> None:
+    assert (trained_tree / "model" / "manifest.json").exists()
+    assert (trained_tree / "output" / "success").exists()
+
+
+def test_a_bad_tree_fails_with_a_failure_file(image: str, tmp_path: Path) -> None:
+    (tmp_path / "input" / "data").mkdir(parents=True)
+    result = subprocess.run(
+        ["docker", "run", "--rm", "-v", f"{tmp_path}:/opt/ml", image, "train"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 1
+    assert "'train' is missing" in (tmp_path / "output" / "failure").read_text()
+
+
+@pytest.fixture()
+def server(image: str, trained_tree: Path) -> Iterator[tuple[str, str]]:
+    container = subprocess.run(
+        ["docker", "run", "-d", "-p", "127.0.0.1::8080", "-v", f"{trained_tree}:/opt/ml", image, "serve"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    ).stdout.strip()
+    try:
+        port = (
+            subprocess.run(
+                ["docker", "port", container, "8080/tcp"], capture_output=True, text=True, check=True
+            )
+            .stdout.split(":")[-1]
+            .strip()
+        )
+        yield container, f"http://127.0.0.1:{port}"
+    finally:
+        subprocess.run(["docker", "rm", "-f", container], capture_output=True, timeout=60)
+
+
+def _wait_for_ping(url: str, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/ping", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"{url}/ping never answered 200")
+
+
+def test_serve_answers_and_stops_cleanly_on_sigterm(server: tuple[str, str]) -> None:
+    container, url = server
+    _wait_for_ping(url)
+    request = urllib.request.Request(
+        f"{url}/invocations",
+        data=json.dumps({"user_id": "u0001", "k": 3}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        body = json.loads(response.read())
+    assert len(body["predictions"][0]["item_ids"]) == 3
+    subprocess.run(["docker", "stop", "-t", "30", container], check=True, capture_output=True, timeout=60)
+    state = subprocess.run(
+        ["docker", "inspect", container, "--format", "{{.State.ExitCode}}"], capture_output=True, text=True
+    ).stdout.strip()
+    assert state == "0"
