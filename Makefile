@@ -9,8 +9,12 @@ TORCH_INDEX ?=
 PIP_INDEX_FLAGS := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),)
 # The local SageMaker-shaped tree that `make run` trains in.
 LOCAL_ML ?= local/opt_ml
+# Container image: tag and base (BASE_IMAGE=local/bookworm-python:latest where Docker Hub is out of reach).
+IMAGE ?= recsys:latest
+BASE_IMAGE ?= python:3.11-slim-bookworm
+PORT ?= 8080
 
-.PHONY: help install run serve test lint format bench-quality bench-serving clean
+.PHONY: help install run serve test lint format bench-quality bench-serving image image-cpu local-train local-serve clean
 
 help:
 	@echo "make install        create $(VENV) with recsys and its dev tools (idempotent)"
@@ -20,6 +24,10 @@ help:
 	@echo "make serve          serve the model of 'make run' on localhost:8080"
 	@echo "make bench-quality  MovieLens-100K: this model vs EASE and most-popular"
 	@echo "make bench-serving  serving req/s and latency at 1,682 / 100,000 / 1,000,000 items"
+	@echo "make image          build \$$(IMAGE) with PyPI's CUDA torch (GPU and CPU instances)"
+	@echo "make image-cpu      build \$$(IMAGE) with CPU-only torch (a wheel in docker/wheels/ or PyTorch's CPU index)"
+	@echo "make local-train    docker run \$$(IMAGE) train on the bundled data in \$$(LOCAL_ML)"
+	@echo "make local-serve    docker run \$$(IMAGE) serve on localhost:\$$(PORT), then an example request"
 	@echo "make clean          remove $(VENV), $(LOCAL_ML) and caches"
 
 # The stamp is newer than pyproject.toml once the environment matches it.
@@ -62,6 +70,26 @@ bench-quality: install
 
 bench-serving: install
 	$(BIN)/python -m benchmarks.serving
+
+image:
+	docker build --build-arg BASE_IMAGE=$(BASE_IMAGE) -t $(IMAGE) .
+
+image-cpu:
+	docker build --build-arg BASE_IMAGE=$(BASE_IMAGE) --build-arg TORCH_VARIANT=cpu -t $(IMAGE) .
+
+local-train: install
+	rm -rf $(LOCAL_ML)
+	$(BIN)/recsys generate-data --output $(LOCAL_ML)/input/data
+	docker run --rm -v "$(abspath $(LOCAL_ML)):/opt/ml" $(IMAGE) train
+
+local-serve:
+	@test -f $(LOCAL_ML)/model/manifest.json || { echo "no model in $(LOCAL_ML)/model: run make local-train (or make run) first"; exit 1; }
+	docker rm -f recsys-local-serve >/dev/null 2>&1 || true
+	docker run -d --name recsys-local-serve -p 127.0.0.1:$(PORT):8080 -v "$(abspath $(LOCAL_ML)):/opt/ml" $(IMAGE) serve
+	@for i in $$(seq 120); do curl -sf -o /dev/null localhost:$(PORT)/ping && break; sleep 0.5; done
+	curl -s localhost:$(PORT)/invocations -H 'Content-Type: application/json' -d '{"user_id": "u0001", "k": 5}'
+	@echo
+	@echo "serving on localhost:$(PORT); stop with: docker stop recsys-local-serve"
 
 clean:
 	rm -rf $(VENV) $(LOCAL_ML) .pytest_cache .mypy_cache .ruff_cache
