@@ -20,7 +20,7 @@ help:
 	@echo "make install        create $(VENV) with recsys and its dev tools (idempotent)"
 	@echo "make run            install, then train on the bundled synthetic data in $(LOCAL_ML) and recommend"
 	@echo "make test           install, then run the test suite"
-	@echo "make lint           ruff (lint + format check) and mypy"
+	@echo "make lint           ruff (lint + format check), mypy and hadolint"
 	@echo "make serve          serve the model of 'make run' on localhost:8080"
 	@echo "make bench-quality  MovieLens-100K: this model vs EASE and most-popular"
 	@echo "make bench-serving  serving req/s and latency at 1,682 / 100,000 / 1,000,000 items"
@@ -60,6 +60,7 @@ lint: install
 	$(BIN)/ruff check recsys tests benchmarks
 	$(BIN)/ruff format --check recsys tests benchmarks
 	$(BIN)/mypy
+	$(BIN)/hadolint Dockerfile
 
 format: install
 	$(BIN)/ruff format recsys tests benchmarks
