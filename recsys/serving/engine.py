@@ -163,10 +163,6 @@ class Recommender:
                 )
         return mask
 
-    def seen_items(self, user: int) -> np.ndarray:
-        start, end = self.artifact.seen_indptr[user], self.artifact.seen_indptr[user + 1]
-        return self.artifact.seen_items[start:end].astype(np.int64)
-
     def _lookup(self, ids: Sequence[str], unknown: list[str]) -> np.ndarray:
         indices = self.artifact.items.lookup(list(ids))
         unknown.extend(i for i, x in zip(ids, indices, strict=True) if x < 0)
