@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import torch
 
 from recsys.config import ModelName, TrainConfig, config_to_json
@@ -103,6 +104,21 @@ def _fingerprint(channels: Channels, counts: dict[str, int]) -> dict[str, Any]:
     return out
 
 
+def _encode(
+    table: pa.Table | None,
+    id_column: str,
+    vocabulary: Vocabulary,
+    declaration: FeatureDeclaration,
+    channel: str,
+) -> tuple[FeatureEncoding, FeatureArrays]:
+    """An attribute channel's encoding, or an empty one when the channel is absent."""
+    if table is None:
+        return FeatureEncoding.empty(id_column), empty_arrays(len(vocabulary))
+    return encode_attributes(
+        table, id_column=id_column, vocabulary=vocabulary, declaration=declaration, channel=channel
+    )
+
+
 def prepare_data(channels: Channels, config: TrainConfig) -> PreparedData:
     columns = InteractionColumns(
         config.user_id_column, config.item_id_column, config.rating_column, config.timestamp_column
@@ -130,27 +146,13 @@ def prepare_data(channels: Channels, config: TrainConfig) -> PreparedData:
     users = Vocabulary.build(train.frame["user_id"])
     items = Vocabulary.build(item_ids)
     interactions, _ = index_interactions(train.frame, users, items)
-    if item_table is not None:
-        item_encoding, item_arrays = encode_attributes(
-            item_table,
-            id_column=config.item_id_column,
-            vocabulary=items,
-            declaration=declaration,
-            channel="items",
-        )
-    else:
-        item_encoding, item_arrays = FeatureEncoding.empty(config.item_id_column), empty_arrays(len(items))
-    if channels.users is not None:
-        user_table = read_table(channels.users, channel="users", string_columns=(config.user_id_column,))
-        user_encoding, user_arrays = encode_attributes(
-            user_table,
-            id_column=config.user_id_column,
-            vocabulary=users,
-            declaration=declaration,
-            channel="users",
-        )
-    else:
-        user_encoding, user_arrays = FeatureEncoding.empty(config.user_id_column), empty_arrays(len(users))
+    user_table = (
+        read_table(channels.users, channel="users", string_columns=(config.user_id_column,))
+        if channels.users is not None
+        else None
+    )
+    item_encoding, item_arrays = _encode(item_table, config.item_id_column, items, declaration, "items")
+    user_encoding, user_arrays = _encode(user_table, config.user_id_column, users, declaration, "users")
     validation = None
     if channels.validation is not None:
         table = read_table(channels.validation, channel="validation", string_columns=id_columns)
