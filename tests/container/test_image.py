@@ -1,18 +1,12 @@
 """The image, built and run for real: `train` on a local /opt/ml tree, then `serve` from it.
 
-Needs a Docker engine (DOCKER_HOST or the default socket); skipped, saying so, where none answers.
-The CPU variant is built; its torch wheel is fetched into docker/wheels/ with pip first (PyTorch's
-CPU index may be out of reach). BASE_IMAGE picks the base (e.g. local/bookworm-python:latest
-where Docker Hub is out of reach).
+Needs a Docker engine; conftest.py builds the CPU image once and says when and why these skip.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -22,71 +16,16 @@ import pytest
 
 from recsys.data.synthetic import SyntheticSpec, generate, write_channels
 
-ROOT = Path(__file__).resolve().parents[2]
-TAG = "recsys:test-cpu"
-
-
-def _docker_ready() -> str | None:
-    if shutil.which("docker") is None:
-        return "no docker client on PATH"
-    probe = subprocess.run(["docker", "info"], capture_output=True, text=True, timeout=30)
-    if probe.returncode != 0:
-        detail = probe.stderr.strip().splitlines()[-1] if probe.stderr.strip() else "docker info failed"
-        return f"no Docker engine answers ({detail})"
-    return None
-
-
-_why = _docker_ready() if os.environ.get("RECSYS_SKIP_CONTAINER") is None else "RECSYS_SKIP_CONTAINER is set"
-pytestmark = pytest.mark.skipif(_why is not None, reason=f"container tests skipped: {_why}")
-
 
 @pytest.fixture(scope="module")
-def image() -> str:
-    wheels = ROOT / "docker" / "wheels"
-    if not list(wheels.glob("torch-*.whl")):
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "download",
-                "--no-deps",
-                "--only-binary=:all:",
-                "torch==2.13.0",
-                "-d",
-                str(wheels),
-            ],
-            check=True,
-        )
-    base = os.environ.get("BASE_IMAGE", "python:3.11-slim-bookworm")
-    subprocess.run(
-        [
-            "docker",
-            "build",
-            "-q",
-            "--build-arg",
-            f"BASE_IMAGE={base}",
-            "--build-arg",
-            "TORCH_VARIANT=cpu",
-            "-t",
-            TAG,
-            str(ROOT),
-        ],
-        check=True,
-        timeout=1200,
-    )
-    return TAG
-
-
-@pytest.fixture(scope="module")
-def trained_tree(image: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def trained_tree(cpu_image: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
     base = tmp_path_factory.mktemp("opt_ml")
     data = generate(SyntheticSpec(num_users=150, num_items=60, mean_interactions_per_user=12))
     write_channels(data, base / "input" / "data")
     (base / "input" / "config").mkdir(parents=True)
     (base / "input" / "config" / "hyperparameters.json").write_text(json.dumps({"epochs": "2"}))
     result = subprocess.run(
-        ["docker", "run", "--rm", "-v", f"{base}:/opt/ml", image, "train"],
+        ["docker", "run", "--rm", "-v", f"{base}:/opt/ml", cpu_image, "train"],
         capture_output=True,
         text=True,
         timeout=600,
@@ -95,8 +34,8 @@ def trained_tree(image: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return base
 
 
-def test_no_argument_prints_usage(image: str) -> None:
-    result = subprocess.run(["docker", "run", "--rm", image], capture_output=True, text=True, timeout=120)
+def test_no_argument_prints_usage(cpu_image: str) -> None:
+    result = subprocess.run(["docker", "run", "--rm", cpu_image], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0
     assert "docker run IMAGE train" in result.stdout
 
@@ -106,10 +45,10 @@ def test_train_writes_the_artifact_and_success(trained_tree: Path) -> None:
     assert (trained_tree / "output" / "success").exists()
 
 
-def test_a_bad_tree_fails_with_a_failure_file(image: str, tmp_path: Path) -> None:
+def test_a_bad_tree_fails_with_a_failure_file(cpu_image: str, tmp_path: Path) -> None:
     (tmp_path / "input" / "data").mkdir(parents=True)
     result = subprocess.run(
-        ["docker", "run", "--rm", "-v", f"{tmp_path}:/opt/ml", image, "train"],
+        ["docker", "run", "--rm", "-v", f"{tmp_path}:/opt/ml", cpu_image, "train"],
         capture_output=True,
         text=True,
         timeout=300,
@@ -119,9 +58,9 @@ def test_a_bad_tree_fails_with_a_failure_file(image: str, tmp_path: Path) -> Non
 
 
 @pytest.fixture()
-def server(image: str, trained_tree: Path) -> Iterator[tuple[str, str]]:
+def server(cpu_image: str, trained_tree: Path) -> Iterator[tuple[str, str]]:
     container = subprocess.run(
-        ["docker", "run", "-d", "-p", "127.0.0.1::8080", "-v", f"{trained_tree}:/opt/ml", image, "serve"],
+        ["docker", "run", "-d", "-p", "127.0.0.1::8080", "-v", f"{trained_tree}:/opt/ml", cpu_image, "serve"],
         capture_output=True,
         text=True,
         check=True,
