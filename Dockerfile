@@ -8,11 +8,36 @@
 # (for machines that cannot reach that index). PyPI's Linux torch wheel carries its own CUDA
 # runtime, so the GPU variant needs only the host's NVIDIA driver.
 ARG BASE_IMAGE=python:3.11-slim-bookworm
-FROM ${BASE_IMAGE}
+
+# The CPU torch is installed in a stage of its own and copied over as one directory: a wheel
+# COPY'd into the final image would stay in its layer (~190 MB) even after `rm`, and the legacy
+# builder has no RUN --mount. For the CUDA variant this stage leaves /opt/venv empty.
+FROM ${BASE_IMAGE} AS torch-cpu
 
 ARG TORCH_VARIANT=cuda
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_CPU_INDEX=https://download.pytorch.org/whl/cpu
+
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PATH=/opt/venv/bin:$PATH
+
+COPY docker/wheels/ /tmp/wheels/
+RUN set -eu; \
+    mkdir -p /opt/venv; \
+    if [ "$TORCH_VARIANT" = cpu ]; then \
+      python3 -m venv /opt/venv; \
+      if ls /tmp/wheels/torch-*.whl >/dev/null 2>&1; then \
+        pip install /tmp/wheels/torch-*.whl; \
+      else \
+        pip install "torch==${TORCH_VERSION}" --index-url "$TORCH_CPU_INDEX" --extra-index-url https://pypi.org/simple; \
+      fi; \
+    fi
+
+FROM ${BASE_IMAGE}
+
+ARG TORCH_VARIANT=cuda
+ARG TORCH_VERSION=2.13.0
 
 LABEL com.amazonaws.sagemaker.capabilities.accept-bind-to-port=true
 
@@ -22,27 +47,22 @@ ENV PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PATH=/opt/venv/bin:$PATH
 
-RUN python3 -m venv /opt/venv
-
 # torch first, alone: the largest layer, rebuilt only when the variant or version changes.
-COPY docker/wheels/ /tmp/wheels/
+COPY --from=torch-cpu /opt/venv /opt/venv
+# The CUDA build (several GB) is installed here rather than in a stage, which would copy it twice.
 RUN set -eu; \
-    if [ "$TORCH_VARIANT" = cpu ]; then \
-      if ls /tmp/wheels/torch-*.whl >/dev/null 2>&1; then \
-        pip install /tmp/wheels/torch-*.whl; \
-      else \
-        pip install "torch==${TORCH_VERSION}" --index-url "$TORCH_CPU_INDEX" --extra-index-url https://pypi.org/simple; \
-      fi; \
-    else \
+    if [ "$TORCH_VARIANT" != cpu ]; then \
+      python3 -m venv /opt/venv; \
       pip install "torch==${TORCH_VERSION}"; \
-    fi; \
-    rm -rf /tmp/wheels
+    fi
 
-# The other dependencies, from pyproject.toml alone, so that a code change does not reinstall them.
+# The other dependencies, from pyproject.toml alone, so that a code or README change does not
+# reinstall them (the README is only the package's long description: a stub does for this step).
 WORKDIR /opt/recsys
-COPY pyproject.toml README.md ./
-RUN mkdir recsys && touch recsys/__init__.py && pip install . && pip uninstall -y recsys && rm -rf recsys build
+COPY pyproject.toml ./
+RUN mkdir recsys && touch recsys/__init__.py README.md && pip install . && pip uninstall -y recsys && rm -rf recsys build
 
+COPY README.md ./
 COPY recsys/ recsys/
 RUN pip install --no-deps . && rm -rf build
 COPY docker/entrypoint.sh /usr/local/bin/recsys-entrypoint
