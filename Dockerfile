@@ -6,7 +6,9 @@
 #
 # The CPU variant takes torch from PyTorch's CPU index, or from a wheel placed in docker/wheels/
 # (for machines that cannot reach that index). PyPI's Linux torch wheel carries its own CUDA
-# runtime, so the GPU variant needs only the host's NVIDIA driver.
+# runtime, so the GPU variant needs only the host's NVIDIA driver: >= 580 for torch 2.13.0's
+# CUDA 13.0 (on SageMaker, InferenceAmiVersion=al2023-ami-sagemaker-inference-gpu-4-1), or
+# build with TORCH_CUDA_INDEX (below) for an older one.
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 
 # The CPU torch is installed in a stage of its own and copied over as one directory: a wheel
@@ -38,6 +40,9 @@ FROM ${BASE_IMAGE}
 
 ARG TORCH_VARIANT=cuda
 ARG TORCH_VERSION=2.13.0
+# Empty: PyPI's build (torch 2.13.0: CUDA 13.0, NVIDIA driver >= 580). For older drivers, a
+# PyTorch index with an older CUDA, e.g. https://download.pytorch.org/whl/cu126 (driver >= 525).
+ARG TORCH_CUDA_INDEX=
 
 LABEL com.amazonaws.sagemaker.capabilities.accept-bind-to-port=true
 
@@ -53,7 +58,11 @@ COPY --from=torch-cpu /opt/venv /opt/venv
 RUN set -eu; \
     if [ "$TORCH_VARIANT" != cpu ]; then \
       python3 -m venv /opt/venv; \
-      pip install "torch==${TORCH_VERSION}"; \
+      if [ -n "$TORCH_CUDA_INDEX" ]; then \
+        pip install "torch==${TORCH_VERSION}" --index-url "$TORCH_CUDA_INDEX" --extra-index-url https://pypi.org/simple; \
+      else \
+        pip install "torch==${TORCH_VERSION}"; \
+      fi; \
     fi
 
 # The other dependencies, from pyproject.toml alone, so that a code or README change does not
