@@ -37,7 +37,7 @@ help:
 $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "recsys needs Python 3.11 or newer; set PYTHON=python3.11")'
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet $(PIP_INDEX_FLAGS) -e '.[dev]'
+	$(BIN)/python -m pip install --quiet $(PIP_INDEX_FLAGS) -e '.[dev,aws]'
 	@touch $@
 
 install: $(VENV)/.installed

@@ -167,6 +167,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--k", type=int, default=None, help="cut-off (default: the model's eval_k)")
     ev.add_argument("--json", action="store_true", help="print the metrics as JSON")
     ev.set_defaults(func=_cmd_evaluate)
+
+    from recsys.sagemaker.launcher_cli import add_aws_parser  # boto3 and the SDK load only when run
+
+    add_aws_parser(sub)
     return parser
 
 
