@@ -15,11 +15,16 @@ BASE_IMAGE ?= python:3.11-slim-bookworm
 # SageMaker's GPU and x86 CPU instances run linux/amd64 images: built as such even on an arm64 laptop.
 PLATFORM ?= linux/amd64
 PORT ?= 8080
+# ECR: `make push` sends IMAGE to REPOSITORY (created if missing) in REGION, with PROFILE's credentials;
+# empty REGION / PROFILE mean the AWS configuration's (AWS_REGION, AWS_PROFILE, ~/.aws/config).
+REPOSITORY ?= recsys
+REGION ?=
+PROFILE ?=
 
-.PHONY: help install run serve test lint format bench-quality bench-serving bench-image image image-cpu local-train local-serve clean
+.PHONY: help install run serve test lint format bench-quality bench-serving bench-image image image-cpu local-train local-serve push clean
 
 help:
-	@echo "make install        create $(VENV) with recsys and its dev tools (idempotent)"
+	@echo "make install        create $(VENV) with recsys, its dev tools and the aws extra (idempotent)"
 	@echo "make run            install, then train on the bundled synthetic data in $(LOCAL_ML) and recommend"
 	@echo "make test           install, then run the test suite"
 	@echo "make lint           ruff (lint + format check), mypy and hadolint"
@@ -31,6 +36,7 @@ help:
 	@echo "make image-cpu      build \$$(IMAGE) with CPU-only torch (a wheel in docker/wheels/ or PyTorch's CPU index)"
 	@echo "make local-train    docker run \$$(IMAGE) train on the bundled data in \$$(LOCAL_ML)"
 	@echo "make local-serve    docker run \$$(IMAGE) serve on localhost:\$$(PORT), then an example request"
+	@echo "make push           push \$$(IMAGE) to ECR repository \$$(REPOSITORY) (REGION, PROFILE); prints its URI"
 	@echo "make clean          remove $(VENV), $(LOCAL_ML) and caches"
 
 # The stamp is newer than pyproject.toml once the environment matches it.
@@ -98,6 +104,10 @@ local-serve:
 	curl -s localhost:$(PORT)/invocations -H 'Content-Type: application/json' -d '{"user_id": "u0001", "k": 5}'
 	@echo
 	@echo "serving on localhost:$(PORT); stop with: docker stop recsys-local-serve"
+
+push: install
+	$(BIN)/recsys aws push --image $(IMAGE) --repository $(REPOSITORY) \
+		$(if $(REGION),--region $(REGION)) $(if $(PROFILE),--profile $(PROFILE))
 
 clean:
 	rm -rf $(VENV) $(LOCAL_ML) .pytest_cache .mypy_cache .ruff_cache
