@@ -395,6 +395,19 @@ class DockerCli:
                 + (f": {detail[-1]}" if detail else ".")
             )
 
+    def compose(self) -> list[str]:
+        """The docker compose command, looked up as SDK local mode does: the v2 plugin, else the
+        standalone docker-compose."""
+        if self.run(["compose", "version"], timeout=60).returncode == 0:
+            return [self.executable, "compose"]
+        standalone = shutil.which("docker-compose")
+        if standalone is None:
+            raise UserError(
+                "local mode needs docker compose: install the compose plugin (`docker compose`) or "
+                "docker-compose."
+            )
+        return [standalone]
+
     def with_train_command(self, image: str) -> str:
         """A one-layer child of ``image`` whose default command is ``train``.
 
@@ -674,7 +687,8 @@ def train_locally(spec: TrainingSpec, root: Path, docker: DockerCli, echo: Echo)
     """Run ``spec`` in SDK v3 local mode (docker compose on this machine); returns the model dir.
 
     Channels are local directories. The job's ``output/`` decides the outcome: SDK local mode
-    reports success whatever the container's exit code.
+    raises a bare RuntimeError when the container fails, and reports success for a container that
+    exits 0 without training.
     """
     for name, source in spec.channels.items():
         if not Path(source).is_dir():
@@ -682,6 +696,7 @@ def train_locally(spec: TrainingSpec, root: Path, docker: DockerCli, echo: Echo)
     if root.exists() and any(root.iterdir()):
         raise UserError(f"{root} is not empty: local mode needs a new or empty directory per run.")
     docker.require_engine()
+    compose = docker.compose()
     docker.require_image(spec.image_uri)
     local = replace(
         spec,
@@ -692,14 +707,27 @@ def train_locally(spec: TrainingSpec, root: Path, docker: DockerCli, echo: Echo)
     root.mkdir(parents=True, exist_ok=True)
     echo(f"local mode: {local.image_uri} under {root}")
     trainer = build_model_trainer(local, None, local_root=root.resolve())
+    crashed: RuntimeError | None = None
     try:
         trainer.train(input_data_config=input_data(local), wait=True)
-    except ImportError as exc:  # the SDK's way of saying docker compose is missing
-        raise UserError(f"local mode needs docker compose: {exc}") from exc
+    except RuntimeError as exc:  # docker compose exited non-zero; output/failure says why
+        crashed = exc
+    finally:
+        # Local mode leaves its stopped containers and network behind; the engine may be shared.
+        compose_file = root / "docker-compose.yaml"
+        if compose_file.exists():
+            subprocess.run(
+                [*compose, "-f", str(compose_file), "down", "--remove-orphans"],
+                capture_output=True,
+                timeout=300,
+                check=False,
+            )
     output = root / "artifacts" / "output"
     if (output / "failure").exists():
         reason = (output / "failure").read_text(encoding="utf-8").strip()
-        raise UserError(f"local training failed: {reason[:1024]}")
+        raise UserError(f"local training failed: {reason[:1024]}") from crashed
+    if crashed is not None:
+        raise UserError(f"local training failed: {crashed}") from crashed
     model_dir = root / "model"
     if not (output / "success").exists() or not (model_dir / "manifest.json").exists():
         raise UserError(f"local training wrote no model under {model_dir}: see the container's log above.")
