@@ -11,7 +11,6 @@ the serving image (which does not install them) never import them.
 from __future__ import annotations
 
 import base64
-import logging
 import re
 import shutil
 import subprocess
@@ -32,8 +31,6 @@ from recsys.sagemaker.contract import (
     decode_hyperparameter,
 )
 from recsys.sagemaker.metric_definitions import METRIC_DEFINITIONS, TUNING_OBJECTIVE
-
-logger = logging.getLogger(__name__)
 
 Echo = Callable[[str], None]
 Sleep = Callable[[float], None]
@@ -280,7 +277,7 @@ def timestamped_name(base: str, now: datetime | None = None, max_length: int = 6
 
 @contextmanager
 def aws_errors(action: str) -> Iterator[None]:
-    """Turn botocore's and the SDK's exceptions into one-line user errors (exit 1, no traceback)."""
+    """Turn botocore's exceptions into one-line user errors (exit 1, no traceback)."""
     from botocore.exceptions import (
         ClientError,
         EndpointConnectionError,
@@ -308,6 +305,7 @@ def aws_errors(action: str) -> Iterator[None]:
             hint = " The caller lacks a permission: see the README section 'IAM permissions'."
         elif code in ("ExpiredToken", "ExpiredTokenException", "InvalidClientTokenId"):
             hint = " Refresh the credentials (e.g. `aws sso login`)."
+        message = str(message).rstrip(".")
         raise UserError(f"{action}: {exc.operation_name} failed: {code}: {message}.{hint}") from exc
     except WaiterError as exc:
         raise UserError(f"{action}: {exc}") from exc
@@ -329,7 +327,7 @@ def no_region_message() -> str:
 
 @contextmanager
 def sdk_errors(action: str, role_arn: str) -> Iterator[None]:
-    """The SDK's own exceptions (role validation, local mode) on top of botocore's."""
+    """botocore's errors, plus the SDK's check of the execution role (before any job exists)."""
     from sagemaker.core.helper.iam_role_resolver import RoleValidationError
 
     with aws_errors(action):

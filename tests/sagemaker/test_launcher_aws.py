@@ -13,6 +13,7 @@ import re
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -795,3 +796,41 @@ def test_make_push_runs_the_launcher_with_the_make_variables(aws: FakeAws, fake_
     assert result.stdout.splitlines()[-1] == uri
     assert f"push {uri}" in (fake_docker / "calls").read_text().splitlines()
     assert aws.client("ecr").describe_repositories(repositoryNames=["recs-make"])["repositories"]
+
+
+def test_the_log_reader_prefixes_each_instance_and_reads_only_new_lines(aws: FakeAws) -> None:
+    import boto3
+
+    from recsys.sagemaker.launcher import TRAINING_LOG_GROUP, TrainingLogReader
+
+    logs = boto3.Session(region_name=REGION).client("logs")
+    logs.create_log_group(logGroupName=TRAINING_LOG_GROUP)
+    streams = {host: f"job-1/{host}-1700000000" for host in ("algo-1", "algo-2")}
+    for stream in streams.values():
+        logs.create_log_stream(logGroupName=TRAINING_LOG_GROUP, logStreamName=stream)
+    # Another job's stream whose name starts like this one's must not be read.
+    logs.create_log_stream(logGroupName=TRAINING_LOG_GROUP, logStreamName="job-10/algo-1-1700000000")
+
+    def put(host: str, *lines: str) -> None:
+        stream = streams.get(host, host)
+        # CloudWatch drops events older than 14 days: stamp them now.
+        now = int(time.time() * 1000)
+        events = [{"timestamp": now + i, "message": line} for i, line in enumerate(lines)]
+        logs.put_log_events(logGroupName=TRAINING_LOG_GROUP, logStreamName=stream, logEvents=events)
+
+    put("algo-1", "epoch=1 train_loss=5.1", "epoch=2 train_loss=4.9")
+    put("algo-2", "rank 1 ready")
+    put("job-10/algo-1-1700000000", "not this job")
+    reader = TrainingLogReader(logs, "job-1")
+
+    first = reader.read_new()
+    put("algo-2", "rank 1 done")
+    second = reader.read_new()
+
+    assert first == [
+        "[algo-1] epoch=1 train_loss=5.1",
+        "[algo-1] epoch=2 train_loss=4.9",
+        "[algo-2] rank 1 ready",
+    ]
+    assert second == ["[algo-2] rank 1 done"]
+    assert reader.read_new() == []
