@@ -128,6 +128,12 @@ class TrainConfig:
     multi_value_separator: str = _param("|", "Separator of multi-valued attribute values.")
     device: DeviceName = _param("auto", "`auto` (CUDA when present), `cpu` or `cuda`.")
     amp: bool = _param(True, "Mixed precision on CUDA (ignored on CPU).")
+    checkpoint_interval_steps: int = _param(
+        1000,
+        "Save a checkpoint every this many steps (per process), besides each epoch end and SIGTERM; "
+        "0: only those.",
+        _range(0, 10**9),
+    )
 
     def resolved_loss(self, num_items: int) -> Literal["bce", "softmax", "sampled_softmax"]:
         if self.loss != "auto":

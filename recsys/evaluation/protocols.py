@@ -96,9 +96,12 @@ def full_ranking(
     ks: tuple[int, ...],
     *,
     history_length: int,
+    users: Tensor | None = None,
 ) -> RankingReport:
-    """Every accuracy metric at every k over the users that have held-out items."""
-    users = torch.nonzero(held_out.counts > 0).squeeze(1)
+    """Every accuracy metric at every k over the users that have held-out items (or over
+    ``users``, a subset of them, e.g. one data-parallel rank's share)."""
+    if users is None:
+        users = torch.nonzero(held_out.counts > 0).squeeze(1)
     max_k = min(max(ks), model.config.num_items)
     top = rank_top_k(model, train, users, max_k, history_length=history_length)
     relevant_indptr = torch.zeros(users.shape[0] + 1, dtype=torch.long, device=users.device)

@@ -234,8 +234,13 @@ def write_failure(paths: ContainerPaths, exc: BaseException) -> str:
     else:
         details = "".join(traceback.format_exception(exc))
         text = f"internal error: {type(exc).__name__}: {exc}\n\n{details}"
+    return write_failure_text(paths, text)
+
+
+def write_failure_text(paths: ContainerPaths, text: str) -> str:
+    """Write ``output/failure`` with a message of our own (no traceback to show)."""
     paths.output_dir.mkdir(parents=True, exist_ok=True)
-    paths.failure_file.write_text(text, encoding="utf-8")
+    paths.failure_file.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
     return text
 
 
@@ -249,6 +254,59 @@ def write_success(paths: ContainerPaths) -> None:
 def environment_base(environ: Mapping[str, str] | None = None) -> ContainerPaths:
     """The contract's paths from the process environment; for the CLI edge only."""
     return ContainerPaths.from_env(os.environ if environ is None else environ)
+
+
+# -- distributed training ------------------------------------------------------------------------
+
+# The port of the rendezvous on hosts[0] (the issue's and SageMaker's examples' choice).
+DEFAULT_MASTER_PORT = 7777
+# Ours: overrides for the launch, mostly for tests and for CPU hosts that want several processes.
+MASTER_PORT_ENV = "RECSYS_MASTER_PORT"
+PROCESSES_PER_HOST_ENV = "RECSYS_PROCESSES_PER_HOST"
+HOST_WAIT_ENV = "RECSYS_HOST_WAIT_SECONDS"
+DEFAULT_HOST_WAIT_SECONDS = 600
+# Set by torchrun in each process it starts.
+TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
+
+
+@dataclass(frozen=True)
+class LaunchSettings:
+    """How ``train`` starts its processes; resolved from the environment at the edge."""
+
+    master_port: int = DEFAULT_MASTER_PORT
+    processes_per_host: int | None = None  # None: one per GPU, or one on a CPU host
+    host_wait_seconds: float = DEFAULT_HOST_WAIT_SECONDS
+
+
+@dataclass(frozen=True)
+class WorkerEnv:
+    """This process's place among torchrun's processes."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    local_world_size: int
+
+
+def read_launch_settings(environ: Mapping[str, str]) -> LaunchSettings:
+    processes = environ.get(PROCESSES_PER_HOST_ENV)
+    return LaunchSettings(
+        master_port=int(_positive_number(environ, MASTER_PORT_ENV, DEFAULT_MASTER_PORT, integer=True)),
+        processes_per_host=(
+            int(_positive_number(environ, PROCESSES_PER_HOST_ENV, 1, integer=True))
+            if processes and processes.strip()
+            else None
+        ),
+        host_wait_seconds=_positive_number(environ, HOST_WAIT_ENV, DEFAULT_HOST_WAIT_SECONDS, integer=False),
+    )
+
+
+def read_worker_env(environ: Mapping[str, str]) -> WorkerEnv | None:
+    """torchrun's variables when this process is one of its workers; None otherwise."""
+    if not all(environ.get(name) for name in TORCHRUN_ENV):
+        return None
+    rank, world, local_rank, local_world = (int(environ[name]) for name in TORCHRUN_ENV)
+    return WorkerEnv(rank, world, local_rank, local_world)
 
 
 # -- hosting -------------------------------------------------------------------------------------

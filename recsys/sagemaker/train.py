@@ -1,12 +1,21 @@
 """The container's ``train``: the SageMaker training contract around ``run_training``.
 
+On one host with at most one GPU this process trains. Otherwise it starts ``torchrun`` (see
+``launch``), whose processes come back here as workers, recognised by torchrun's variables.
+
 Exit codes: 0 success (``output/success``), 1 a user error (its message in ``output/failure``),
-2 an internal error (the traceback in ``output/failure``).
+2 an internal error (the traceback in ``output/failure``), 143 stopped by SIGTERM after a
+checkpoint (a restarted job resumes from it). With torchrun, its exit code.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import threading
+from collections.abc import Mapping
+from types import FrameType
 
 from recsys.config import resolve_train_config
 from recsys.errors import UserError
@@ -16,31 +25,68 @@ from recsys.sagemaker.contract import (
     CHANNEL_USERS,
     CHANNEL_VALIDATION,
     ContainerPaths,
+    read_launch_settings,
     read_training_contract,
+    read_worker_env,
     write_failure,
+    write_failure_text,
     write_success,
 )
+from recsys.training.stop import StopRequest, TrainingInterrupted
 
 logger = logging.getLogger(__name__)
 
 EXIT_USER_ERROR = 1
 EXIT_INTERNAL_ERROR = 2
+EXIT_INTERRUPTED = 128 + signal.SIGTERM
 
 
-def train(paths: ContainerPaths) -> int:
-    """Run one training job under ``paths``; never raises, returns the process exit code."""
+def _install_stop_handler() -> StopRequest:
+    """SIGTERM (spot interruption, ``docker stop``) asks the loop to checkpoint and stop."""
+    stop = StopRequest()
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        logger.warning("%s received: saving a checkpoint and stopping", signal.Signals(signum).name)
+        stop.request(signal.Signals(signum).name)
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, handle)
+    return stop
+
+
+def train(paths: ContainerPaths, environ: Mapping[str, str] | None = None) -> int:
+    """Run one training job (or this host's part of one) under ``paths``; never raises, returns
+    the process exit code."""
+    environ = os.environ if environ is None else environ
+    worker = read_worker_env(environ)
+    # Every process may report a failure; one per host reports success.
+    reports = worker is None or worker.local_rank == 0
+    ctx = None
     try:
         # Imported here so that the CLI's --help does not pay for torch.
-        from recsys.training.job import Channels, run_training
+        import torch
+
+        from recsys.sagemaker.launch import launch, plan_launch
+        from recsys.training.distributed import DistContext, destroy_process_group, init_process_group
+        from recsys.training.job import Channels, Resilience, resolve_device, run_training
 
         contract = read_training_contract(paths)
         config = resolve_train_config(contract.hyperparameters)
-        if not contract.resources.is_leader:
-            logger.info(
-                "host %s is not the leader; nothing to do on this host", contract.resources.current_host
-            )
-            write_success(paths)
-            return 0
+        if worker is None:
+            settings = read_launch_settings(environ)
+            gpus = torch.cuda.device_count() if config.device != "cpu" else 0
+            plan = plan_launch(contract.resources, gpus=gpus, settings=settings)
+            if plan is not None:
+                code = launch(plan, paths.base, environ, host_wait_seconds=settings.host_wait_seconds)
+                if code != 0 and not paths.failure_file.exists():
+                    write_failure_text(
+                        paths, f"a training process exited with code {code}; see the job's logs"
+                    )
+                return code
+        stop = _install_stop_handler()
+        if worker is not None:
+            ctx = DistContext(worker.rank, worker.world_size, worker.local_rank, worker.local_world_size)
+            init_process_group(ctx, ctx.device_for(resolve_device(config.device)))
         channels = Channels(
             train=contract.channels[CHANNEL_TRAIN],
             validation=contract.channels.get(CHANNEL_VALIDATION),
@@ -48,16 +94,30 @@ def train(paths: ContainerPaths) -> int:
             users=contract.channels.get(CHANNEL_USERS),
         )
         outcome = run_training(
-            channels, config, model_dir=paths.model_dir, output_data_dir=paths.output_data_dir
+            channels,
+            config,
+            model_dir=paths.model_dir,
+            output_data_dir=paths.output_data_dir,
+            ctx=ctx or DistContext(),
+            resilience=Resilience(paths.checkpoint_dir, stop),
         )
     except UserError as exc:
         text = write_failure(paths, exc)
         logger.error("training failed: %s", text.strip())
         return EXIT_USER_ERROR
+    except TrainingInterrupted as exc:
+        write_failure_text(paths, str(exc))
+        logger.warning("%s", exc)
+        return EXIT_INTERRUPTED
     except Exception as exc:  # anything else is our bug: keep the traceback for whoever reads it
         write_failure(paths, exc)
         logger.exception("training failed with an internal error")
         return EXIT_INTERNAL_ERROR
-    write_success(paths)
-    logger.info("model written to %s (best epoch %s)", paths.model_dir, outcome.metrics["best_epoch"])
+    finally:
+        if ctx is not None:
+            destroy_process_group(ctx)
+    if reports:
+        write_success(paths)
+    if outcome.artifact is not None:
+        logger.info("model written to %s (best epoch %s)", paths.model_dir, outcome.metrics["best_epoch"])
     return 0

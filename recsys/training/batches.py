@@ -8,6 +8,7 @@ exactly what it is asked at evaluation and serving time.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -75,24 +76,29 @@ class Batch:
     history_mask: Tensor  # [B, L]
 
 
+def epoch_order(num_interactions: int, generator: torch.Generator) -> Tensor:
+    """An epoch's shuffled positions [P]. Data-parallel ranks draw it from identically seeded
+    generators, so each rank's shard of it is disjoint from the others'."""
+    return torch.randperm(num_interactions, device=generator.device, generator=generator)
+
+
 def iterate_batches(
     data: DeviceInteractions,
+    positions: Tensor,
     *,
     batch_size: int,
     history_length: int,
     user_id_dropout: float,
     generator: torch.Generator,
-) -> list[Batch]:
-    """One epoch of shuffled batches, built on the device with no host round trip."""
+) -> Iterator[Batch]:
+    """Batches over ``positions`` (flat interaction positions, already shuffled), built lazily on
+    the device: one batch's history block exists at a time, whatever the epoch's size."""
     device = data.items.device
-    order = torch.randperm(data.num_interactions, device=device, generator=generator)
-    batches = []
-    for positions in torch.split(order, batch_size):
-        users = data.users[positions]
-        history, mask = gather_history(data.items, data.starts[positions], positions, history_length)
+    for chunk in torch.split(positions, batch_size):
+        users = data.users[chunk]
+        history, mask = gather_history(data.items, data.starts[chunk], chunk, history_length)
         if user_id_dropout > 0:
             # Hidden ids train the "unknown user" row that serving uses for new users.
             hide = torch.rand(users.shape, device=device, generator=generator) < user_id_dropout
             users = torch.where(hide, torch.full_like(users, data.num_users), users)
-        batches.append(Batch(users, data.items[positions], history, mask))
-    return batches
+        yield Batch(users, data.items[chunk], history, mask)

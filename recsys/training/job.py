@@ -7,6 +7,7 @@ only ``recsys.sagemaker`` knows where those come from.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -42,6 +43,8 @@ from recsys.evaluation.protocols import HeldOut, beyond_accuracy, full_ranking, 
 from recsys.models.ncf import NCF, FeatureSpec, ModelConfig
 from recsys.training.artifact import Artifact, save_artifact
 from recsys.training.batches import DeviceInteractions
+from recsys.training.checkpoints import Checkpointer, StopRequest
+from recsys.training.distributed import SINGLE_PROCESS, DistContext, barrier
 from recsys.training.loop import EpochRecord, FitResult, FitSettings, fit
 from recsys.training.report import write_report
 
@@ -74,7 +77,15 @@ class PreparedData:
 @dataclass(frozen=True)
 class TrainingOutcome:
     metrics: dict[str, Any]
-    artifact: Artifact
+    artifact: Artifact | None  # None on every data-parallel rank but 0, which alone writes it
+
+
+@dataclass(frozen=True)
+class Resilience:
+    """Where checkpoints go and what asks training to stop (SIGTERM); both optional."""
+
+    checkpoint_dir: Path | None = None
+    stop: StopRequest | None = None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -225,6 +236,15 @@ def held_out_tensors(data: IndexedInteractions, device: torch.device) -> HeldOut
     return HeldOut(torch.from_numpy(data.indptr).to(device), torch.from_numpy(data.items).to(device))
 
 
+@dataclass(frozen=True)
+class _FitContext:
+    """What every ``fit`` call of one job shares: processes, checkpoints, stop request."""
+
+    ctx: DistContext
+    checkpointer: Checkpointer | None
+    stop: StopRequest | None
+
+
 def _pretrained_neumf(
     config: TrainConfig,
     data: PreparedData,
@@ -232,6 +252,7 @@ def _pretrained_neumf(
     train: DeviceInteractions,
     held: HeldOut | None,
     device: torch.device,
+    run: _FitContext,
 ) -> NCF:
     """The NCF paper's recipe: train GMF and MLP alone, then start NeuMF from both."""
     parts: dict[str, NCF] = {}
@@ -239,7 +260,17 @@ def _pretrained_neumf(
     for kind in kinds:
         logger.info("pretraining %s for NeuMF", kind)
         part = new_model(build_model_config(config, data, kind), data, config.seed, device)
-        fit(part, train, held, settings, device=device, prefix=f"pretrain_{kind}_epoch")
+        fit(
+            part,
+            train,
+            held,
+            settings,
+            device=device,
+            prefix=f"pretrain_{kind}_epoch",
+            ctx=run.ctx,
+            checkpointer=run.checkpointer,
+            stop=run.stop,
+        )
         parts[kind] = part
     model = new_model(build_model_config(config, data), data, config.seed, device)
     gmf, mlp = parts["gmf"], parts["mlp"]
@@ -297,11 +328,27 @@ def evaluate_model(
     return out
 
 
+def _identity(config: TrainConfig, data: PreparedData) -> str:
+    """What a checkpoint must have been written for to be resumed: this configuration and data."""
+    # The checkpoint cadence does not change what is trained.
+    settings = {k: v for k, v in config_to_json(config).items() if k != "checkpoint_interval_steps"}
+    text = json.dumps(settings, sort_keys=True) + str(data.fingerprint["sha256"])
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def run_training(
-    channels: Channels, config: TrainConfig, *, model_dir: Path, output_data_dir: Path
+    channels: Channels,
+    config: TrainConfig,
+    *,
+    model_dir: Path,
+    output_data_dir: Path,
+    ctx: DistContext = SINGLE_PROCESS,
+    resilience: Resilience | None = None,
 ) -> TrainingOutcome:
+    """Train, evaluate and save. With several processes (``ctx``), each trains on its shard and
+    only rank 0 evaluates and writes ``model_dir`` and ``output_data_dir``."""
     started = time.perf_counter()
-    device = resolve_device(config.device)
+    device = ctx.device_for(resolve_device(config.device))
     data = prepare_data(channels, config)
     logger.info(
         "data: %d users, %d items, %d interactions; item attributes: %s; user attributes: %s; device: %s",
@@ -340,13 +387,65 @@ def run_training(
             "no validation channel: holding out the latest interaction of %d users",
             held_data.num_interactions,
         )
+    resilience = resilience or Resilience()
+    run = _FitContext(
+        ctx,
+        Checkpointer(
+            resilience.checkpoint_dir,
+            ctx=ctx,
+            identity=_identity(config, data),
+            interval_steps=config.checkpoint_interval_steps,
+        )
+        if resilience.checkpoint_dir is not None
+        else None,
+        resilience.stop,
+    )
     train_device = DeviceInteractions.from_indexed(fit_data, device)
     held = held_out_tensors(held_data, device)
     if config.model == "neumf" and config.pretrain:
-        model = _pretrained_neumf(config, data, settings, train_device, held, device)
+        model = _pretrained_neumf(config, data, settings, train_device, held, device, run)
     else:
         model = new_model(build_model_config(config, data), data, config.seed, device)
-    result: FitResult = fit(model, train_device, held, settings, device=device)
+    result: FitResult = fit(
+        model,
+        train_device,
+        held,
+        settings,
+        device=device,
+        ctx=ctx,
+        checkpointer=run.checkpointer,
+        stop=run.stop,
+    )
+    refit_records: list[EpochRecord] = []
+    final_model = model
+    if data.validation is None and config.final_fit == "refit":
+        # The held-out interactions are each user's most recent: refitting on them too lets the
+        # served model use the freshest signal. The epoch count comes from early stopping.
+        if ctx.is_main:
+            logger.info(
+                "refitting on all %d interactions for %d epochs",
+                data.interactions.num_interactions,
+                result.best_epoch,
+            )
+        all_device = DeviceInteractions.from_indexed(data.interactions, device)
+        final_model = new_model(build_model_config(config, data), data, config.seed, device)
+        refit = fit(
+            final_model,
+            all_device,
+            None,
+            settings,
+            device=device,
+            epochs=result.best_epoch,
+            prefix="refit_epoch",
+            ctx=ctx,
+            checkpointer=run.checkpointer,
+            stop=run.stop,
+        )
+        refit_records = refit.records
+    if not ctx.is_main:
+        # Rank 0 evaluates and writes alone; the others wait so that the job ends together.
+        barrier(ctx)
+        return TrainingOutcome({"best_epoch": result.best_epoch}, None)
     popularity = np.bincount(fit_data.items, minlength=len(data.items))
     features = multi_hot(data.item_encoding, data.item_arrays)
     validation_metrics = evaluate_model(
@@ -368,28 +467,6 @@ def run_training(
         ),
     )
     records: list[EpochRecord] = list(result.records)
-    refit_records: list[EpochRecord] = []
-    final_model = model
-    if data.validation is None and config.final_fit == "refit":
-        # The held-out interactions are each user's most recent: refitting on them too lets the
-        # served model use the freshest signal. The epoch count comes from early stopping.
-        logger.info(
-            "refitting on all %d interactions for %d epochs",
-            data.interactions.num_interactions,
-            result.best_epoch,
-        )
-        all_device = DeviceInteractions.from_indexed(data.interactions, device)
-        final_model = new_model(build_model_config(config, data), data, config.seed, device)
-        refit = fit(
-            final_model,
-            all_device,
-            None,
-            settings,
-            device=device,
-            epochs=result.best_epoch,
-            prefix="refit_epoch",
-        )
-        refit_records = refit.records
     final_model.eval()
     seen = data.interactions
     metrics: dict[str, Any] = {
@@ -421,4 +498,5 @@ def run_training(
     )
     save_artifact(artifact, model_dir)
     write_report(output_data_dir, metrics, records, refit_records, config.eval_k)
+    barrier(ctx)
     return TrainingOutcome(metrics, artifact)

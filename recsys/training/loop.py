@@ -1,29 +1,50 @@
-"""The training loop: epochs of device-side batches, validation, early stopping.
+"""The training loop: epochs of device-side batches, validation, early stopping, checkpoints.
 
-Readable top to bottom: one epoch is shuffle -> batches -> loss -> step; the only host syncs
-are marked (once per epoch for the loss, and validation).
+Readable top to bottom: one epoch is shuffle -> this rank's shard -> batches -> loss -> step.
+The host syncs are marked: once per epoch for the loss and validation, at checkpoints, and (with
+several processes) every ``STOP_POLL_STEPS`` steps to agree on a SIGTERM.
+
+With several processes (``DistContext``), ``batch_size`` stays the global batch: each rank takes
+``batch_size / world_size`` positives per step, so a configuration means the same on one GPU as
+on eight, and DDP averages the gradients of the ranks' equal shards.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
+import math
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
+from torch.nn.parallel import DistributedDataParallel
 
 from recsys.evaluation.protocols import HeldOut, full_ranking
 from recsys.models.ncf import NCF
-from recsys.training.batches import DeviceInteractions, iterate_batches
-from recsys.training.losses import LossKind, compute_loss
+from recsys.training.batches import DeviceInteractions, epoch_order, iterate_batches
+from recsys.training.checkpoints import DONE, Checkpointer, StopRequest, TrainingInterrupted
+from recsys.training.distributed import (
+    SINGLE_PROCESS,
+    DistContext,
+    all_reduce_sum,
+    any_rank,
+    broadcast_object,
+    shard,
+)
+from recsys.training.losses import LossKind, TrainingObjective, sample_negatives
 
 logger = logging.getLogger(__name__)
 
 EARLY_STOPPING_METRIC = "ndcg@10"
+# With several processes, a SIGTERM is agreed on every this many steps (one tiny all-reduce):
+# every rank must stop at the same step, or the next gradient all-reduce would wait forever.
+STOP_POLL_STEPS = 32
 
 
 @dataclass(frozen=True)
@@ -89,6 +110,73 @@ class _Progress:
             sys.stdout.flush()
 
 
+@dataclass
+class _LoopState:
+    """Everything a resumed run needs beyond the model and optimiser (and the random state)."""
+
+    epoch: int = 1  # the epoch to run next
+    step: int = 0  # batches of it already done
+    elapsed: float = 0.0  # seconds spent on those batches
+    best_score: float = float("-inf")
+    best_epoch: int = 0
+    stale: int = 0
+    best_state: dict[str, Tensor] = field(default_factory=dict)
+    records: list[EpochRecord] = field(default_factory=list)
+    order_state: Tensor | None = None  # the shuffle generator at the start of ``epoch``
+    stopped_early: bool = False
+
+    def to_payload(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["records"] = [dataclasses.asdict(r) for r in self.records]
+        return out
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any]) -> _LoopState:
+        values = dict(payload)
+        values["records"] = [EpochRecord(**r) for r in payload["records"]]
+        return cls(**values)
+
+
+def _rng_state(sample_generator: torch.Generator, loss_sum: Tensor) -> dict[str, Any]:
+    state: dict[str, Any] = {
+        "sample": sample_generator.get_state(),
+        "torch": torch.get_rng_state(),
+        "loss_sum": loss_sum.detach().cpu(),  # this rank's partial epoch loss
+    }
+    if loss_sum.device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(loss_sum.device)
+    return state
+
+
+def _restore_rng(rng: dict[str, Any], sample_generator: torch.Generator, device: torch.device) -> Tensor:
+    sample_generator.set_state(rng["sample"])
+    torch.set_rng_state(rng["torch"])
+    if "cuda" in rng and device.type == "cuda":
+        torch.cuda.set_rng_state(rng["cuda"], device)
+    loss_sum: Tensor = rng["loss_sum"].to(device)
+    return loss_sum
+
+
+def _validate(
+    model: NCF,
+    train: DeviceInteractions,
+    validation: HeldOut,
+    ks: tuple[int, ...],
+    *,
+    history_length: int,
+    ctx: DistContext,
+) -> dict[str, float]:
+    """Mean validation metrics, each rank ranking its share of the users, summed across ranks."""
+    users = torch.nonzero(validation.counts > 0).squeeze(1)
+    mine = users[ctx.rank :: ctx.world_size]
+    report = full_ranking(model, train, validation, ks, history_length=history_length, users=mine)
+    names = sorted(report.values)
+    sums = torch.stack([report.values[n].sum() for n in names] + [torch.tensor(float(mine.shape[0]))])
+    sums = all_reduce_sum(sums.to(users.device, torch.float64), ctx).cpu()  # host sync
+    count = max(float(sums[-1]), 1.0)
+    return {name: float(sums[i]) / count for i, name in enumerate(names)}
+
+
 def fit(
     model: NCF,
     train: DeviceInteractions,
@@ -99,80 +187,174 @@ def fit(
     epochs: int | None = None,
     prefix: str = "epoch",
     on_epoch: Callable[[EpochRecord], None] | None = None,
+    ctx: DistContext = SINGLE_PROCESS,
+    checkpointer: Checkpointer | None = None,
+    stop: StopRequest | None = None,
 ) -> FitResult:
     """Train ``model`` in place. With ``validation``, stop early on its NDCG@10 and return the best
-    state; without, run exactly ``epochs`` (default ``settings.epochs``) and return the last."""
-    generator = torch.Generator(device=device)
-    generator.manual_seed(settings.seed)
+    state; without, run exactly ``epochs`` (default ``settings.epochs``) and return the last.
+
+    With a ``checkpointer``, resume from this phase's (``prefix``) newest valid checkpoint and save
+    new ones; with a ``stop`` request set (SIGTERM), save one and raise ``TrainingInterrupted``."""
+    num_epochs = epochs if epochs is not None else settings.epochs
+    per_rank_batch = math.ceil(settings.batch_size / ctx.world_size)
+    # The shuffle is the same on every rank (each takes its own shard of it); negatives, id
+    # dropout and model dropout differ per rank.
+    order_generator = torch.Generator(device=device).manual_seed(settings.seed)
+    sample_generator = torch.Generator(device=device).manual_seed(settings.seed + 1 + ctx.rank)
+    torch.manual_seed(settings.seed + 1 + ctx.rank)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay
     )
+    state = _LoopState(best_state=_snapshot(model))
+    loss_sum = torch.zeros((), device=device)
+    restored = checkpointer.load(prefix) if checkpointer is not None else None
+    if restored is not None:
+        model.load_state_dict(restored.shared["model"])
+        state = _LoopState.from_payload(restored.shared["loop"])
+        if restored.done:
+            return FitResult(state.best_epoch, _snapshot(model), state.records, state.stopped_early)
+        optimizer.load_state_dict(restored.shared["optimizer"])
+        if restored.rng is not None:
+            loss_sum = _restore_rng(restored.rng, sample_generator, device)
+        else:  # reseeded, but not to the values a fresh run starts from
+            sample_generator.manual_seed(
+                settings.seed + 1 + ctx.rank + 7919 * (state.epoch * 100_003 + state.step)
+            )
+    objective: torch.nn.Module = TrainingObjective(model, settings.loss)
+    if ctx.enabled:
+        objective = DistributedDataParallel(
+            objective, device_ids=[device.index] if device.type == "cuda" else None
+        )
     use_amp = settings.amp and device.type == "cuda"
-    num_epochs = epochs if epochs is not None else settings.epochs
     ks = tuple(sorted({10, settings.eval_k}))
-    records: list[EpochRecord] = []
-    best_score, best_epoch, best_state = float("-inf"), 0, _snapshot(model)
-    stale = 0
-    for epoch in range(1, num_epochs + 1):
+
+    def save(epoch: int, step: int) -> None:
+        if checkpointer is None:
+            return
+        if (epoch, step) != DONE:
+            state.epoch, state.step = epoch, step
+        shared = {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "loop": state.to_payload(),
+        }
+        checkpointer.save(prefix, epoch, step, shared=shared, rng=_rng_state(sample_generator, loss_sum))
+
+    for epoch in range(state.epoch, num_epochs + 1):
         model.train()
-        started = time.perf_counter()
+        state.epoch = epoch
+        if state.order_state is not None:  # a resumed run replays this epoch's shuffle
+            order_generator.set_state(state.order_state)
+        state.order_state = order_generator.get_state()
+        positions = shard(epoch_order(train.num_interactions, order_generator), ctx)
+        num_steps = math.ceil(positions.shape[0] / per_rank_batch)
         batches = iterate_batches(
             train,
-            batch_size=settings.batch_size,
+            positions[state.step * per_rank_batch :],
+            batch_size=per_rank_batch,
             history_length=settings.history_length,
             user_id_dropout=settings.user_id_dropout,
-            generator=generator,
+            generator=sample_generator,
         )
-        progress = _Progress(len(batches), f"{prefix} {epoch}")
-        loss_sum = torch.zeros((), device=device)
-        for step, batch in enumerate(batches, start=1):
+        progress = _Progress(num_steps, f"{prefix} {epoch}")
+        started = time.perf_counter() - state.elapsed
+        for batch in batches:
+            negatives = sample_negatives(
+                settings.loss,
+                batch_size=batch.positives.shape[0],
+                num_items=model.config.num_items,
+                num_negatives=settings.num_negatives,
+                generator=sample_generator,
+            )
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                loss = compute_loss(
-                    model,
-                    batch,
-                    loss=settings.loss,
-                    num_negatives=settings.num_negatives,
-                    generator=generator,
-                )
+                loss = objective(batch, negatives)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()  # type: ignore[no-untyped-call]
+            loss.backward()
             optimizer.step()
             loss_sum += loss.detach() * batch.positives.shape[0]
-            progress.update(step)
+            state.step += 1
+            progress.update(state.step)
+            if state.step == num_steps:
+                break
+            if _stop_requested(stop, state.step, ctx, device):
+                progress.close()
+                state.elapsed = time.perf_counter() - started
+                save(epoch, state.step)  # host sync
+                raise TrainingInterrupted(_interrupted(stop, prefix, epoch, state.step))
+            if (
+                checkpointer is not None
+                and checkpointer.interval_steps
+                and (state.step % checkpointer.interval_steps == 0)
+            ):
+                state.elapsed = time.perf_counter() - started
+                save(epoch, state.step)  # host sync
         progress.close()
-        train_loss = float(loss_sum) / train.num_interactions  # host sync: once per epoch
+        total = all_reduce_sum(loss_sum.clone(), ctx)
+        samples = positions.shape[0] * ctx.world_size
+        train_loss = float(total) / max(samples, 1)  # host sync: once per epoch
         seconds = time.perf_counter() - started
-        record = EpochRecord(epoch, train_loss, seconds, train.num_interactions / max(seconds, 1e-9))
+        record = EpochRecord(epoch, train_loss, seconds, samples / max(seconds, 1e-9))
         if validation is not None:
             model.eval()
-            report = full_ranking(model, train, validation, ks, history_length=settings.history_length)
-            record.validation = {k: v for k, v in report.summary().items() if not k.endswith("_se")}
-        records.append(record)
-        logger.info(metric_line(prefix, record, settings.eval_k))
+            record.validation = _validate(
+                model, train, validation, ks, history_length=settings.history_length, ctx=ctx
+            )
+        state.records.append(record)
+        if ctx.is_main:
+            logger.info(metric_line(prefix, record, settings.eval_k))
         if on_epoch is not None:
             on_epoch(record)
+        finished = epoch == num_epochs
         if validation is None:
-            best_epoch = epoch
-            continue
-        score = record.validation[EARLY_STOPPING_METRIC]
-        if score > best_score:
-            best_score, best_epoch, best_state, stale = score, epoch, _snapshot(model), 0
+            state.best_epoch = epoch
         else:
-            stale += 1
-            if stale >= settings.patience:
+            score = record.validation[EARLY_STOPPING_METRIC]
+            if score > state.best_score:
+                state.best_score, state.best_epoch, state.stale = score, epoch, 0
+                state.best_state = _snapshot(model)
+            else:
+                state.stale += 1
+            # Every rank computed the same reduced score; rank 0's decision is made everyone's
+            # all the same, since one rank stopping alone would leave the others waiting.
+            if broadcast_object(state.stale >= settings.patience, ctx) and not finished:
                 logger.info(
                     "early stop: val_%s has not improved for %d epochs; best epoch %d (%.4f)",
                     EARLY_STOPPING_METRIC,
-                    stale,
-                    best_epoch,
-                    best_score,
+                    state.stale,
+                    state.best_epoch,
+                    state.best_score,
                 )
-                model.load_state_dict(best_state)
-                return FitResult(best_epoch, best_state, records, stopped_early=True)
-    if validation is None:
-        return FitResult(best_epoch, _snapshot(model), records, stopped_early=False)
-    model.load_state_dict(best_state)
-    return FitResult(best_epoch, best_state, records, stopped_early=False)
+                state.stopped_early = finished = True
+        loss_sum.zero_()
+        state.step, state.elapsed = 0, 0.0
+        state.order_state = order_generator.get_state()  # where the next epoch's shuffle starts
+        if finished:
+            break
+        save(epoch + 1, 0)  # host sync, once per epoch
+        if _stop_requested(stop, STOP_POLL_STEPS, ctx, device):
+            raise TrainingInterrupted(_interrupted(stop, prefix, epoch + 1, 0))
+    if validation is not None:
+        model.load_state_dict(state.best_state)
+    state.best_state = {}  # the model holds it now; no need to store it twice
+    save(*DONE)
+    return FitResult(state.best_epoch, _snapshot(model), state.records, state.stopped_early)
+
+
+def _stop_requested(stop: StopRequest | None, step: int, ctx: DistContext, device: torch.device) -> bool:
+    if not ctx.enabled:
+        return stop is not None and stop.requested
+    if step % STOP_POLL_STEPS:
+        return False
+    return any_rank(stop is not None and stop.requested, ctx, device)  # host sync
+
+
+def _interrupted(stop: StopRequest | None, prefix: str, epoch: int, step: int) -> str:
+    signal_name = stop.signal_name if stop is not None and stop.signal_name else "a stop request"
+    return (
+        f"training stopped by {signal_name} in {prefix} {epoch} after {step} steps; a checkpoint was "
+        "saved and a restarted job resumes from it"
+    )
 
 
 def _snapshot(model: NCF) -> dict[str, Tensor]:

@@ -12,7 +12,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from recsys.models.ncf import NCF
 from recsys.training.batches import Batch
@@ -20,37 +20,60 @@ from recsys.training.batches import Batch
 LossKind = Literal["bce", "softmax", "sampled_softmax"]
 
 
-def compute_loss(
-    model: NCF,
-    batch: Batch,
-    *,
-    loss: LossKind,
-    num_negatives: int,
-    generator: torch.Generator,
-) -> Tensor:
+def sample_negatives(
+    loss: LossKind, *, batch_size: int, num_items: int, num_negatives: int, generator: torch.Generator
+) -> Tensor | None:
+    """The step's negatives, drawn on the device outside the model so that a data-parallel
+    wrapper sees only tensors: [B, n] for ``bce``, [n] shared for ``sampled_softmax``."""
+    device = generator.device
+    if loss == "bce":
+        return torch.randint(num_items, (batch_size, num_negatives), device=device, generator=generator)
+    if loss == "sampled_softmax":
+        return torch.randint(num_items, (num_negatives,), device=device, generator=generator)
+    return None
+
+
+class TrainingObjective(nn.Module):
+    """The model and its loss as one module, so that ``DistributedDataParallel`` can wrap it:
+    DDP synchronises gradients only for work done inside the wrapped module's ``forward``."""
+
+    def __init__(self, model: NCF, loss: LossKind) -> None:
+        super().__init__()
+        if loss not in ("bce", "softmax", "sampled_softmax"):
+            raise ValueError(f"unknown loss {loss!r}")
+        self.model = model
+        self.loss = loss
+
+    def forward(self, batch: Batch, negatives: Tensor | None) -> Tensor:
+        return compute_loss(self.model, batch, loss=self.loss, negatives=negatives)
+
+
+def compute_loss(model: NCF, batch: Batch, *, loss: LossKind, negatives: Tensor | None) -> Tensor:
+    """The loss of one batch (a scalar); ``negatives`` from ``sample_negatives``."""
+    if loss not in ("bce", "softmax", "sampled_softmax"):
+        raise ValueError(f"unknown loss {loss!r}")
     device = batch.positives.device
-    num_items = model.config.num_items
     user_state = model.encode_users(batch.users, batch.history, batch.history_mask)
     if loss == "softmax":
         logits = model.score_all(user_state, model.all_items(device))
         return F.cross_entropy(logits.float(), batch.positives)
+    if negatives is None:
+        raise ValueError(f"loss {loss!r} needs sampled negatives")
     size = batch.positives.shape[0]
     if loss == "bce":
-        negatives = torch.randint(num_items, (size, num_negatives), device=device, generator=generator)
         candidates = torch.cat([batch.positives.unsqueeze(1), negatives], dim=1)
         logits = model.score_candidates(user_state, model.encode_items(candidates)).float()
         labels = torch.zeros_like(logits)
         labels[:, 0] = 1.0
         return F.binary_cross_entropy_with_logits(logits, labels)
     if loss == "sampled_softmax":
-        shared = torch.randint(num_items, (num_negatives,), device=device, generator=generator)
         # The negatives are shared by the batch: encode them once and score them as a block,
         # rather than encoding batch x negatives item copies.
         positive_state = model.encode_items(batch.positives.unsqueeze(1))
         positive = model.score_candidates(user_state, positive_state).float()  # [B, 1]
-        negative = model.score_all(user_state, model.encode_items(shared)).float()  # [B, n]
+        negative = model.score_all(user_state, model.encode_items(negatives)).float()  # [B, n]
         # A sampled "negative" that is the positive itself would be a contradiction: drop it.
-        collision = shared.unsqueeze(0) == batch.positives.unsqueeze(1)
+        collision = negatives.unsqueeze(0) == batch.positives.unsqueeze(1)
         logits = torch.cat([positive, negative.masked_fill(collision, float("-inf"))], dim=1)
         return F.cross_entropy(logits, torch.zeros(size, dtype=torch.long, device=device))
-    raise ValueError(f"unknown loss {loss!r}")
+    raise AssertionError("unreachable: the loss was checked above")

@@ -373,17 +373,19 @@ def test_min_rating_keeps_only_high_ratings(
     assert artifact.train_config["min_rating"] == 4.0
 
 
-def test_a_follower_host_does_nothing_and_succeeds(
+def test_a_multi_host_job_whose_hosts_never_resolve_fails_with_a_clear_message(
     tmp_path: Path, small_data: SyntheticData, make_tree: TreeBuilder
 ) -> None:
     make_tree(tmp_path, small_data)
     resource_config = tmp_path / "input" / "config" / "resourceconfig.json"
-    resource_config.write_text(json.dumps({"current_host": "algo-2", "hosts": ["algo-1", "algo-2"]}))
+    # .invalid is reserved (RFC 2606): it never resolves.
+    hosts = ["algo-1.recsys.invalid", "algo-2.recsys.invalid"]
+    resource_config.write_text(json.dumps({"current_host": hosts[1], "hosts": hosts}))
 
-    code = train(_paths(tmp_path))
+    code = train(_paths(tmp_path), {"RECSYS_HOST_WAIT_SECONDS": "0.5"})
 
-    assert code == 0
-    assert _paths(tmp_path).success_file.exists()
+    text = _assert_failed(tmp_path, code, EXIT_INTERNAL_ERROR)
+    assert "did not resolve" in text and "algo-1.recsys.invalid" in text
     assert not (_paths(tmp_path).model_dir / "manifest.json").exists()
 
 

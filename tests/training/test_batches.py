@@ -10,6 +10,7 @@ from recsys.data.interactions import IndexedInteractions
 from recsys.training.batches import (
     Batch,
     DeviceInteractions,
+    epoch_order,
     gather_history,
     iterate_batches,
     user_histories,
@@ -99,8 +100,16 @@ def _epoch(
     data: DeviceInteractions, seed: int, *, dropout: float = 0.0, batch_size: int = 3, length: int = 4
 ) -> list[Batch]:
     generator = torch.Generator().manual_seed(seed)
-    return iterate_batches(
-        data, batch_size=batch_size, history_length=length, user_id_dropout=dropout, generator=generator
+    order = epoch_order(data.num_interactions, generator)
+    return list(
+        iterate_batches(
+            data,
+            order,
+            batch_size=batch_size,
+            history_length=length,
+            user_id_dropout=dropout,
+            generator=generator,
+        )
     )
 
 

@@ -80,11 +80,12 @@ def test_early_stopping_keeps_the_best_epoch(monkeypatch: pytest.MonkeyPatch) ->
     scores = iter([0.1, 0.3, 0.2, 0.25, 0.05, 0.9])
 
     class FakeReport:
-        def summary(self) -> dict[str, float]:
+        def __init__(self, users: torch.Tensor) -> None:
             value = next(scores)
-            return {"ndcg@10": value, "hr@10": value}
+            # Per-user values whose mean is the scripted score.
+            self.values = {name: torch.full((users.shape[0],), value) for name in ("ndcg@10", "hr@10")}
 
-    monkeypatch.setattr(loop, "full_ranking", lambda *args, **kwargs: FakeReport())
+    monkeypatch.setattr(loop, "full_ranking", lambda *args, users, **kwargs: FakeReport(users))
     train, held = split_last_out(_data())
     model = _model(train)
     snapshots: list[torch.Tensor] = []

@@ -10,7 +10,7 @@ import torch
 
 from recsys.models.ncf import NCF, ModelConfig
 from recsys.training.batches import Batch
-from recsys.training.losses import LossKind, compute_loss
+from recsys.training.losses import LossKind, TrainingObjective, compute_loss, sample_negatives
 
 LOSSES: list[LossKind] = ["bce", "softmax", "sampled_softmax"]
 LEARNING_RATE = 1.0
@@ -38,13 +38,41 @@ def _batch(num_items: int = 6) -> Batch:
     return Batch(users, positives, history, mask)
 
 
+def _loss(
+    model: NCF, batch: Batch, *, loss: LossKind, num_negatives: int, generator: torch.Generator
+) -> torch.Tensor:
+    negatives = sample_negatives(
+        loss,
+        batch_size=batch.positives.shape[0],
+        num_items=model.config.num_items,
+        num_negatives=num_negatives,
+        generator=generator,
+    )
+    return compute_loss(model, batch, loss=loss, negatives=negatives)
+
+
+@pytest.mark.parametrize("loss", ["bce", "sampled_softmax"])
+def test_the_objective_module_computes_the_same_loss_and_needs_its_negatives(loss: LossKind) -> None:
+    model = _model("gmf")
+    batch = _batch()
+    negatives = sample_negatives(
+        loss, batch_size=4, num_items=model.config.num_items, num_negatives=3, generator=torch.Generator()
+    )
+    objective = TrainingObjective(model, loss)
+    assert float(objective(batch, negatives)) == float(
+        compute_loss(model, batch, loss=loss, negatives=negatives)
+    )
+    with pytest.raises(ValueError, match="needs sampled negatives"):
+        objective(batch, None)
+
+
 @pytest.mark.parametrize("kind", ["gmf", "mlp", "neumf"])
 @pytest.mark.parametrize("loss", LOSSES)
 def test_each_loss_is_a_finite_scalar_whose_gradient_reaches_the_embeddings(
     kind: str, loss: LossKind
 ) -> None:
     model = _model(kind)
-    value = compute_loss(
+    value = _loss(
         model,
         _batch(),
         loss=loss,
@@ -63,7 +91,7 @@ def test_each_loss_is_a_finite_scalar_whose_gradient_reaches_the_embeddings(
 
 def test_an_unknown_loss_is_rejected() -> None:
     with pytest.raises(ValueError, match="unknown loss"):
-        compute_loss(
+        _loss(
             _model("gmf"),
             _batch(),
             loss=cast(LossKind, "hinge"),
@@ -77,7 +105,7 @@ def test_sampled_softmax_ignores_negatives_equal_to_the_positive() -> None:
     num_items, num_negatives, seed = 2, 8, 5
     model = _model("gmf", num_items=num_items)
     batch = _batch(num_items)
-    value = compute_loss(
+    value = _loss(
         model,
         batch,
         loss="sampled_softmax",
@@ -104,7 +132,7 @@ def test_sampled_softmax_ignores_negatives_equal_to_the_positive() -> None:
 
 def test_sampled_softmax_with_only_colliding_negatives_is_zero_not_nan() -> None:
     model = _model("neumf", num_items=1)
-    value = compute_loss(
+    value = _loss(
         model, _batch(1), loss="sampled_softmax", num_negatives=4, generator=torch.Generator().manual_seed(0)
     )
     assert value.item() == 0.0
@@ -115,9 +143,7 @@ def test_sampled_softmax_with_only_colliding_negatives_is_zero_not_nan() -> None
 def test_bce_matches_a_hand_computation_over_its_own_negatives() -> None:
     model = _model("gmf")
     batch = _batch()
-    value = compute_loss(
-        model, batch, loss="bce", num_negatives=3, generator=torch.Generator().manual_seed(2)
-    )
+    value = _loss(model, batch, loss="bce", num_negatives=3, generator=torch.Generator().manual_seed(2))
     negatives = torch.randint(6, (4, 3), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         state = model.encode_users(batch.users, batch.history, batch.history_mask)
@@ -132,7 +158,7 @@ def test_bce_matches_a_hand_computation_over_its_own_negatives() -> None:
 def test_softmax_equals_cross_entropy_over_the_whole_catalogue() -> None:
     model = _model("mlp")
     batch = _batch()
-    value = compute_loss(model, batch, loss="softmax", num_negatives=0, generator=torch.Generator())
+    value = _loss(model, batch, loss="softmax", num_negatives=0, generator=torch.Generator())
     with torch.no_grad():
         state = model.encode_users(batch.users, batch.history, batch.history_mask)
         scores = model.score_all(state, model.all_items(torch.device("cpu")))
@@ -143,7 +169,7 @@ def test_softmax_equals_cross_entropy_over_the_whole_catalogue() -> None:
 
 def _full_softmax_loss(model: NCF, batch: Batch) -> float:
     with torch.no_grad():
-        return float(compute_loss(model, batch, loss="softmax", num_negatives=0, generator=torch.Generator()))
+        return float(_loss(model, batch, loss="softmax", num_negatives=0, generator=torch.Generator()))
 
 
 @pytest.mark.parametrize("loss", LOSSES)
@@ -154,7 +180,7 @@ def test_a_few_steps_reduce_the_loss(loss: LossKind) -> None:
     values = []
     for step in range(10):
         generator = torch.Generator().manual_seed(step)
-        value = compute_loss(model, batch, loss=loss, num_negatives=4, generator=generator)
+        value = _loss(model, batch, loss=loss, num_negatives=4, generator=generator)
         model.zero_grad(set_to_none=True)
         value.backward()  # type: ignore[no-untyped-call]
         with torch.no_grad():  # plain SGD by hand: torch.optim's first step costs seconds of imports
