@@ -387,6 +387,8 @@ def resolve_training(
             raise UserError("--output is required: the S3 prefix where SageMaker writes model.tar.gz.")
     hyperparameters = dict(args.hyperparameter)
     validate_hyperparameters(hyperparameters)
+    if local and args.spot:
+        raise UserError("--spot has no meaning with --local: local mode runs on this machine's Docker.")
     spot = None
     if args.spot:
         max_wait = args.max_wait or 2 * args.max_run

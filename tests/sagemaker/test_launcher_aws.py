@@ -834,3 +834,16 @@ def test_the_log_reader_prefixes_each_instance_and_reads_only_new_lines(aws: Fak
     ]
     assert second == ["[algo-2] rank 1 done"]
     assert reader.read_new() == []
+
+
+def test_local_mode_refuses_spot_and_s3_channels_before_docker(recsys_aws: Run, tmp_path: Path) -> None:
+    spot = recsys_aws("train", "--local", str(tmp_path / "job"), "--image", "recsys:latest",
+                      "--train", str(tmp_path), "--spot", region=None)  # fmt: skip
+    s3 = recsys_aws("train", "--local", str(tmp_path / "job"), "--image", "recsys:latest",
+                    "--train", "s3://bucket/train/", region=None)  # fmt: skip
+
+    assert spot[0] == 1
+    assert "--spot has no meaning with --local" in spot[2]
+    assert s3[0] == 1
+    assert "with --local, channel 'train' must be a local directory; got s3://bucket/train/" in s3[2]
+    assert not (tmp_path / "job").exists()
