@@ -13,7 +13,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,14 +22,18 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
+import pyarrow.dataset as ds
 import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
 from recsys.errors import DataError
 
 __all__ = [
+    "DEFAULT_BATCH_ROWS",
     "SUPPORTED_EXTENSIONS",
+    "ChannelScan",
     "list_data_files",
+    "open_channel",
     "read_table",
     "require_columns",
     "write_table",
@@ -179,18 +184,18 @@ def _column_conflict(earlier: pa.Schema, later: pa.Schema) -> str | None:
     return None
 
 
-def _check_schemas_agree(tables: Sequence[pa.Table], paths: Sequence[Path], *, channel: str) -> None:
+def _check_schemas_agree(schemas: Sequence[pa.Schema], paths: Sequence[Path], *, channel: str) -> None:
     """Raise a DataError naming the first two files whose column types cannot be unified."""
-    unified = tables[0].schema
-    for later_index in range(1, len(tables)):
-        later = tables[later_index].schema
+    unified = schemas[0]
+    for later_index in range(1, len(schemas)):
+        later = schemas[later_index]
         try:
             unified = pa.unify_schemas([unified, later], promote_options="permissive")
             continue
         except (pa.ArrowException, ValueError, TypeError) as error:
             reason = _first_line(error)
         for earlier_index in range(later_index):
-            earlier = tables[earlier_index].schema
+            earlier = schemas[earlier_index]
             column = _column_conflict(earlier, later)
             if column is not None:
                 raise DataError(
@@ -205,31 +210,32 @@ def _check_schemas_agree(tables: Sequence[pa.Table], paths: Sequence[Path], *, c
         )
 
 
-def read_table(directory: Path, *, channel: str, string_columns: Collection[str] = ()) -> pa.Table:
-    """Read every data file of a channel directory into one table.
+@dataclass(frozen=True)
+class _DataFile:
+    path: Path
+    file_format: FileFormat
+    gzipped: bool
 
-    Column types are inferred, except that the columns named in ``string_columns`` are always
-    text (an id "007" stays "007"). Files are concatenated in ``list_data_files`` order; a
-    column missing from some files is filled with nulls there, and numeric types are promoted
-    (int64 and double give double).
+    @property
+    def label(self) -> str:
+        return f"{_FORMAT_LABEL[self.file_format]}{' (gzip)' if self.gzipped else ''}"
 
-    Raises ``DataError`` when the directory is missing, holds no data file, holds a file with
-    an unsupported extension or one that cannot be parsed, when two files disagree on a
-    column's type, or when the channel holds no rows at all.
-    """
+
+def _data_files(directory: Path, *, channel: str) -> list[_DataFile]:
+    """The channel's data files in path order; every problem with the directory is a DataError."""
     if not directory.exists():
         raise DataError(f"channel '{channel}': directory {directory} does not exist.")
     if not directory.is_dir():
         raise DataError(f"channel '{channel}': {directory} is a file, but a channel must be a directory.")
 
-    files = list_data_files(directory)
-    if not files:
+    paths = list_data_files(directory)
+    if not paths:
         raise DataError(
             f"channel '{channel}': directory {directory} holds no data file; "
             f"supported extensions: {_SUPPORTED_TEXT}."
         )
-    formats: list[tuple[FileFormat, bool]] = []
-    for path in files:
+    files: list[_DataFile] = []
+    for path in paths:
         detected = _file_format(path)
         if detected is None:
             raise DataError(
@@ -237,16 +243,38 @@ def read_table(directory: Path, *, channel: str, string_columns: Collection[str]
                 f"supported extensions: {_SUPPORTED_TEXT}. "
                 "Remove the file, or prefix its name with '_' or '.' to skip it."
             )
-        formats.append(detected)
+        files.append(_DataFile(path, *detected))
+    return files
 
+
+def _no_rows(directory: Path, num_files: int, *, channel: str) -> DataError:
+    return DataError(
+        f"channel '{channel}': directory {directory} holds no rows "
+        f"({num_files} file{'s' if num_files != 1 else ''} read, all empty)."
+    )
+
+
+def read_table(directory: Path, *, channel: str, string_columns: Collection[str] = ()) -> pa.Table:
+    """Read every data file of a channel directory into one table.
+
+    Column types are inferred, except that the columns named in ``string_columns`` are always
+    text (an id "007" stays "007"). Files are concatenated in ``list_data_files`` order; a
+    column missing from some files is filled with nulls there, and numeric types are promoted
+    (int64 and double give double). For tables too large to hold whole, see ``open_channel``.
+
+    Raises ``DataError`` when the directory is missing, holds no data file, holds a file with
+    an unsupported extension or one that cannot be parsed, when two files disagree on a
+    column's type, or when the channel holds no rows at all.
+    """
+    files = _data_files(directory, channel=channel)
     tables = [
-        _read_file(path, file_format, gzipped, string_columns, channel=channel)
-        for path, (file_format, gzipped) in zip(files, formats, strict=True)
+        _read_file(file.path, file.file_format, file.gzipped, string_columns, channel=channel)
+        for file in files
     ]
     if len(tables) == 1:
         table = tables[0]
     else:
-        _check_schemas_agree(tables, files, channel=channel)
+        _check_schemas_agree([t.schema for t in tables], [f.path for f in files], channel=channel)
         try:
             table = pa.concat_tables(tables, promote_options="permissive")
         except (pa.ArrowException, ValueError, TypeError) as error:
@@ -256,10 +284,7 @@ def read_table(directory: Path, *, channel: str, string_columns: Collection[str]
             ) from error
 
     if table.num_rows == 0:
-        raise DataError(
-            f"channel '{channel}': directory {directory} holds no rows "
-            f"({len(files)} file{'s' if len(files) != 1 else ''} read, all empty)."
-        )
+        raise _no_rows(directory, len(files), channel=channel)
     logger.info(
         "channel '%s': read %d rows, %d columns from %d file(s) in %s",
         channel,
@@ -269,6 +294,185 @@ def read_table(directory: Path, *, channel: str, string_columns: Collection[str]
         directory,
     )
     return table
+
+
+# Rows per record batch when streaming a channel: large enough that per-batch work (dictionary
+# merges, numpy calls) is amortised, small enough that a batch of a wide table stays ~100 MB.
+DEFAULT_BATCH_ROWS = 1 << 20
+# CSV is parsed in blocks of this many bytes; a block is a record batch (about 500k short rows).
+_CSV_BLOCK_BYTES = 16 << 20
+# Batches read ahead per file: the scan's memory grows with it, and one is enough to overlap
+# decoding with the consumer on two cores.
+_READAHEAD_BATCHES = 2
+# What pyarrow's CSV reader turns into null in a non-text column ("", "NA", "null", ...).
+_CSV_NULL_VALUES: tuple[str, ...] = tuple(pa_csv.ConvertOptions().null_values)
+
+
+def _is_text(data_type: pa.DataType) -> bool:
+    if pa.types.is_dictionary(data_type):
+        data_type = data_type.value_type
+    return bool(pa.types.is_string(data_type) or pa.types.is_large_string(data_type))
+
+
+@dataclass(frozen=True)
+class ChannelScan:
+    """A channel opened for streaming: its files checked, their schemas unified, nothing read yet.
+
+    ``batches`` reads record batches file by file in path order, so memory holds one batch (and
+    ``_READAHEAD_BATCHES`` more), never the table. Parquet and CSV/TSV (gzip too) go through
+    ``pyarrow.dataset``; JSON Lines and gzip-compressed Parquet are read one whole file at a time.
+    """
+
+    channel: str
+    directory: Path
+    files: tuple[_DataFile, ...]
+    file_schemas: tuple[pa.Schema, ...]
+    string_columns: tuple[str, ...]
+    schema: pa.Schema  # unified over the files, ``string_columns`` as string
+
+    @property
+    def column_names(self) -> list[str]:
+        return list(self.schema.names)
+
+    def batches(
+        self, columns: Sequence[str], *, batch_rows: int = DEFAULT_BATCH_ROWS
+    ) -> Iterator[pa.RecordBatch]:
+        """Record batches holding exactly ``columns`` (each must be in ``schema``), in file order.
+
+        A column absent from a file is null there. The ``string_columns`` come as string or
+        dictionary<string> (Parquet's dictionary pages are kept: no string per row). From CSV/TSV
+        every other column comes as text, with pyarrow's null spellings ("", "NA", ...) as null:
+        pyarrow's streaming CSV reader would infer each column's type from the first block only
+        and fail on a "3.5" after a million "4"s, so the caller converts, as ``read_table`` would.
+        """
+        unknown = [name for name in columns if name not in self.schema.names]
+        if unknown:
+            raise ValueError(f"columns {unknown} are not in channel '{self.channel}'")
+        for file, file_schema in zip(self.files, self.file_schemas, strict=True):
+            present = [name for name in columns if name in file_schema.names]
+            try:
+                for batch in self._file_batches(file, present, batch_rows):
+                    if batch.num_rows:
+                        yield self._conform(batch, columns, file)
+            except (pa.ArrowException, OSError) as error:
+                raise _read_error(file, error, channel=self.channel) from error
+
+    def _file_batches(self, file: _DataFile, columns: list[str], batch_rows: int) -> Iterator[pa.RecordBatch]:
+        ids = [name for name in columns if name in self.string_columns]
+        if file.file_format == "jsonl":
+            table = _read_file(file.path, "jsonl", file.gzipped, self.string_columns, channel=self.channel)
+            yield from table.select(columns).to_batches(max_chunksize=batch_rows)
+        elif file.file_format == "parquet" and file.gzipped:
+            with pa.input_stream(file.path, compression="gzip") as stream:
+                reader = pq.ParquetFile(pa.BufferReader(stream.read()), read_dictionary=ids)
+            yield from reader.iter_batches(batch_size=batch_rows, columns=columns)
+        else:
+            dataset = ds.dataset(file.path, format=_dataset_format(file, columns, ids))
+            yield from dataset.to_batches(
+                columns=columns, batch_size=batch_rows, batch_readahead=_READAHEAD_BATCHES
+            )
+
+    def _conform(self, batch: pa.RecordBatch, columns: Sequence[str], file: _DataFile) -> pa.RecordBatch:
+        arrays: list[pa.Array] = []
+        for name in columns:
+            index = batch.schema.get_field_index(name)
+            if index < 0:
+                target = self.schema.field(name).type
+                arrays.append(pa.nulls(batch.num_rows, pa.string() if pa.types.is_null(target) else target))
+                continue
+            array = batch.column(index)
+            if name in self.string_columns:
+                if not _is_text(array.type):
+                    array = _cast_ids_to_string(array, name, file.path, channel=self.channel)
+            elif file.file_format in ("csv", "tsv") and _is_text(array.type):
+                array = pc.if_else(pc.is_in(array, value_set=pa.array(_CSV_NULL_VALUES)), None, array)
+            arrays.append(array)
+        return pa.RecordBatch.from_arrays(arrays, names=list(columns))
+
+
+def _dataset_format(file: _DataFile, columns: Sequence[str], ids: Sequence[str]) -> ds.FileFormat:
+    if file.file_format == "parquet":
+        return ds.ParquetFileFormat(read_options=ds.ParquetReadOptions(dictionary_columns=set(ids)))
+    return ds.CsvFileFormat(
+        parse_options=pa_csv.ParseOptions(delimiter="\t" if file.file_format == "tsv" else ","),
+        convert_options=pa_csv.ConvertOptions(column_types={name: pa.string() for name in (*columns, *ids)}),
+        read_options=pa_csv.ReadOptions(block_size=_CSV_BLOCK_BYTES),
+    )
+
+
+def _read_error(file: _DataFile, error: BaseException, *, channel: str) -> DataError:
+    hint = " JSON files must hold one object per line (JSON Lines)." if file.file_format == "jsonl" else ""
+    return DataError(
+        f"channel '{channel}': cannot read {file.path} as {file.label}: {_first_line(error)}.{hint}"
+    )
+
+
+def _cast_ids_to_string(array: pa.Array, name: str, path: Path, *, channel: str) -> pa.Array:
+    try:
+        return pc.cast(array, pa.string())
+    except (pa.ArrowException, ValueError, TypeError) as error:
+        raise DataError(
+            f"channel '{channel}': column '{name}' in {path} has type {array.type}, "
+            f"which cannot be read as text ({_first_line(error)})."
+        ) from error
+
+
+def _file_schema(
+    file: _DataFile, string_columns: Collection[str], *, channel: str, count_rows: bool
+) -> tuple[pa.Schema, bool]:
+    """A file's schema (``string_columns`` as string) and, with ``count_rows``, whether it holds a
+    row; reads the first block of a CSV file, the footer of a Parquet file."""
+    try:
+        if file.file_format == "jsonl":
+            table = _read_file(file.path, "jsonl", file.gzipped, string_columns, channel=channel)
+            schema, has_rows = table.schema, table.num_rows > 0
+        elif file.file_format == "parquet" and file.gzipped:
+            with pa.input_stream(file.path, compression="gzip") as stream:
+                metadata = pq.read_metadata(pa.BufferReader(stream.read()))
+            schema, has_rows = metadata.schema.to_arrow_schema(), metadata.num_rows > 0
+        else:
+            dataset = ds.dataset(file.path, format=_dataset_format(file, [], list(string_columns)))
+            schema = dataset.schema
+            if not count_rows:
+                has_rows = False
+            elif file.file_format == "parquet":
+                has_rows = dataset.count_rows() > 0  # from the footer
+            else:
+                # As text: with the first block's inferred types, the reader's read-ahead could hit
+                # a conversion error further on ("3.5" in an int column) before head() returns.
+                as_text = _dataset_format(file, schema.names, [])
+                has_rows = ds.dataset(file.path, format=as_text).head(1).num_rows > 0
+    except (pa.ArrowException, OSError) as error:
+        raise _read_error(file, error, channel=channel) from error
+    for name in string_columns:
+        index = schema.get_field_index(name)
+        if index < 0 or _is_text(schema.field(index).type):
+            continue
+        _cast_ids_to_string(pa.array([], schema.field(index).type), name, file.path, channel=channel)
+    fields = [pa.field(f.name, pa.string()) if f.name in string_columns else f for f in schema]
+    return pa.schema(fields), has_rows
+
+
+def open_channel(directory: Path, *, channel: str, string_columns: Collection[str] = ()) -> ChannelScan:
+    """Check a channel's files and schemas for streaming, reading only their first blocks.
+
+    The same errors as ``read_table``, in the same order (the directory, the extensions, a file
+    that cannot be parsed, two files that disagree on a column's type, no rows at all); a parse
+    error deeper in a file is raised while its batches are read.
+    """
+    files = _data_files(directory, channel=channel)
+    schemas: list[pa.Schema] = []
+    any_rows = False
+    for file in files:
+        # Rows are looked for only until one is found: usually in the first block of the first file.
+        schema, has_rows = _file_schema(file, string_columns, channel=channel, count_rows=not any_rows)
+        schemas.append(schema)
+        any_rows = any_rows or has_rows
+    _check_schemas_agree(schemas, [f.path for f in files], channel=channel)
+    if not any_rows:
+        raise _no_rows(directory, len(files), channel=channel)
+    unified = pa.unify_schemas(schemas, promote_options="permissive")
+    return ChannelScan(channel, directory, tuple(files), tuple(schemas), tuple(string_columns), unified)
 
 
 def require_columns(table: pa.Table, columns: Sequence[str], *, channel: str, hint: str) -> None:

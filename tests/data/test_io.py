@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import gzip
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
 import pytest
 
-from recsys.data.io import SUPPORTED_EXTENSIONS, list_data_files, read_table, require_columns, write_table
+from recsys.data import io as io_module
+from recsys.data.io import (
+    SUPPORTED_EXTENSIONS,
+    list_data_files,
+    open_channel,
+    read_table,
+    require_columns,
+    write_table,
+)
 from recsys.errors import DataError, UserError
 
 FRAME = pd.DataFrame(
@@ -303,3 +312,143 @@ def test_require_columns_names_every_missing_column() -> None:
 
 def test_require_columns_passes_when_present() -> None:
     require_columns(pa.table({"a": [1], "b": [2]}), ["b", "a"], channel="train", hint="unused")
+
+
+# Streaming: open_channel checks a channel like read_table, then reads it batch by batch.
+
+
+def _scan_rows(channel: Path, columns: list[str], **kwargs: Any) -> list[dict[str, Any]]:
+    scan = open_channel(channel, channel="train", string_columns=["user_id", "item_id"])
+    batches = list(scan.batches(columns, **kwargs))
+    return [row for batch in batches for row in batch.to_pylist()]
+
+
+def test_open_channel_streams_parquet_and_csv_parts_in_path_order(tmp_path: Path) -> None:
+    channel = tmp_path / "train"
+    write_table(FRAME.iloc[:1], channel / "part-0.parquet")
+    write_table(FRAME.iloc[1:2], channel / "part-1.csv.gz")
+    write_table(FRAME.iloc[2:], channel / "part-2.tsv")
+
+    scan = open_channel(channel, channel="train", string_columns=["user_id", "item_id"])
+    rows = _scan_rows(channel, ["user_id", "rating"])
+
+    assert scan.column_names == ["user_id", "item_id", "rating", "count"]
+    assert [row["user_id"] for row in rows] == ["007", "042", "100"]
+    # Parquet keeps its types; from CSV/TSV the non-id columns come as text for the caller to convert.
+    assert [row["rating"] for row in rows] == [4.5, "3", "1"]
+
+
+def test_parquet_ids_come_dictionary_encoded(tmp_path: Path) -> None:
+    write_table(FRAME, tmp_path / "train" / "a.parquet")
+    scan = open_channel(tmp_path / "train", channel="train", string_columns=["user_id"])
+
+    (batch,) = list(scan.batches(["user_id"]))
+
+    assert batch.schema.field("user_id").type == pa.dictionary(pa.int32(), pa.string())
+    assert batch.column(0).to_pylist() == ["007", "042", "100"]
+
+
+def test_numeric_parquet_ids_are_cast_to_text(tmp_path: Path) -> None:
+    write_table(pd.DataFrame({"user_id": [7, 10], "item_id": ["a", "b"]}), tmp_path / "train" / "a.parquet")
+
+    assert [row["user_id"] for row in _scan_rows(tmp_path / "train", ["user_id"])] == ["7", "10"]
+
+
+def test_a_column_missing_from_a_part_is_null_there(tmp_path: Path) -> None:
+    channel = tmp_path / "train"
+    _write_text(channel / "a.csv", "user_id,item_id\nu1,i1\n")
+    _write_text(channel / "b.csv", "user_id,item_id,timestamp\nu2,i2,5\n")
+
+    rows = _scan_rows(channel, ["user_id", "timestamp"])
+
+    assert rows == [{"user_id": "u1", "timestamp": None}, {"user_id": "u2", "timestamp": "5"}]
+
+
+def test_csv_null_spellings_are_null_in_value_columns_but_ids_stay_text(tmp_path: Path) -> None:
+    _write_text(tmp_path / "train" / "a.csv", "user_id,item_id,rating\nNA,i1,NA\n,i2,\nu3,i3,4\n")
+
+    rows = _scan_rows(tmp_path / "train", ["user_id", "rating"])
+
+    assert rows == [
+        {"user_id": "NA", "rating": None},
+        {"user_id": "", "rating": None},
+        {"user_id": "u3", "rating": "4"},
+    ]
+
+
+def test_a_value_after_the_first_csv_block_is_not_a_conversion_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # pyarrow's streaming CSV reader fixes a column's type from the first block: "3.5" after a block
+    # of integers would fail there. Value columns are read as text, so it cannot.
+    monkeypatch.setattr(io_module, "_CSV_BLOCK_BYTES", 64)
+    lines = ["user_id,item_id,rating", *(f"u{n},i{n},4" for n in range(40)), "u40,i40,3.5"]
+    _write_text(tmp_path / "train" / "a.csv", "\n".join(lines) + "\n")
+
+    rows = _scan_rows(tmp_path / "train", ["user_id", "rating"], batch_rows=16)
+
+    assert len(rows) == 41
+    assert rows[-1] == {"user_id": "u40", "rating": "3.5"}
+
+
+def test_open_channel_names_the_two_parts_that_disagree(tmp_path: Path) -> None:
+    channel = tmp_path / "train"
+    first = channel / "a.parquet"
+    write_table(pd.DataFrame({"user_id": ["u"], "rating": [4.0]}), first)
+    _write_text(channel / "b.csv", "user_id,rating\nv,5\n")
+    third = _write_text(channel / "c.csv", "user_id,rating\nw,good\n")
+    with pytest.raises(DataError) as raised:
+        open_channel(channel, channel="train", string_columns=["user_id"])
+
+    message = str(raised.value)
+    assert f"files {first} and {third} disagree on column 'rating'" in message
+    assert "double vs string" in message
+
+
+@pytest.mark.parametrize(
+    ("layout", "expected"),
+    [
+        ({}, "does not exist"),
+        ({"_SUCCESS": ""}, "no data file"),
+        ({"a.csv": "user_id\n1\n", "notes.txt": "x"}, "unsupported extension"),
+        (
+            {"a.csv": "user_id,item_id\n", "b.csv": "user_id,item_id\n"},
+            r"no rows \(2 files read, all empty\)",
+        ),
+        ({"a.csv": "user_id\nu\n", "b.parquet": "not parquet"}, r"cannot read .*b\.parquet as Parquet: "),
+    ],
+)
+def test_open_channel_gives_read_tables_errors(tmp_path: Path, layout: dict[str, str], expected: str) -> None:
+    channel = tmp_path / "train"
+    if layout:
+        for name, text in layout.items():
+            _write_text(channel / name, text)
+    with pytest.raises(DataError, match=expected):
+        open_channel(channel, channel="train")
+    if layout:
+        with pytest.raises(DataError, match=expected):
+            read_table(channel, channel="train")
+
+
+def test_a_parse_error_deep_in_a_file_names_it_while_streaming(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(io_module, "_CSV_BLOCK_BYTES", 64)
+    lines = ["user_id,item_id", *(f"u{n},i{n}" for n in range(40)), "u40,i40,extra"]
+    _write_text(tmp_path / "train" / "a.csv", "user_id,item_id\nu,i\n")
+    bad = _write_text(tmp_path / "train" / "b.csv", "\n".join(lines) + "\n")
+    scan = open_channel(tmp_path / "train", channel="train", string_columns=["user_id"])
+
+    with pytest.raises(DataError, match=rf"channel 'train': cannot read {bad} as CSV: "):
+        list(scan.batches(["user_id"]))
+
+
+def test_batches_are_at_most_batch_rows(tmp_path: Path) -> None:
+    frame = pd.DataFrame({"user_id": [f"u{n}" for n in range(100)], "item_id": ["i"] * 100})
+    write_table(frame, tmp_path / "train" / "a.parquet")
+    write_table(frame, tmp_path / "train" / "b.jsonl")
+    scan = open_channel(tmp_path / "train", channel="train", string_columns=["user_id"])
+
+    sizes = [batch.num_rows for batch in scan.batches(["user_id"], batch_rows=30)]
+
+    assert sum(sizes) == 200 and max(sizes) <= 30
