@@ -32,8 +32,8 @@ from recsys.data.features import (
 from recsys.data.interactions import (
     IndexedInteractions,
     InteractionColumns,
-    clean_interactions,
-    index_interactions,
+    index_encoded,
+    read_interactions,
     split_last_out,
 )
 from recsys.data.io import list_data_files, read_table
@@ -96,6 +96,15 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def _file_sha256(path: Path) -> str:
+    # In 1 MiB blocks: a channel part can be gigabytes, and holding it whole would double the job's peak.
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def _fingerprint(channels: Channels, counts: dict[str, int]) -> dict[str, Any]:
     """SHA-256 and size of every input file, so a model can be traced to the exact data."""
     out: dict[str, Any] = {"channels": {}, "rows": counts}
@@ -105,9 +114,12 @@ def _fingerprint(channels: Channels, counts: dict[str, int]) -> dict[str, Any]:
             continue
         files = []
         for path in list_data_files(directory):
-            digest = hashlib.sha256(path.read_bytes()).hexdigest()
             files.append(
-                {"file": str(path.relative_to(directory)), "bytes": path.stat().st_size, "sha256": digest}
+                {
+                    "file": str(path.relative_to(directory)),
+                    "bytes": path.stat().st_size,
+                    "sha256": _file_sha256(path),
+                }
             )
         out["channels"][name] = files
     combined = hashlib.sha256(repr(sorted(out["channels"].items())).encode()).hexdigest()
@@ -131,12 +143,15 @@ def _encode(
 
 
 def prepare_data(channels: Channels, config: TrainConfig) -> PreparedData:
+    """Read, clean and index every channel.
+
+    The interaction channels are streamed in record batches and held as int32 codes, so memory
+    grows with the interactions' arrays (16 bytes a row), not with their text.
+    """
     columns = InteractionColumns(
         config.user_id_column, config.item_id_column, config.rating_column, config.timestamp_column
     )
-    id_columns = (config.user_id_column, config.item_id_column)
-    train_table = read_table(channels.train, channel="train", string_columns=id_columns)
-    train = clean_interactions(train_table, columns, channel="train", min_rating=config.min_rating)
+    train = read_interactions(channels.train, columns, channel="train", min_rating=config.min_rating)
     declaration = FeatureDeclaration(
         config.categorical_columns,
         config.multi_valued_columns,
@@ -149,14 +164,15 @@ def prepare_data(channels: Channels, config: TrainConfig) -> PreparedData:
         if channels.items
         else None
     )
-    item_ids = set(train.frame["item_id"])
+    item_ids = train.item_ids()
     if item_table is not None and config.item_id_column in item_table.column_names:
         # Items with attributes but no interactions stay in the catalogue: their attributes
         # alone give them a score, so they can be recommended from day one.
-        item_ids |= {str(v) for v in item_table.column(config.item_id_column).to_pylist() if v is not None}
-    users = Vocabulary.build(train.frame["user_id"])
-    items = Vocabulary.build(item_ids)
-    interactions, _ = index_interactions(train.frame, users, items)
+        item_ids = pa.chunked_array([item_ids, *item_table.column(config.item_id_column).chunks])
+    users = Vocabulary.from_arrow(train.user_ids())
+    items = Vocabulary.from_arrow(item_ids)
+    interactions, _ = index_encoded(train, users, items)
+    del train
     user_table = (
         read_table(channels.users, channel="users", string_columns=(config.user_id_column,))
         if channels.users is not None
@@ -166,15 +182,16 @@ def prepare_data(channels: Channels, config: TrainConfig) -> PreparedData:
     user_encoding, user_arrays = _encode(user_table, config.user_id_column, users, declaration, "users")
     validation = None
     if channels.validation is not None:
-        table = read_table(channels.validation, channel="validation", string_columns=id_columns)
-        held = clean_interactions(table, columns, channel="validation", min_rating=config.min_rating)
-        validation, dropped = index_interactions(held.frame, users, items)
+        held = read_interactions(
+            channels.validation, columns, channel="validation", min_rating=config.min_rating
+        )
+        validation, dropped = index_encoded(held, users, items)
         if dropped:
             logger.warning(
                 "channel 'validation': %d of %d interactions name a user or item absent from 'train' "
                 "and are not evaluated",
                 dropped,
-                len(held.frame),
+                validation.num_interactions + dropped,
             )
         if validation.num_interactions == 0:
             raise DataError(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -13,9 +15,13 @@ from recsys.data.interactions import (
     IndexedInteractions,
     InteractionColumns,
     clean_interactions,
+    encode_batches,
+    index_encoded,
     index_interactions,
+    read_interactions,
     split_last_out,
 )
+from recsys.data.io import write_table
 from recsys.data.vocab import Vocabulary
 from recsys.errors import DataError
 
@@ -236,3 +242,171 @@ def test_split_last_out_respects_min_history() -> None:
     assert held.indptr.tolist() == [0, 0, 1, 1]
     assert held.items.tolist() == [0]
     assert train.indptr.tolist() == [0, 2, 4, 4]
+
+
+# Streaming: read_interactions applies the same rules batch by batch over a channel's parts.
+
+
+def _old_rules(frame: pd.DataFrame, min_rating: float | None) -> pd.DataFrame:
+    """The rules as the pandas implementation before streaming applied them: the oracle."""
+    if min_rating is not None:
+        frame = frame[frame["rating"] >= min_rating]
+    frame = frame[frame["user_id"].notna() & frame["item_id"].notna()]
+    frame = frame[(frame["user_id"] != "") & (frame["item_id"] != "")]
+    frame = frame.groupby(["user_id", "item_id"], as_index=False, sort=False).agg(
+        timestamp=("timestamp", "max")
+    )
+    return frame.sort_values(["user_id", "timestamp", "item_id"], kind="stable").reset_index(drop=True)
+
+
+def _messy_frame(rows: int, seed: int) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    users = np.array([f"u{n:03d}" for n in rng.integers(0, 60, rows)], dtype=object)
+    items = np.array([f"i{n}" for n in rng.integers(0, 40, rows)], dtype=object)  # "i10" < "i9"
+    users[rng.random(rows) < 0.02] = ""
+    items[rng.random(rows) < 0.02] = None
+    return pd.DataFrame(
+        {
+            "user_id": users,
+            "item_id": items,
+            "rating": rng.integers(1, 6, rows),
+            "timestamp": rng.integers(1_600_000_000, 1_600_000_050, rows),  # many ties and repeats
+        }
+    )
+
+
+def _write_parts(frame: pd.DataFrame, channel: Path) -> None:
+    cut = np.linspace(0, len(frame), 4).astype(int)
+    for part, (start, stop) in enumerate(itertools.pairwise(cut)):
+        extension = ("parquet", "csv", "csv.gz")[part]
+        write_table(frame.iloc[start:stop], channel / f"part-{part}.{extension}")
+
+
+@pytest.mark.parametrize("min_rating", [None, 3.0])
+def test_read_interactions_matches_the_old_rules_over_mixed_parts(
+    tmp_path: Path, min_rating: float | None
+) -> None:
+    frame = _messy_frame(3000, seed=5)
+    _write_parts(frame, tmp_path / "train")
+
+    encoded = read_interactions(
+        tmp_path / "train", COLUMNS, channel="train", min_rating=min_rating, batch_rows=256
+    )
+    users, items = Vocabulary.from_arrow(encoded.user_ids()), Vocabulary.from_arrow(encoded.item_ids())
+    data, dropped = index_encoded(encoded, users, items)
+
+    expected = _old_rules(frame, min_rating)
+    assert dropped == 0
+    assert users == Vocabulary.build(expected["user_id"])
+    assert items == Vocabulary.build(expected["item_id"])
+    assert [users.ids[u] for u in data.users] == expected["user_id"].tolist()
+    assert [items.ids[i] for i in data.items] == expected["item_id"].tolist()
+    assert data.timestamps.tolist() == expected["timestamp"].astype(float).tolist()
+    assert data.indptr.tolist() == [0, *np.cumsum(expected.groupby("user_id", sort=True).size()).tolist()]
+
+
+def test_clean_interactions_matches_the_old_rules() -> None:
+    frame = _messy_frame(2000, seed=6)
+
+    cleaned = clean_interactions(pa.Table.from_pandas(frame), COLUMNS, channel="train", min_rating=None).frame
+
+    expected = _old_rules(frame, None)
+    assert cleaned["user_id"].tolist() == expected["user_id"].tolist()
+    assert cleaned["item_id"].tolist() == expected["item_id"].tolist()
+    assert cleaned["timestamp"].tolist() == expected["timestamp"].astype(float).tolist()
+
+
+def test_indexed_interactions_are_int32_and_16_bytes_a_row(tmp_path: Path) -> None:
+    _write_parts(_messy_frame(1000, seed=7), tmp_path / "train")
+    encoded = read_interactions(tmp_path / "train", COLUMNS, channel="train", min_rating=None)
+    users, items = Vocabulary.from_arrow(encoded.user_ids()), Vocabulary.from_arrow(encoded.item_ids())
+
+    data, _ = index_encoded(encoded, users, items)
+
+    assert encoded.user_codes.dtype == encoded.item_codes.dtype == np.int32
+    assert encoded.nbytes == 16 * encoded.num_rows
+    assert data.users.dtype == data.items.dtype == np.int32
+    assert data.timestamps.dtype == np.float64
+    assert data.nbytes == 16 * data.num_interactions + 8 * (len(users) + 1)
+
+
+def test_repeats_in_different_parts_merge_at_the_latest_time(tmp_path: Path) -> None:
+    channel = tmp_path / "train"
+    write_table(
+        pd.DataFrame({"user_id": ["u", "u"], "item_id": ["a", "b"], "timestamp": [50, 20]}),
+        channel / "1.parquet",
+    )
+    write_table(
+        pd.DataFrame({"user_id": ["u", "v"], "item_id": ["a", "a"], "timestamp": [70, 5]}), channel / "2.csv"
+    )
+
+    encoded = read_interactions(channel, COLUMNS, channel="train", min_rating=None)
+    users, items = Vocabulary.from_arrow(encoded.user_ids()), Vocabulary.from_arrow(encoded.item_ids())
+    data, _ = index_encoded(encoded, users, items)
+
+    assert [
+        (users.ids[u], items.ids[i], t)
+        for u, i, t in zip(data.users, data.items, data.timestamps, strict=True)
+    ] == [
+        ("u", "b", 20.0),
+        ("u", "a", 70.0),
+        ("v", "a", 5.0),
+    ]
+
+
+def test_without_timestamps_the_order_of_rows_across_parts_is_time(tmp_path: Path) -> None:
+    channel = tmp_path / "train"
+    write_table(pd.DataFrame({"user_id": ["u", "v"], "item_id": ["z", "y"]}), channel / "a.csv")
+    write_table(pd.DataFrame({"user_id": ["u", "u"], "item_id": ["b", "z"]}), channel / "b.parquet")
+
+    encoded = read_interactions(channel, COLUMNS, channel="train", min_rating=None)
+
+    assert not encoded.has_timestamp
+    assert encoded.timestamps.tolist() == [0.0, 1.0, 2.0, 3.0]
+
+
+def test_a_bad_timestamp_counts_every_batch(tmp_path: Path) -> None:
+    stamps = ["2020-01-01", "soon", "2020-01-02", "later", "2020-01-03", "never"]
+    frame = pd.DataFrame({"user_id": ["u"] * 6, "item_id": list("abcdef"), "timestamp": stamps})
+    write_table(frame, tmp_path / "train" / "a.parquet")
+
+    with pytest.raises(DataError, match=r"'soon' \(3 such rows\)"):
+        read_interactions(tmp_path / "train", COLUMNS, channel="train", min_rating=None, batch_rows=2)
+
+
+def test_a_bad_rating_in_a_later_batch_is_named(tmp_path: Path) -> None:
+    channel = tmp_path / "train"
+    channel.mkdir()
+    (channel / "a.csv").write_text("user_id,item_id,rating\nu,a,4\nu,b,5\nu,c,great\n")
+
+    with pytest.raises(DataError, match="rating column 'rating' has a non-numeric or empty value 'great'"):
+        read_interactions(channel, COLUMNS, channel="train", min_rating=3, batch_rows=1)
+
+
+def test_missing_id_column_is_named_before_reading_rows(tmp_path: Path) -> None:
+    write_table(pd.DataFrame({"user": ["u"], "item_id": ["i"]}), tmp_path / "train" / "a.parquet")
+
+    with pytest.raises(
+        DataError, match=r"user id column 'user_id' was not found; columns present: user, item_id"
+    ):
+        read_interactions(tmp_path / "train", COLUMNS, channel="train", min_rating=None)
+
+
+def test_index_encoded_drops_and_counts_pairs_with_unknown_ids_once() -> None:
+    table = pa.table(
+        {
+            "user_id": ["ann", "ann", "zed", "zed", "bob"],
+            "item_id": ["x", "x", "x", "x", "q"],
+            "timestamp": [1, 2, 3, 4, 5],
+        }
+    )
+    encoded = encode_batches(
+        table.column_names, table.to_batches(), COLUMNS, channel="validation", min_rating=None
+    )
+
+    data, dropped = index_encoded(encoded, Vocabulary.build(["ann", "bob"]), Vocabulary.build(["x", "y"]))
+
+    # (ann, x) twice is one positive; (zed, x) twice is one dropped pair; (bob, q) has an unknown item.
+    assert dropped == 2
+    assert data.users.tolist() == [0] and data.items.tolist() == [0] and data.timestamps.tolist() == [2.0]
+    assert data.indptr.tolist() == [0, 1, 1]
