@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from recsys.data.vocab import Vocabulary
 from recsys.errors import DataError
@@ -145,6 +146,72 @@ def _detect_kind(series: pd.Series, separator: str) -> str | None:
     return "categorical"
 
 
+def _is_text(data_type: pa.DataType) -> bool:
+    return bool(pa.types.is_string(data_type) or pa.types.is_large_string(data_type))
+
+
+def _detect_text_kind(column: pa.Array, separator: str) -> str | None:
+    """``_detect_kind`` for a text column, computed by Arrow."""
+    present = column.drop_null()
+    if len(present) == 0:
+        return None
+    if pc.any(pc.match_substring(present, separator)).as_py():
+        return "multi_valued"
+    if pc.count_distinct(present).as_py() > MAX_DISTINCT_SHARE * len(present) and len(present) > 20:
+        return None
+    return "categorical"
+
+
+def _encode_text(
+    column: pa.Array, rows: np.ndarray, n: int, *, multi: bool, separator: str
+) -> tuple[tuple[str, ...], np.ndarray]:
+    """(sorted values, [n, width] codes) of a text column; row ``rows[k]`` gets entry k's codes.
+
+    The rules of ``_encode_objects`` (split, strip, drop empty parts, keep the first
+    ``MAX_MULTI_VALUES``), by Arrow kernels over all rows at once.
+    """
+    if column.type != pa.string():
+        column = pc.cast(column, pa.string())
+    if multi:
+        parts = pc.split_pattern(column, pattern=separator)
+        lengths = pc.fill_null(pc.list_value_length(parts), 0).to_numpy(zero_copy_only=False)
+        values = pc.utf8_trim_whitespace(parts.flatten())
+        owner = np.repeat(np.arange(len(column)), lengths)
+        nonempty = np.asarray(pc.not_equal(values, "").to_numpy(zero_copy_only=False), dtype=bool)
+        values, owner = values.filter(pa.array(nonempty)), owner[nonempty]
+    else:
+        present = np.asarray(column.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+        values, owner = column.filter(pa.array(present)), np.flatnonzero(present)
+    vocabulary = pc.unique(values)
+    vocabulary = vocabulary.take(pc.sort_indices(vocabulary))  # UTF-8 byte order = sorted() on str
+    codes = np.asarray(pc.index_in(values, value_set=vocabulary).to_numpy(zero_copy_only=False)) + 1
+    # owner is non-decreasing: an entry's slot is its rank among its row's entries.
+    counts = np.bincount(owner, minlength=len(column))
+    slot = np.arange(len(owner)) - np.repeat(np.cumsum(counts) - counts, counts)
+    width = max(1, min(MAX_MULTI_VALUES, int(counts.max()) if len(counts) else 1))
+    fits = slot < width
+    array = np.zeros((n, width), dtype=np.int64)
+    array[rows[owner[fits]], slot[fits]] = codes[fits]
+    return tuple(vocabulary.to_pylist()), array
+
+
+def _encode_objects(
+    series: pd.Series, rows: np.ndarray, n: int, *, multi: bool, separator: str
+) -> tuple[tuple[str, ...], np.ndarray]:
+    """``_encode_text`` for a column of other values (numbers, booleans, lists), in Python."""
+    lists = [
+        _split_values(v, separator) if multi else ([] if pd.isna(v) else [str(v)]) for v in series.tolist()
+    ]
+    values_vocab = sorted({v for vs in lists for v in vs})
+    index = {v: i + 1 for i, v in enumerate(values_vocab)}
+    width = max(1, min(MAX_MULTI_VALUES, max((len(vs) for vs in lists), default=1)))
+    array = np.zeros((n, width), dtype=np.int64)
+    for row, vs in zip(rows, lists, strict=True):
+        for j, v in enumerate(vs[:width]):
+            array[row, j] = index[v]
+    return tuple(values_vocab), array
+
+
 def encode_attributes(
     table: pa.Table,
     *,
@@ -166,29 +233,33 @@ def encode_attributes(
         *declaration.multi_valued,
         *declaration.numeric,
     )
-    frame = table.to_pandas()
-    frame[id_column] = frame[id_column].astype("string")
-    if frame[id_column].duplicated().any():
-        dup = frame[id_column][frame[id_column].duplicated()].iloc[0]
+    ids = table.column(id_column)
+    if ids.type != pa.string():
+        ids = pc.cast(ids, pa.string())
+    if pc.count_distinct(ids, mode="all").as_py() != len(ids):
+        as_text = ids.to_pandas().astype("string")
+        dup = as_text[as_text.duplicated()].iloc[0]
         raise DataError(f"channel '{channel}': id {dup!r} appears in more than one row of '{id_column}'.")
-    rows = vocabulary.lookup(frame[id_column].fillna("").tolist())
+    rows = vocabulary.lookup_array(pc.fill_null(ids, ""))
     known = rows >= 0
     if not known.any():
         raise DataError(
             f"channel '{channel}': none of its ids in column '{id_column}' appears in the interactions; "
             f"check that both tables use the same ids."
         )
-    frame, rows = frame[known], rows[known]
+    table, rows = table.filter(pa.array(known)), rows[known]
     categorical: list[CategoricalColumn] = []
     cat_arrays: list[np.ndarray] = []
     numeric: list[NumericColumn] = []
     num_arrays: list[np.ndarray] = []
     raw_arrays: list[np.ndarray] = []
     n = len(vocabulary)
-    for name in frame.columns:
+    for name in names:
         if name == id_column or name in declaration.ignore:
             continue
-        series = frame[name]
+        column = table.column(name).combine_chunks()
+        # Text columns are encoded by Arrow (no Python object per row); others go through pandas.
+        text = _is_text(column.type)
         if name in declaration.numeric:
             kind: str | None = "numeric"
         elif name in declaration.multi_valued:
@@ -198,12 +269,15 @@ def encode_attributes(
         elif declared:
             # Once any column is declared, only declared columns are used: no surprises.
             kind = None
+        elif text:
+            kind = _detect_text_kind(column, declaration.separator)
         else:
-            kind = _detect_kind(series, declaration.separator)
+            kind = _detect_kind(column.to_pandas(), declaration.separator)
         if kind is None:
             logger.info("channel '%s': column '%s' not used as a feature", channel, name)
             continue
         if kind == "numeric":
+            series = column.to_pandas()
             values = pd.to_numeric(series, errors="coerce")
             bad = series[values.isna() & series.notna()]
             if len(bad):
@@ -213,33 +287,28 @@ def encode_attributes(
             mean = float(values.mean()) if values.notna().any() else 0.0
             std = float(values.std(ddof=0)) if values.notna().sum() > 1 else 1.0
             std = std if std > 0 else 1.0
-            column = np.zeros(n, dtype=np.float32)
-            column[rows] = ((values - mean) / std).fillna(0.0).to_numpy(dtype=np.float32)
+            standardised = np.zeros(n, dtype=np.float32)
+            standardised[rows] = ((values - mean) / std).fillna(0.0).to_numpy(dtype=np.float32)
             raw = np.full(n, np.nan, dtype=np.float64)
             raw[rows] = values.to_numpy(dtype=np.float64)
             raw_arrays.append(raw)
             numeric.append(NumericColumn(str(name), mean, std))
-            num_arrays.append(column)
+            num_arrays.append(standardised)
             continue
         multi = kind == "multi_valued"
-        lists = [
-            _split_values(v, declaration.separator) if multi else ([] if pd.isna(v) else [str(v)])
-            for v in series.tolist()
-        ]
-        values_vocab = sorted({v for vs in lists for v in vs})
-        index = {v: i + 1 for i, v in enumerate(values_vocab)}
-        width = max(1, min(MAX_MULTI_VALUES, max((len(vs) for vs in lists), default=1)))
-        array = np.zeros((n, width), dtype=np.int64)
-        for row, vs in zip(rows, lists, strict=True):
-            for j, v in enumerate(vs[:width]):
-                array[row, j] = index[v]
-        categorical.append(CategoricalColumn(str(name), tuple(values_vocab), multi, width))
+        if text:
+            values_vocab, array = _encode_text(column, rows, n, multi=multi, separator=declaration.separator)
+        else:
+            values_vocab, array = _encode_objects(
+                column.to_pandas(), rows, n, multi=multi, separator=declaration.separator
+            )
+        categorical.append(CategoricalColumn(str(name), values_vocab, multi, array.shape[1]))
         cat_arrays.append(array)
     for name in declared:
-        if name not in frame.columns:
+        if name not in names:
             raise DataError(
                 f"channel '{channel}': declared feature column '{name}' was not found; columns present: "
-                f"{', '.join(map(str, frame.columns))}."
+                f"{', '.join(map(str, names))}."
             )
     numeric_array = np.stack(num_arrays, axis=1) if num_arrays else np.zeros((n, 0), dtype=np.float32)
     raw_array = np.stack(raw_arrays, axis=1) if raw_arrays else np.zeros((n, 0), dtype=np.float64)
