@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pytest
 
@@ -194,3 +195,33 @@ def test_multi_hot_marks_every_value_of_every_column() -> None:
 def test_multi_hot_without_categorical_columns_is_none() -> None:
     encoding, arrays = _encode({"item_id": ["i1"], "price": [1.0]})
     assert multi_hot(encoding, arrays) is None
+
+
+def test_text_columns_encode_like_the_python_rules() -> None:
+    # Arrow kernels encode text columns; the per-value Python rules are the reference.
+    from recsys.data.features import _encode_objects, _encode_text
+
+    many = "|".join(f"v{n:02d}" for n in range(40))  # more than MAX_MULTI_VALUES
+    values = [" a | b||", None, "b|a", "", many, "ä|a", "  "]
+    rows = np.array([4, 0, 2, 5, 1, 3, 6])
+    for multi in (True, False):
+        expected = _encode_objects(pd.Series(values, dtype=object), rows, 8, multi=multi, separator="|")
+        vocabulary, codes = _encode_text(pa.array(values), rows, 8, multi=multi, separator="|")
+        assert vocabulary == expected[0]
+        assert codes.tolist() == expected[1].tolist()
+
+
+def test_text_kind_detection_matches_pandas() -> None:
+    from recsys.data.features import _detect_kind, _detect_text_kind
+
+    columns = [
+        ["a", "b", None],
+        ["a|b", "c", "d"],
+        [f"t{n}" for n in range(30)],  # id-like: more distinct values than half the rows
+        [None, None],
+        ["x"] * 30,
+    ]
+    for column in columns:
+        assert _detect_text_kind(pa.array(column, pa.string()), "|") == _detect_kind(
+            pd.Series(column, dtype=object), "|"
+        )
