@@ -59,11 +59,31 @@ def _cmd_hyperparameters(args: argparse.Namespace) -> int:
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    from recsys.data.synthetic import SyntheticSpec, generate, write_channels
+    from recsys.data.synthetic import (
+        ScaledSpec,
+        SyntheticSpec,
+        generate,
+        write_channels,
+        write_scaled_channels,
+    )
 
+    if args.interactions is not None:
+        parts = args.parts or max(1, -(-args.interactions // 1_000_000))
+        try:
+            scaled = ScaledSpec(
+                num_users=args.users, num_items=args.items, num_interactions=args.interactions, seed=args.seed
+            )
+            summary = write_scaled_channels(scaled, args.output, parts=parts, fmt=args.format or "parquet")
+        except ValueError as exc:  # a bad size or format given on the command line
+            raise UserError(f"generate-data: {exc}") from exc
+        print(
+            f"wrote {summary.num_interactions} interactions of {scaled.num_users} users and "
+            f"{scaled.num_items} items in {parts} part(s) to {args.output}/{{train,items,users}}"
+        )
+        return 0
     spec = SyntheticSpec(num_users=args.users, num_items=args.items, seed=args.seed)
     data = generate(spec)
-    write_channels(data, args.output, fmt=args.format)
+    write_channels(data, args.output, fmt=args.format or "csv")
     print(
         f"wrote {len(data.interactions)} interactions of {spec.num_users} users and {spec.num_items} items "
         f"to {args.output}/{{train,items,users}}"
@@ -144,7 +164,21 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--users", type=int, default=1000)
     gen.add_argument("--items", type=int, default=400)
     gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--format", default="csv", help="csv, tsv, parquet, jsonl, optionally with .gz")
+    gen.add_argument(
+        "--interactions",
+        type=int,
+        default=None,
+        help="scaled mode: exactly this many interactions (power-law popularity, O(interactions) "
+        "work), written as time-sliced parts",
+    )
+    gen.add_argument(
+        "--parts", type=int, default=None, help="scaled mode: train files (default: one per 1M rows)"
+    )
+    gen.add_argument(
+        "--format",
+        default=None,
+        help="csv, tsv, parquet, jsonl, optionally with .gz (default csv; scaled mode: parquet, csv or tsv)",
+    )
     gen.set_defaults(func=_cmd_generate)
 
     rec = sub.add_parser("recommend", help="print top-k recommendations from a saved model")
