@@ -63,7 +63,8 @@ class Artifact:
         return model.to(device).eval()
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """The file's SHA-256, read in 1 MiB blocks (files can be gigabytes)."""
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -105,7 +106,7 @@ def save_artifact(artifact: Artifact, model_dir: Path) -> None:
         manifest = {
             "format": ARTIFACT_FORMAT,
             "kind": "recsys-ncf",
-            "files": {name: _sha256(staging / name) for name in files},
+            "files": {name: sha256_file(staging / name) for name in files},
         }
         for name in files:
             os.replace(staging / name, model_dir / name)
@@ -141,7 +142,7 @@ def verify_artifact(model_dir: Path) -> dict[str, Any]:
         path = model_dir / name
         if not path.exists():
             raise ArtifactError(f"model artifact {model_dir} is incomplete: {name} is missing.")
-        if _sha256(path) != digest:
+        if sha256_file(path) != digest:
             raise ArtifactError(f"model artifact {model_dir} is corrupt: {name} does not match its checksum.")
     return dict(manifest)
 

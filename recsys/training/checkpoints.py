@@ -15,7 +15,6 @@ renames) is skipped with a log line. Files load with ``weights_only=True``, neve
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
@@ -25,6 +24,7 @@ from typing import Any
 
 import torch
 
+from recsys.training.artifact import sha256_file
 from recsys.training.distributed import DistContext, broadcast_object
 from recsys.training.stop import StopRequest, TrainingInterrupted
 
@@ -47,14 +47,6 @@ class Restored:
     rng: dict[str, Any] | None  # this rank's generator states; None when its file is missing
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _write_atomic(path: Path, payload: dict[str, Any]) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     torch.save(payload, tmp)
@@ -63,7 +55,7 @@ def _write_atomic(path: Path, payload: dict[str, Any]) -> None:
     os.replace(tmp, path)
     sidecar = path.with_name(path.name + ".sha256")
     tmp_sidecar = sidecar.with_name(f".{sidecar.name}.tmp")
-    tmp_sidecar.write_text(_sha256(path) + "\n")
+    tmp_sidecar.write_text(sha256_file(path) + "\n")
     os.replace(tmp_sidecar, sidecar)
 
 
@@ -73,7 +65,7 @@ def _read_verified(path: Path) -> dict[str, Any] | None:
     if not sidecar.exists():
         logger.warning("checkpoint %s has no checksum file (cut off while writing?); skipped", path.name)
         return None
-    if sidecar.read_text().strip() != _sha256(path):
+    if sidecar.read_text().strip() != sha256_file(path):
         logger.warning("checkpoint %s does not match its checksum (truncated or corrupt); skipped", path.name)
         return None
     try:

@@ -41,7 +41,7 @@ from recsys.data.vocab import Vocabulary
 from recsys.errors import DataError
 from recsys.evaluation.protocols import HeldOut, beyond_accuracy, full_ranking, sampled_ranking
 from recsys.models.ncf import NCF, FeatureSpec, ModelConfig
-from recsys.training.artifact import Artifact, save_artifact
+from recsys.training.artifact import Artifact, save_artifact, sha256_file
 from recsys.training.batches import DeviceInteractions
 from recsys.training.checkpoints import Checkpointer, StopRequest
 from recsys.training.distributed import SINGLE_PROCESS, DistContext, barrier
@@ -96,15 +96,6 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _file_sha256(path: Path) -> str:
-    # In 1 MiB blocks: a channel part can be gigabytes, and holding it whole would double the job's peak.
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _fingerprint(channels: Channels, counts: dict[str, int]) -> dict[str, Any]:
     """SHA-256 and size of every input file, so a model can be traced to the exact data."""
     out: dict[str, Any] = {"channels": {}, "rows": counts}
@@ -118,7 +109,7 @@ def _fingerprint(channels: Channels, counts: dict[str, int]) -> dict[str, Any]:
                 {
                     "file": str(path.relative_to(directory)),
                     "bytes": path.stat().st_size,
-                    "sha256": _file_sha256(path),
+                    "sha256": sha256_file(path),
                 }
             )
         out["channels"][name] = files
