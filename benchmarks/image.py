@@ -75,7 +75,7 @@ def read_layers(tag: str, min_bytes: int = 1_000_000) -> list[Layer]:
     for row in rows.splitlines():
         size, _, created_by = row.partition("\t")
         if int(size) >= min_bytes:
-            layers.append(Layer(int(size), " ".join(created_by.split())))
+            layers.append(Layer(int(size), " ".join(created_by.split()) or "(the base image)"))
     return layers
 
 
