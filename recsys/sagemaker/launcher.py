@@ -594,8 +594,11 @@ class TrainingLogReader:
             prefix = f"[{stream.split('/', 1)[1].rsplit('-', 1)[0]}] " if len(streams) > 1 else ""
             token = self.tokens.get(stream)
             while True:
-                args: dict[str, Any] = {"nextToken": token} if token else {"startFromHead": True}
-                page = self.logs.get_log_events(logGroupName=TRAINING_LOG_GROUP, logStreamName=stream, **args)
+                # GetLogEvents wants startFromHead=true with a nextForwardToken too.
+                args: dict[str, Any] = {"nextToken": token} if token else {}
+                page = self.logs.get_log_events(
+                    logGroupName=TRAINING_LOG_GROUP, logStreamName=stream, startFromHead=True, **args
+                )
                 lines.extend(prefix + event["message"].rstrip("\n") for event in page["events"])
                 if not page["events"] or page.get("nextForwardToken") == token:
                     token = page.get("nextForwardToken", token)

@@ -154,6 +154,10 @@ def test_train_follows_the_log_and_the_metric_regexes_read_the_kept_model(
     assert objective[-1] == round(metrics["validation"]["ndcg@10"], 4)
     assert objective[metrics["epochs_run"] - 1] != objective[-1]
     assert "status: Completed" in out
+    # Read again after the job ended (late lines), from where the first read stopped.
+    reads = aws.sent("GetLogEvents")
+    assert any("nextToken" in read for read in reads)
+    assert all(read["startFromHead"] is True for read in reads)
     job_name = aws.sent("CreateTrainingJob")[0]["TrainingJobName"]
     assert f"model: s3://bucket/jobs/{job_name}/output/model.tar.gz" in out
 
