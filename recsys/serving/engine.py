@@ -31,6 +31,8 @@ logger = logging.getLogger(__name__)
 MAX_K = 1000
 # Known users' vectors are precomputed at load up to this size (256 MB is 1,000,000 users at D=64).
 USER_CACHE_MAX_BYTES = 256 * 2**20
+# Items whose vectors are computed together at load.
+ITEM_CHUNK = 65_536
 QueryKind = Literal["user", "history", "similar", "popular"]
 
 
@@ -89,7 +91,7 @@ class Recommender:
         # memory of a large catalogue (512 MB at 1,000,000 items).
         artifact.state_dict = {}
         with torch.no_grad():
-            self.items: ItemState = self.model.all_items(device)
+            self.items: ItemState = self._catalogue_state()
             vectors = self.items.gmf if self.items.gmf is not None else self.items.mlp
             assert vectors is not None  # every model kind has at least one item tower
             # Unit vectors make item-to-item similarity one matrix-vector product.
@@ -104,6 +106,24 @@ class Recommender:
         self.attributes = self._attributes(artifact)
         with torch.no_grad():
             self.user_cache = self._build_user_cache()
+
+    def _catalogue_state(self) -> ItemState:
+        """The item side of every tower for the whole catalogue, computed in chunks: at once, the
+        attribute towers' [N, W, D] intermediates of a 1M-item catalogue would take gigabytes."""
+        num_items = self.model.config.num_items
+        parts = [
+            self.model.encode_items(
+                torch.arange(start, min(start + ITEM_CHUNK, num_items), device=self.device)
+            )
+            for start in range(0, num_items, ITEM_CHUNK)
+        ]
+
+        def joined(tensors: list[Tensor | None]) -> Tensor | None:
+            present = [t for t in tensors if t is not None]
+            return torch.cat(present) if present else None
+
+        bias = torch.cat([part.bias for part in parts])
+        return ItemState(joined([p.gmf for p in parts]), joined([p.mlp for p in parts]), bias)
 
     @classmethod
     def load(cls, model_dir: Path, device: torch.device | None = None) -> Recommender:
