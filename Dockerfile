@@ -1,14 +1,14 @@
 # recsys: one image that trains (`train`) and serves (`serve`) under SageMaker's contracts.
 #
-#   docker build -t recsys .                                   # GPU + CPU (PyPI's CUDA build of torch)
+#   docker build -t recsys .                                   # GPU + CPU (torch 2.13.0+cu126)
 #   docker build --build-arg TORCH_VARIANT=cpu -t recsys:cpu .   # slim CPU-only variant
 #   docker build --build-arg BASE_IMAGE=local/bookworm-python:latest ...   # where Docker Hub is out of reach
 #
 # The CPU variant takes torch from PyTorch's CPU index, or from a wheel placed in docker/wheels/
-# (for machines that cannot reach that index). PyPI's Linux torch wheel carries its own CUDA
-# runtime, so the GPU variant needs only the host's NVIDIA driver: >= 580 for torch 2.13.0's
-# CUDA 13.0 (on SageMaker, InferenceAmiVersion=al2023-ami-sagemaker-inference-gpu-4-1), or
-# build with TORCH_CUDA_INDEX (below) for an older one.
+# (for machines that cannot reach that index). The torch wheels carry their own CUDA runtime, so
+# the GPU variant needs only the host's NVIDIA driver: >= 525 for the default CUDA 12.6 build,
+# which most SageMaker GPU hosts have; TORCH_CUDA_INDEX= (empty) takes PyPI's CUDA 13.0 build,
+# which needs >= 580 (on SageMaker: InferenceAmiVersion=al2023-ami-sagemaker-inference-gpu-4-1).
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 
 # The CPU torch is installed in a stage of its own and copied over as one directory: a wheel
@@ -40,9 +40,9 @@ FROM ${BASE_IMAGE}
 
 ARG TORCH_VARIANT=cuda
 ARG TORCH_VERSION=2.13.0
-# Empty: PyPI's build (torch 2.13.0: CUDA 13.0, NVIDIA driver >= 580). For older drivers, a
-# PyTorch index with an older CUDA, e.g. https://download.pytorch.org/whl/cu126 (driver >= 525).
-ARG TORCH_CUDA_INDEX=
+# CUDA 12.6 (NVIDIA driver >= 525): what SageMaker's GPU training and hosting images provide.
+# Empty: PyPI's build (torch 2.13.0: CUDA 13.0, driver >= 580, Turing or newer).
+ARG TORCH_CUDA_INDEX=https://download.pytorch.org/whl/cu126
 
 LABEL com.amazonaws.sagemaker.capabilities.accept-bind-to-port=true
 
