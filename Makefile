@@ -21,7 +21,7 @@ REPOSITORY ?= recsys
 REGION ?=
 PROFILE ?=
 
-.PHONY: help install run serve test lint format bench-quality bench-serving bench-image image image-cpu local-train local-serve push clean
+.PHONY: help install run serve test lint format bench-quality bench-serving bench-scale bench-image image image-cpu local-train local-serve push clean
 
 help:
 	@echo "make install        create $(VENV) with recsys, its dev tools and the aws extra (idempotent)"
@@ -31,8 +31,9 @@ help:
 	@echo "make serve          serve the model of 'make run' on localhost:8080"
 	@echo "make bench-quality  MovieLens-100K: this model vs EASE and most-popular"
 	@echo "make bench-serving  serving req/s and latency at 1,682 / 100,000 / 1,000,000 items"
+	@echo "make bench-scale    load-and-encode, one epoch and peak RSS at 1M / 10M / 50M interactions"
 	@echo "make bench-image    size of \$$(IMAGE), and serve's cold start (docker run -> /ping 200) over 7 runs"
-	@echo "make image          build \$$(IMAGE) with PyPI's CUDA torch (GPU and CPU instances)"
+	@echo "make image          build \$$(IMAGE) with CUDA 12.6 torch (GPU and CPU instances; TORCH_CUDA_INDEX= for PyPI's CUDA 13.0)"
 	@echo "make image-cpu      build \$$(IMAGE) with CPU-only torch (a wheel in docker/wheels/ or PyTorch's CPU index)"
 	@echo "make local-train    docker run \$$(IMAGE) train on the bundled data in \$$(LOCAL_ML)"
 	@echo "make local-serve    docker run \$$(IMAGE) serve on localhost:\$$(PORT), then an example request"
@@ -81,12 +82,16 @@ bench-quality: install
 bench-serving: install
 	$(BIN)/python -m benchmarks.serving
 
+bench-scale: install
+	$(BIN)/python -m benchmarks.scale
+
 # Standard library and the Docker CLI only: the model is trained inside the image.
 bench-image:
 	$(PYTHON) -m benchmarks.image --image $(IMAGE)
 
 image:
-	docker build --platform $(PLATFORM) --build-arg BASE_IMAGE=$(BASE_IMAGE) -t $(IMAGE) .
+	docker build --platform $(PLATFORM) --build-arg BASE_IMAGE=$(BASE_IMAGE) \
+		$(if $(filter undefined,$(origin TORCH_CUDA_INDEX)),,--build-arg TORCH_CUDA_INDEX=$(TORCH_CUDA_INDEX)) -t $(IMAGE) .
 
 image-cpu:
 	docker build --platform $(PLATFORM) --build-arg BASE_IMAGE=$(BASE_IMAGE) --build-arg TORCH_VARIANT=cpu -t $(IMAGE) .
