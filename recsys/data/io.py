@@ -119,14 +119,7 @@ def _cast_to_string(
         index = table.schema.get_field_index(name)
         if index < 0 or table.schema.field(index).type == pa.string():
             continue
-        column = table.column(index)
-        try:
-            cast = pc.cast(column, pa.string())
-        except (pa.ArrowException, ValueError, TypeError) as error:
-            raise DataError(
-                f"channel '{channel}': column '{name}' in {path} has type {column.type}, "
-                f"which cannot be read as text ({_first_line(error)})."
-            ) from error
+        cast = _cast_ids_to_string(table.column(index), name, path, channel=channel)
         table = table.set_column(index, pa.field(name, pa.string()), cast)
     return table
 
