@@ -38,7 +38,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -140,8 +140,8 @@ def child_train(
     import torch
 
     from recsys.training.batches import DeviceInteractions
-    from recsys.training.job import build_model_config, new_model
-    from recsys.training.loop import FitSettings, fit
+    from recsys.training.job import build_model_config, fit_settings, new_model
+    from recsys.training.loop import fit
     from recsys.training.stop import StopRequest, TrainingInterrupted
 
     baseline = _peak_rss_bytes()
@@ -163,21 +163,8 @@ def child_train(
     if epoch_limit <= 0:
         return out
     device = torch.device("cpu")
-    loss = config.resolved_loss(len(data.items))
-    settings = FitSettings(
-        epochs=1,
-        batch_size=config.batch_size,
-        learning_rate=config.learning_rate,
-        weight_decay=config.weight_decay,
-        loss=loss,
-        num_negatives=config.num_negatives,
-        history_length=config.history_length,
-        user_id_dropout=config.user_id_dropout if config.user_representation == "both" else 0.0,
-        patience=config.patience,
-        amp=config.amp,
-        seed=config.seed,
-        eval_k=config.eval_k,
-    )
+    settings = replace(fit_settings(config, num_items=len(data.items)), epochs=1)
+    loss = settings.loss
     train = DeviceInteractions.from_indexed(data.interactions, device)
     model = new_model(build_model_config(config, data), data, config.seed, device)
     out.update({"loss": loss, "batch_size": config.batch_size})

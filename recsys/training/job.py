@@ -336,6 +336,24 @@ def evaluate_model(
     return out
 
 
+def fit_settings(config: TrainConfig, *, num_items: int) -> FitSettings:
+    """The loop's settings from the job's hyperparameters (the loss resolved for the catalogue)."""
+    return FitSettings(
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        learning_rate=config.learning_rate,
+        weight_decay=config.weight_decay,
+        loss=config.resolved_loss(num_items),
+        num_negatives=config.num_negatives,
+        history_length=config.history_length,
+        user_id_dropout=config.user_id_dropout if config.user_representation == "both" else 0.0,
+        patience=config.patience,
+        amp=config.amp,
+        seed=config.seed,
+        eval_k=config.eval_k,
+    )
+
+
 def _identity(config: TrainConfig, data: PreparedData) -> str:
     """What a checkpoint must have been written for to be resumed: this configuration and data."""
     # The checkpoint cadence does not change what is trained.
@@ -367,21 +385,8 @@ def run_training(
         ", ".join(column_names(data.user_encoding)) or "none",
         device,
     )
-    loss = config.resolved_loss(len(data.items))
-    settings = FitSettings(
-        epochs=config.epochs,
-        batch_size=config.batch_size,
-        learning_rate=config.learning_rate,
-        weight_decay=config.weight_decay,
-        loss=loss,
-        num_negatives=config.num_negatives,
-        history_length=config.history_length,
-        user_id_dropout=config.user_id_dropout if config.user_representation == "both" else 0.0,
-        patience=config.patience,
-        amp=config.amp,
-        seed=config.seed,
-        eval_k=config.eval_k,
-    )
+    settings = fit_settings(config, num_items=len(data.items))
+    loss = settings.loss
     if data.validation is not None:
         fit_data, held_data = data.interactions, data.validation
     else:
