@@ -11,6 +11,7 @@ import torch
 
 from recsys.data.interactions import split_last_out
 from recsys.evaluation.protocols import HeldOut
+from recsys.training import loop
 from recsys.training.batches import DeviceInteractions
 from recsys.training.checkpoints import Checkpointer, StopRequest, TrainingInterrupted
 from recsys.training.distributed import SINGLE_PROCESS
@@ -88,6 +89,14 @@ def test_a_run_stopped_by_sigterm_resumes_to_the_uninterrupted_result(
     resumed = _run(tmp_path)
 
     _assert_same_run(uninterrupted, resumed)
+
+
+def test_sparse_adam_state_resumes_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(loop, "SPARSE_MIN_ROWS", 30)  # SparseAdam for the user and item tables
+    uninterrupted = _run(None)
+    with pytest.raises(TrainingInterrupted):
+        _run(tmp_path, StopOnPoll(10))
+    _assert_same_run(uninterrupted, _run(tmp_path))
 
 
 def test_a_killed_run_resumes_from_the_last_periodic_checkpoint(tmp_path: Path) -> None:

@@ -145,3 +145,28 @@ def test_progress_bar_only_on_a_terminal(monkeypatch: pytest.MonkeyPatch, tty: b
     progress.close()
     assert ("10/10" in fake.written) is tty
     assert (fake.written == "") is not tty
+
+
+def test_large_tables_train_with_sparse_gradients_on_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(loop, "SPARSE_MIN_ROWS", 30)  # the 60-user and 30-item tables count as large
+    data = _data()
+    model = _model(data)
+    optimizers = loop.build_optimizers(model, _settings(), CPU)
+    assert [type(o).__name__ for o in optimizers] == ["SparseAdam", "AdamW"]
+    sparse_tables = [m for m in model.modules() if isinstance(m, torch.nn.Embedding) and m.sparse]
+    assert sparse_tables and all(m.num_embeddings >= 30 for m in sparse_tables)
+    # Every parameter is in exactly one optimizer.
+    owned = [id(p) for o in optimizers for group in o.param_groups for p in group["params"]]
+    assert sorted(owned) == sorted(id(p) for p in model.parameters())
+
+    result = fit(model, DeviceInteractions.from_indexed(data, CPU), None, _settings(epochs=4), device=CPU)
+    losses = [r.train_loss for r in result.records]
+    assert all(np.isfinite(losses)) and losses[-1] < losses[0]
+
+
+def test_weight_decay_and_small_tables_keep_dense_adamw(monkeypatch: pytest.MonkeyPatch) -> None:
+    data = _data()
+    assert [type(o).__name__ for o in loop.build_optimizers(_model(data), _settings(), CPU)] == ["AdamW"]
+    monkeypatch.setattr(loop, "SPARSE_MIN_ROWS", 30)
+    decayed = loop.build_optimizers(_model(data), _settings(weight_decay=0.01), CPU)
+    assert [type(o).__name__ for o in decayed] == ["AdamW"]
