@@ -204,33 +204,15 @@ def child_train(
 
 def child_build_artifact(data_dir: Path, model_dir: Path) -> dict[str, Any]:
     """A job's artifact for the catalogue in ``data_dir``: real vocabularies, attributes, history."""
-    import numpy as np
     import torch
 
-    from recsys.config import config_to_json
-    from recsys.training.artifact import Artifact, save_artifact
-    from recsys.training.job import build_model_config, new_model
+    from recsys.training.artifact import save_artifact
+    from recsys.training.job import build_artifact, build_model_config, new_model
 
     config = _config(None)
     data = _prepare(data_dir, config)
     model = new_model(build_model_config(config, data), data, config.seed, torch.device("cpu")).eval()
-    seen = data.interactions
-    artifact = Artifact(
-        model_config=model.config,
-        state_dict={k: v.detach() for k, v in model.state_dict().items()},
-        users=data.users,
-        items=data.items,
-        item_encoding=data.item_encoding,
-        item_arrays=data.item_arrays,
-        user_encoding=data.user_encoding,
-        user_arrays=data.user_arrays,
-        seen_indptr=seen.indptr,
-        seen_items=seen.items,
-        item_popularity=np.bincount(seen.items, minlength=len(data.items)),
-        train_config=config_to_json(config),
-        metrics={"benchmark": "scale", "trained": False},
-        fingerprint=data.fingerprint,
-    )
+    artifact = build_artifact(model, data, config, {"benchmark": "scale", "trained": False})
     started = time.perf_counter()
     save_artifact(artifact, model_dir)
     files = sorted(model_dir.iterdir())

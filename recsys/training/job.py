@@ -336,6 +336,27 @@ def evaluate_model(
     return out
 
 
+def build_artifact(model: NCF, data: PreparedData, config: TrainConfig, metrics: dict[str, Any]) -> Artifact:
+    """The self-describing artifact of ``model``: weights, vocabularies, features, what each user saw."""
+    seen = data.interactions
+    return Artifact(
+        model_config=model.config,
+        state_dict={k: v.detach().cpu() for k, v in model.state_dict().items()},
+        users=data.users,
+        items=data.items,
+        item_encoding=data.item_encoding,
+        item_arrays=data.item_arrays,
+        user_encoding=data.user_encoding,
+        user_arrays=data.user_arrays,
+        seen_indptr=seen.indptr,
+        seen_items=seen.items,
+        item_popularity=np.bincount(seen.items, minlength=len(data.items)),
+        train_config=config_to_json(config),
+        metrics=metrics,
+        fingerprint=data.fingerprint,
+    )
+
+
 def fit_settings(config: TrainConfig, *, num_items: int) -> FitSettings:
     """The loop's settings from the job's hyperparameters (the loss resolved for the catalogue)."""
     return FitSettings(
@@ -481,7 +502,6 @@ def run_training(
     )
     records: list[EpochRecord] = list(result.records)
     final_model.eval()
-    seen = data.interactions
     metrics: dict[str, Any] = {
         "validation": validation_metrics,
         "best_epoch": result.best_epoch,
@@ -493,22 +513,7 @@ def run_training(
         "device": str(device),
         "training_seconds": round(time.perf_counter() - started, 2),
     }
-    artifact = Artifact(
-        model_config=final_model.config,
-        state_dict={k: v.detach().cpu() for k, v in final_model.state_dict().items()},
-        users=data.users,
-        items=data.items,
-        item_encoding=data.item_encoding,
-        item_arrays=data.item_arrays,
-        user_encoding=data.user_encoding,
-        user_arrays=data.user_arrays,
-        seen_indptr=seen.indptr,
-        seen_items=seen.items,
-        item_popularity=np.bincount(seen.items, minlength=len(data.items)),
-        train_config=config_to_json(config),
-        metrics=metrics,
-        fingerprint=data.fingerprint,
-    )
+    artifact = build_artifact(final_model, data, config, metrics)
     save_artifact(artifact, model_dir)
     write_report(output_data_dir, metrics, records, refit_records, config.eval_k)
     barrier(ctx)
