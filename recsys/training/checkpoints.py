@@ -121,7 +121,8 @@ class Checkpointer:
         if self.ctx.is_main:
             payload = {"identity": self.identity, "phase": phase, "epoch": epoch, "step": step, **shared}
             _write_atomic(self.directory / self._name(phase, epoch, step, None), payload)
-            logger.info(
+            # Every epoch end and every interval writes one: useful when debugging, noise otherwise.
+            logger.debug(
                 "checkpoint saved: %s",
                 self._name(phase, epoch, step, None) if (epoch, step) != DONE else f"{phase} finished",
             )

@@ -192,3 +192,15 @@ def test_checkpoints_load_without_pickle(tmp_path: Path) -> None:
     for path in tmp_path.glob("*.pt"):
         payload = torch.load(path, map_location="cpu", weights_only=True)
         assert isinstance(payload, dict)
+
+
+def test_routine_checkpoints_log_at_debug_not_info(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # A line per epoch end and per interval drowned the epoch lines of a job's INFO log.
+    with caplog.at_level(logging.INFO, logger="recsys.training.checkpoints"):
+        _run(tmp_path, epochs=2)
+    assert "checkpoint saved" not in caplog.text
+    assert list(tmp_path.glob("epoch-*.pt"))  # they were written all the same
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG, logger="recsys.training.checkpoints"):
+        _run(tmp_path / "again", epochs=1)
+    assert "checkpoint saved" in caplog.text
