@@ -318,10 +318,12 @@ def no_credentials_message() -> str:
     )
 
 
-def no_region_message() -> str:
+def no_region_message(profile: str = "default", config_file: str = "~/.aws/config") -> str:
+    """Every place the launcher looks for a region, in its order (see launcher_cli.resolve_region)."""
     return (
-        "no AWS region configured: pass --region (e.g. --region eu-west-1), set AWS_REGION, or "
-        "add `region = ...` to the profile in ~/.aws/config."
+        "no AWS region configured: none in --region, AWS_REGION, AWS_DEFAULT_REGION or the "
+        f"profile '{profile}' of {config_file}. Pass --region (e.g. --region eu-west-1), set AWS_REGION, "
+        "or add `region = ...` to that profile."
     )
 
 

@@ -15,10 +15,10 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 from recsys.config import TrainConfig
 from recsys.errors import ConfigError, UserError
@@ -42,6 +42,11 @@ from recsys.sagemaker.launcher import (
 )
 
 ROLE_ENV = "RECSYS_SAGEMAKER_ROLE"
+# After --region, the region's sources in the AWS CLI v2's order. boto3 reads AWS_DEFAULT_REGION
+# and the profile's `region` but never AWS_REGION, so both variables are read here, in this order.
+REGION_ENVS = ("AWS_REGION", "AWS_DEFAULT_REGION")
+CONFIG_FILE_ENV = "AWS_CONFIG_FILE"
+DEFAULT_CONFIG_FILE = "~/.aws/config"
 # IAM role ARNs in any partition (aws, aws-cn, aws-us-gov), with an optional path.
 _ROLE_ARN = re.compile(r"arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]+")
 _S3_URI = re.compile(r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?")
@@ -140,9 +145,32 @@ def parse_range(text: str) -> ParameterRange:
 # -- the parser ----------------------------------------------------------------------------------------
 
 
+class CommandParser(argparse.ArgumentParser):
+    """The parser of each ``recsys aws`` command. A bad, missing or unknown argument is one line on
+    stderr and exit 1, like every other launcher error, instead of argparse's usage block and exit 2;
+    the type functions above stay the validators, and ``--help`` is untouched."""
+
+    def error(self, message: str) -> NoReturn:
+        # argparse words a bad value "argument --output: expected ..."; lead with the option instead.
+        self.exit(1, f"error: {message.removeprefix('argument ')}\n")
+
+    def parse_known_args(
+        self, args: Iterable[str] | None = None, namespace: Any = None
+    ) -> tuple[Any, list[str]]:
+        parsed, unknown = super().parse_known_args(args, namespace)
+        # A command takes every argument after its name, so no parser above can use what it leaves:
+        # refuse it here, in one line, rather than let the top-level parser print its usage.
+        if unknown:
+            self.error(f"unrecognized arguments: {' '.join(unknown)}")
+        return parsed, unknown
+
+
 def _aws_common() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--region", help="AWS region (default: AWS_REGION or the profile's region)")
+    common.add_argument(
+        "--region",
+        help="AWS region (default: AWS_REGION, then AWS_DEFAULT_REGION, then the profile's region)",
+    )
     common.add_argument("--profile", help="named profile of ~/.aws/config (default: AWS_PROFILE or default)")
     return common
 
@@ -154,7 +182,8 @@ def _role_option(parser: argparse.ArgumentParser, *, required_note: str = "") ->
     )
 
 
-def _training_options(parser: argparse.ArgumentParser) -> None:
+def _training_options(parser: argparse.ArgumentParser, *, local_mode: bool) -> None:
+    """The options train and tune share; with ``local_mode`` (train's --local), no S3 output."""
     parser.add_argument("--image", required=True, help="training image URI (printed by `recsys aws push`)")
     _role_option(parser)
     for channel in KNOWN_CHANNELS:
@@ -164,8 +193,14 @@ def _training_options(parser: argparse.ArgumentParser) -> None:
             metavar="S3_URI",
             help=f"S3 prefix of the '{channel}' channel" + (" (required)" if channel == "train" else ""),
         )
+    # argparse has no "required unless": train checks --output itself (resolve_training).
     parser.add_argument(
-        "--output", type=s3_uri, metavar="S3_URI", help="S3 prefix for model.tar.gz and output.tar.gz"
+        "--output",
+        type=s3_uri,
+        required=not local_mode,
+        metavar="S3_URI",
+        help="S3 prefix for model.tar.gz and output.tar.gz"
+        + (" (required unless --local)" if local_mode else " (required)"),
     )
     parser.add_argument(
         "--hyperparameter",
@@ -204,7 +239,9 @@ def add_aws_parser(subparsers: Any) -> None:
         "AWS credentials and a region; train, tune, deploy and batch need an execution role "
         f"(--role or ${ROLE_ENV}).",
     )
-    actions = aws.add_subparsers(dest="aws_command", required=True, metavar="COMMAND")
+    actions = aws.add_subparsers(
+        dest="aws_command", required=True, metavar="COMMAND", parser_class=CommandParser
+    )
 
     push = actions.add_parser("push", parents=[common], help="push the local image to ECR; prints its URI")
     push.add_argument("--image", default="recsys:latest", help="local image (default: recsys:latest)")
@@ -220,7 +257,7 @@ def add_aws_parser(subparsers: Any) -> None:
         description="A SageMaker training job running `docker run IMAGE train` with the given channels and "
         "hyperparameters; prints the log, the final metrics and the model's S3 URI.",
     )
-    _training_options(train)
+    _training_options(train, local_mode=True)
     train.add_argument(
         "--checkpoint-s3", type=s3_uri, help="with --spot: checkpoint prefix (default: under --output)"
     )
@@ -238,7 +275,7 @@ def add_aws_parser(subparsers: Any) -> None:
         description="A SageMaker tuning job over the given ranges (default: learning_rate, weight_decay, "
         "embedding_dim, batch_size, user_id_dropout), maximising validation:ndcg@10.",
     )
-    _training_options(tune)
+    _training_options(tune, local_mode=False)
     tune.add_argument(
         "--range",
         action="append",
@@ -341,19 +378,29 @@ def new_session(region: str | None, profile: str | None) -> Any:
     return boto3.Session(region_name=region, profile_name=profile)
 
 
-def resolve_session(args: argparse.Namespace) -> Any:
+def resolve_region(flag: str | None, environ: Mapping[str, str]) -> str | None:
+    """--region, then AWS_REGION, then AWS_DEFAULT_REGION; None leaves boto3 to read the profile's
+    ``region`` from the config file. An empty value counts as unset."""
+    for region in (flag, *(environ.get(name) for name in REGION_ENVS)):
+        if region and region.strip():
+            return region.strip()
+    return None
+
+
+def resolve_session(args: argparse.Namespace, environ: Mapping[str, str]) -> Any:
     from botocore.exceptions import ProfileNotFound
 
     from recsys.sagemaker.launcher import no_credentials_message, no_region_message
 
     try:
-        session = new_session(args.region, args.profile)
+        session = new_session(resolve_region(args.region, environ), args.profile)
     except ProfileNotFound as exc:
         raise UserError(f"{exc}: list the profiles with `aws configure list-profiles`.") from exc
     if session.get_credentials() is None:
         raise UserError(no_credentials_message())
     if session.region_name is None:
-        raise UserError(no_region_message())
+        config_file = environ.get(CONFIG_FILE_ENV) or DEFAULT_CONFIG_FILE
+        raise UserError(no_region_message(session.profile_name, config_file))
     return session
 
 
@@ -384,7 +431,9 @@ def resolve_training(
             if not _S3_URI.fullmatch(uri):
                 raise UserError(f"--{name} must be an S3 URI such as s3://bucket/{name}/; got {uri!r}.")
         if args.output is None:
-            raise UserError("--output is required: the S3 prefix where SageMaker writes model.tar.gz.")
+            raise UserError(
+                "--output is required unless --local: the S3 prefix where SageMaker writes model.tar.gz."
+            )
     hyperparameters = dict(args.hyperparameter)
     validate_hyperparameters(hyperparameters)
     if local and args.spot:
@@ -496,7 +545,7 @@ def run_aws(args: argparse.Namespace) -> int:
     command = args.aws_command
     if command == "train" and args.local is not None:
         return _train_locally(args)
-    session = resolve_session(args)
+    session = resolve_session(args, environ)
     commands: dict[str, Callable[[argparse.Namespace, Mapping[str, str], Any], int]] = {
         "push": _push,
         "train": _train,

@@ -12,6 +12,7 @@ import contextlib
 import copy
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -33,6 +34,7 @@ ACCOUNT = "123456789012"  # moto's account
 ROLE_ARN = f"arn:aws:iam::{ACCOUNT}:role/SageMakerRecsys"
 IMAGE_URI = f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/recsys:1.0"
 REPO_ROOT = Path(__file__).resolve().parents[2]
+_CREDENTIAL_SCOPE = re.compile(r"Credential=[^/]+/\d{8}/([a-z0-9-]+)/")
 
 
 def _free_port() -> int:
@@ -81,11 +83,13 @@ class FakeAws:
     log_lines: Sequence[str] = ()  # what a created training job's CloudWatch stream will hold
     patches: dict[str, dict[str, Any]] = field(default_factory=dict)  # operation -> fields of its answer
     denied: dict[str, str] = field(default_factory=dict)  # operation -> AccessDenied message
+    session_regions: list[str | None] = field(default_factory=list)  # of each session the CLI built
+    signed_regions: set[str] = field(default_factory=set)  # the regions the requests were signed for
 
-    def client(self, service: str) -> Any:
+    def client(self, service: str, region: str = REGION) -> Any:
         import boto3
 
-        return boto3.Session(region_name=REGION).client(service)
+        return boto3.Session(region_name=region).client(service)
 
     def sent(self, operation: str) -> list[dict[str, Any]]:
         """The parameters of every ``operation`` request, in order."""
@@ -111,7 +115,9 @@ class FakeAws:
             pass
 
     def watch(self, session: Any) -> None:
+        self.session_regions.append(session.region_name)
         session.events.register("provide-client-params", self._record)
+        session.events.register("before-send", self._record_signing_region)
         session.events.register("before-call", self._refuse)
         session.events.register("before-call.iam.SimulatePrincipalPolicy", self._simulate)
         session.events.register("after-call.sagemaker.CreateTrainingJob", self._write_job_log)
@@ -129,6 +135,15 @@ class FakeAws:
 
     def _record(self, params: dict[str, Any], model: Any, **_: Any) -> None:
         self.requests.append((model.service_model.service_name, model.name, copy.deepcopy(params)))
+
+    def _record_signing_region(self, request: Any, **_: Any) -> None:
+        # The endpoint is localhost whatever the region: the SigV4 credential scope names it.
+        authorization = request.headers.get("Authorization") or ""
+        if isinstance(authorization, bytes):
+            authorization = authorization.decode()
+        scope = _CREDENTIAL_SCOPE.search(authorization)
+        if scope:
+            self.signed_regions.add(scope.group(1))
 
     def _simulate(self, **_: Any) -> tuple[Any, dict[str, Any]]:
         # moto lacks iam:SimulatePrincipalPolicy, which the SDK's role check calls: answer it here.

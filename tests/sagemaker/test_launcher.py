@@ -25,7 +25,14 @@ from recsys.sagemaker.launcher import (
     validate_hyperparameters,
     validate_ranges,
 )
-from recsys.sagemaker.launcher_cli import duration, key_value, parse_range, resolve_role, s3_uri
+from recsys.sagemaker.launcher_cli import (
+    duration,
+    key_value,
+    parse_range,
+    resolve_region,
+    resolve_role,
+    s3_uri,
+)
 
 ROLE = "arn:aws:iam::123456789012:role/SageMakerRecsys"
 
@@ -283,6 +290,24 @@ def test_a_missing_role_says_how_to_pass_one_and_what_it_needs() -> None:
     assert "RECSYS_SAGEMAKER_ROLE" in message
     assert "sagemaker.amazonaws.com" in message
     assert "s3:GetObject" in message
+
+
+@pytest.mark.parametrize(
+    ("flag", "environ", "region"),
+    [
+        ("sa-east-1", {"AWS_REGION": "eu-central-1", "AWS_DEFAULT_REGION": "us-east-2"}, "sa-east-1"),
+        (None, {"AWS_REGION": "eu-central-1", "AWS_DEFAULT_REGION": "us-east-2"}, "eu-central-1"),
+        (None, {"AWS_REGION": "", "AWS_DEFAULT_REGION": "us-east-2"}, "us-east-2"),
+        (None, {"AWS_REGION": " eu-central-1 "}, "eu-central-1"),
+        # None: boto3 then reads the profile's `region` from the config file.
+        (None, {"AWS_PROFILE": "ci"}, None),
+        ("", {}, None),
+    ],
+)
+def test_the_region_comes_from_the_flag_then_aws_region_then_aws_default_region(
+    flag: str | None, environ: dict[str, str], region: str | None
+) -> None:
+    assert resolve_region(flag, environ) == region
 
 
 @pytest.mark.parametrize(

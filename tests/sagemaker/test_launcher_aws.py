@@ -602,6 +602,100 @@ def test_push_without_docker_or_the_image(
     assert "the docker command is not on PATH: install Docker" in no_docker[2]
 
 
+# -- the region ----------------------------------------------------------------------------------------
+
+PROFILE_REGION = "ap-southeast-2"
+
+
+@pytest.mark.parametrize(
+    ("environ", "in_profile", "flag", "expected"),
+    [
+        pytest.param({"AWS_REGION": "eu-central-1"}, False, None, "eu-central-1", id="AWS_REGION"),
+        pytest.param({"AWS_DEFAULT_REGION": "us-east-2"}, False, None, "us-east-2", id="AWS_DEFAULT_REGION"),
+        pytest.param(
+            {"AWS_REGION": "eu-central-1", "AWS_DEFAULT_REGION": "us-east-2"},
+            False,
+            None,
+            "eu-central-1",
+            id="AWS_REGION-over-AWS_DEFAULT_REGION",
+        ),
+        pytest.param({}, True, None, PROFILE_REGION, id="profile"),
+        pytest.param(
+            {"AWS_REGION": "eu-central-1"}, True, None, "eu-central-1", id="AWS_REGION-over-profile"
+        ),
+        pytest.param(
+            {"AWS_DEFAULT_REGION": "us-east-2"}, True, None, "us-east-2", id="AWS_DEFAULT_REGION-over-profile"
+        ),
+        pytest.param(
+            {"AWS_REGION": "eu-central-1", "AWS_DEFAULT_REGION": "us-east-2"},
+            True,
+            "sa-east-1",
+            "sa-east-1",
+            id="--region-over-all",
+        ),
+    ],
+)
+def test_push_uses_the_region_of_the_flag_then_aws_region_then_aws_default_region_then_the_profile(
+    aws: FakeAws,
+    recsys_aws: Run,
+    fake_docker: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    environ: dict[str, str],
+    in_profile: bool,
+    flag: str | None,
+    expected: str,
+) -> None:
+    # The aws fixture has cleared AWS_REGION, AWS_DEFAULT_REGION and AWS_PROFILE: only these count.
+    config = tmp_path / "aws-config"
+    config.write_text(f"[default]\nregion = {PROFILE_REGION}\n" if in_profile else "")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+
+    code, out, err = recsys_aws("push", region=flag)
+
+    assert code == 0, err
+    assert out.splitlines()[-1] == f"{ACCOUNT}.dkr.ecr.{expected}.amazonaws.com/recsys:latest"
+    assert aws.session_regions == [expected]
+    assert aws.signed_regions == {expected}
+    assert aws.client("ecr", expected).describe_repositories()["repositories"]
+    assert not aws.client("ecr", REGION).describe_repositories()["repositories"]
+
+
+def test_train_with_only_aws_region_set_runs_in_that_region(
+    aws: FakeAws, recsys_aws: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_REGION", "eu-central-1")
+
+    code, out, err = recsys_aws(*_training_args("--no-wait"), region=None)
+
+    assert code == 0, err
+    (request,) = aws.sent("CreateTrainingJob")
+    job_name = request["TrainingJobName"]
+    assert (
+        f"https://eu-central-1.console.aws.amazon.com/sagemaker/home?region=eu-central-1#/jobs/{job_name}"
+        in out
+    )
+    assert aws.signed_regions == {"eu-central-1"}
+    assert aws.client("sagemaker", "eu-central-1").describe_training_job(TrainingJobName=job_name)
+
+
+def test_make_push_without_region_takes_aws_region(aws: FakeAws, fake_docker: Path) -> None:
+    # The README's walkthrough: `export AWS_REGION=...`, then `make push` with no REGION.
+    env = {k: v for k, v in os.environ.items() if k not in ("REGION", "PROFILE")}
+    env.update(MAKEFLAGS="", AWS_REGION="eu-central-1")
+
+    result = subprocess.run(
+        ["make", "-s", "-o", "install", "push", f"VENV={sys.prefix}", "IMAGE=recsys:1.2", "REPOSITORY=recs"],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.splitlines()[-1] == f"{ACCOUNT}.dkr.ecr.eu-central-1.amazonaws.com/recs:1.2"
+    assert aws.client("ecr", "eu-central-1").describe_repositories(repositoryNames=["recs"])["repositories"]
+
+
 # -- what goes wrong at the edge -----------------------------------------------------------------------
 
 
@@ -621,11 +715,22 @@ def test_no_credentials_is_one_line_and_exit_1(
     assert not aws.requests
 
 
-def test_no_region_says_how_to_give_one(aws: FakeAws, recsys_aws: Run) -> None:
+def test_no_region_names_every_place_it_looked(
+    aws: FakeAws, recsys_aws: Run, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    config = tmp_path / "aws-config"
+    config.write_text("[profile ci]\noutput = json\n")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    monkeypatch.setenv("AWS_PROFILE", "ci")
+
     code, _, err = recsys_aws("delete", "--name", "recs", region=None)
 
     assert code == 1
-    assert err.startswith("error: no AWS region configured: pass --region")
+    assert err.splitlines() == [
+        "error: no AWS region configured: none in --region, AWS_REGION, AWS_DEFAULT_REGION or the "
+        f"profile 'ci' of {config}. Pass --region (e.g. --region eu-west-1), set AWS_REGION, or add "
+        "`region = ...` to that profile."
+    ]
     assert not aws.requests
 
 
@@ -769,6 +874,118 @@ def test_max_wait_below_max_run_is_refused(aws: FakeAws, recsys_aws: Run) -> Non
 
     assert code == 1
     assert "--max-wait (7200 s) must be at least --max-run (10800 s)" in err
+
+
+# -- usage errors --------------------------------------------------------------------------------------
+
+_TRAIN = ("train", "--image", IMAGE_URI, "--train", "s3://bucket/train/")
+_TUNE = ("tune", "--image", IMAGE_URI, "--train", "s3://bucket/train/", "--output", "s3://bucket/t")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        pytest.param(
+            (*_TRAIN, "--output", "not-an-s3-uri"),
+            "--output: expected an S3 URI such as s3://bucket/prefix/; got 'not-an-s3-uri'",
+            id="s3-uri",
+        ),
+        pytest.param(
+            ("batch", "--model", "m", "--input", "bucket/in", "--output", "s3://bucket/out/"),
+            "--input: expected an S3 URI such as s3://bucket/prefix/; got 'bucket/in'",
+            id="batch-s3-uri",
+        ),
+        pytest.param(
+            (*_TRAIN, "--max-run", "soon"),
+            "--max-run: expected a duration such as 3600, 90m, 2h or 1d; got 'soon'",
+            id="duration",
+        ),
+        pytest.param(
+            (*_TRAIN, "--instance-count", "0"),
+            "--instance-count: expected at least 1; got 0",
+            id="positive-int",
+        ),
+        pytest.param(
+            (*_TUNE, "--max-jobs", "many"),
+            "--max-jobs: expected a whole number; got 'many'",
+            id="whole-number",
+        ),
+        pytest.param(
+            (*_TRAIN, "-H", "epochs"),
+            "--hyperparameter/-H: expected NAME=VALUE; got 'epochs'",
+            id="key-value",
+        ),
+        pytest.param(
+            ("deploy", "--name", "e", "--model-data", "s3://bucket/model.tar.gz", "--env", "=1"),
+            "--env: expected NAME=VALUE; got '=1'",
+            id="env-key-value",
+        ),
+        pytest.param((*_TUNE, "--strategy", "Greedy"), "--strategy: invalid choice: 'Greedy'", id="choice"),
+        pytest.param(
+            ("train", "--train", "s3://bucket/train/"),
+            "the following arguments are required: --image",
+            id="missing-option",
+        ),
+        pytest.param(
+            ("tune", "--image", IMAGE_URI, "--train", "s3://bucket/train/"),
+            "the following arguments are required: --output",
+            id="tune-missing-output",
+        ),
+        pytest.param(
+            ("invoke", "--endpoint", "e"),
+            "one of the arguments --body --file is required",
+            id="missing-group",
+        ),
+        pytest.param(
+            ("delete", "--name", "e", "--kep-model"),
+            "unrecognized arguments: --kep-model",
+            id="unknown-option",
+        ),
+    ],
+)
+def test_usage_errors_are_one_line_naming_the_option_and_exit_1(
+    aws: FakeAws, capsys: pytest.CaptureFixture[str], args: tuple[str, ...], message: str
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["aws", *args, "--region", REGION])
+
+    out, err = capsys.readouterr()
+    assert exited.value.code == 1
+    (line,) = err.splitlines()
+    assert line.startswith(f"error: {message}")
+    assert "usage:" not in out + err
+    assert not aws.requests
+
+
+def test_train_without_output_says_it_is_needed_unless_local(aws: FakeAws, recsys_aws: Run) -> None:
+    code, _, err = recsys_aws(*_TRAIN, "--role", ROLE_ARN)
+
+    assert code == 1
+    assert err.splitlines() == [
+        "error: --output is required unless --local: the S3 prefix where SageMaker writes model.tar.gz."
+    ]
+    assert not aws.requests
+
+
+def _help(capsys: pytest.CaptureFixture[str], *args: str) -> str:
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exited:
+        main(["aws", *args, "--help"])
+    assert exited.value.code == 0
+    return " ".join(capsys.readouterr().out.split())  # argparse wraps to the terminal's width
+
+
+def test_help_shows_output_required_for_tune_and_unless_local_for_train(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    tune, train, aws = _help(capsys, "tune"), _help(capsys, "train"), _help(capsys)
+
+    tune_usage = tune.split(" options:")[0]
+    assert "--output S3_URI" in tune_usage and "[--output S3_URI]" not in tune_usage
+    assert "--output S3_URI S3 prefix for model.tar.gz and output.tar.gz (required)" in tune
+    assert "--output S3_URI S3 prefix for model.tar.gz and output.tar.gz (required unless --local)" in train
+    assert "AWS region (default: AWS_REGION, then AWS_DEFAULT_REGION, then the profile's region)" in train
+    assert "COMMAND" in aws
 
 
 def test_help_lists_the_aws_commands() -> None:
