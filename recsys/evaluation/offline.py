@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -19,6 +19,8 @@ from recsys.data.interactions import (
 )
 from recsys.data.io import read_path
 from recsys.errors import DataError
+from recsys.evaluation.protocols import drop_repeats
+from recsys.evaluation.summary import verdict
 from recsys.training.artifact import load_artifact
 from recsys.training.batches import DeviceInteractions
 from recsys.training.job import evaluate_model, held_out_tensors, resolve_device
@@ -26,7 +28,19 @@ from recsys.training.job import evaluate_model, held_out_tensors, resolve_device
 logger = logging.getLogger(__name__)
 
 
-def evaluate_saved_model(model_dir: Path, test_path: Path, *, k: int | None = None) -> dict[str, Any]:
+RepeatPolicy = Literal["drop", "count"]
+REPEAT_POLICIES: tuple[RepeatPolicy, ...] = ("drop", "count")
+
+
+def evaluate_saved_model(
+    model_dir: Path, test_path: Path, *, k: int | None = None, repeats: RepeatPolicy = "drop"
+) -> dict[str, Any]:
+    """Metrics of a saved model on held-out interactions, beside the most-popular baseline.
+
+    A test row whose item the user already has in training (a repeat) can never be recommended
+    by full ranking: ``repeats="drop"`` leaves such rows out, ``"count"`` scores them as misses.
+    Either way their number is reported, and a warning is logged when they are most of the rows.
+    """
     artifact = load_artifact(model_dir)
     raw = dict(artifact.train_config)
     if k is not None:
@@ -55,16 +69,60 @@ def evaluate_saved_model(model_dir: Path, test_path: Path, *, k: int | None = No
         num_users,
         len(artifact.items),
     )
+    total = held.num_interactions
+    fresh, num_repeats = drop_repeats(held, seen)
+    warnings = _warn_about_repeats(num_repeats, total, repeats)
+    if repeats == "drop":
+        if fresh.num_interactions == 0:
+            raise DataError(
+                f"{test_path}: every one of its {held.num_interactions} known interactions is a user-item "
+                "pair the model was trained on, and full ranking never recommends an item the user "
+                "already has, so nothing is left to evaluate. Is this the training data? Evaluate on "
+                "interactions that came after training, or pass --repeats count to score them as misses."
+            )
+        held = fresh
     model = artifact.build_model(device)
     features = multi_hot(artifact.item_encoding, artifact.item_arrays)
-    metrics = evaluate_model(
+    evaluation = evaluate_model(
         model,
         DeviceInteractions.from_indexed(seen, device),
         held_out_tensors(held, device),
         config,
         item_popularity=torch.from_numpy(artifact.item_popularity / max(num_users, 1)).float().to(device),
+        item_counts=torch.from_numpy(artifact.item_popularity).to(device),
         item_features=torch.from_numpy(features).to(device) if features is not None else None,
         device=device,
     )
-    metrics["skipped_interactions"] = dropped
-    return metrics
+    if not evaluation.comparison.clearly_better:
+        warnings.append(verdict(evaluation.comparison))
+    return {
+        **evaluation.metrics,
+        **evaluation.to_json(),
+        "skipped_interactions": dropped,
+        "test_interactions": total,
+        "repeat_interactions": num_repeats,
+        "repeats": repeats,
+        "evaluated_interactions": held.num_interactions,
+        "warnings": warnings,
+    }
+
+
+def _repeats_message(num_repeats: int, total: int, policy: RepeatPolicy) -> str:
+    treated = "left out (--repeats drop)" if policy == "drop" else "scored as misses (--repeats count)"
+    return (
+        f"{num_repeats} of {total} test interactions repeat an item the user already has in the model's "
+        f"training data; full ranking never recommends those, so they are {treated}. When most rows "
+        "are repeats, the test set probably overlaps the training data."
+    )
+
+
+def _warn_about_repeats(num_repeats: int, total: int, policy: RepeatPolicy) -> list[str]:
+    """Log how many repeats there were; a warning (also returned) when they are most of the rows."""
+    if not num_repeats:
+        return []
+    message = _repeats_message(num_repeats, total, policy)
+    if num_repeats * 2 > total:
+        logger.warning("%s", message)
+        return [message]
+    logger.info("%s", message)
+    return []

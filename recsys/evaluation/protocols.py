@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
+from recsys.data.interactions import IndexedInteractions
 from recsys.evaluation import metrics
 from recsys.models.ncf import NCF
 from recsys.training.batches import DeviceInteractions, user_histories
@@ -51,6 +54,20 @@ def segment_positions(indptr: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:
 
 
 @torch.no_grad()
+def _masked_top_k(
+    score: Callable[[Tensor], Tensor], train: DeviceInteractions, users: Tensor, k: int, batch_size: int
+) -> Tensor:
+    """The top ``k`` items of ``score(users)`` [B, N], each user's training items masked out."""
+    tops = []
+    for chunk in torch.split(users, batch_size):
+        logits = score(chunk).float()
+        owner, flat = segment_positions(train.indptr, chunk)
+        logits[owner, train.items[flat]] = float("-inf")
+        tops.append(torch.topk(logits, k, dim=1).indices)
+    return torch.cat(tops) if tops else torch.zeros(0, k, dtype=torch.long, device=users.device)
+
+
+@torch.no_grad()
 def rank_top_k(
     model: NCF,
     train: DeviceInteractions,
@@ -62,14 +79,29 @@ def rank_top_k(
 ) -> Tensor:
     """The top ``k`` unseen items of each user: [len(users), k] item indices, best first."""
     items = model.all_items(users.device)
-    tops = []
-    for chunk in torch.split(users, batch_size):
+
+    def score(chunk: Tensor) -> Tensor:
         history, mask = user_histories(train, chunk, history_length)
-        logits = model.score_all(model.encode_users(chunk, history, mask), items).float()
-        owner, flat = segment_positions(train.indptr, chunk)
-        logits[owner, train.items[flat]] = float("-inf")
-        tops.append(torch.topk(logits, k, dim=1).indices)
-    return torch.cat(tops) if tops else torch.zeros(0, k, dtype=torch.long, device=users.device)
+        return model.score_all(model.encode_users(chunk, history, mask), items)
+
+    return _masked_top_k(score, train, users, k, batch_size)
+
+
+def popular_top_k(
+    item_counts: Tensor, train: DeviceInteractions, users: Tensor, k: int, *, batch_size: int = 512
+) -> Tensor:
+    """The most-popular baseline: each user's ``k`` most interacted-with unseen items [len(users), k].
+
+    ``item_counts`` [N] are training interactions per item; ties go to the lower item index, so
+    the lists are the same on every device and run."""
+    num_items = item_counts.shape[0]
+    # Counts are whole numbers: subtracting index / N (< 1) orders ties without reordering counts.
+    order = item_counts.double() - torch.arange(num_items, device=item_counts.device) / max(num_items, 1)
+
+    def score(chunk: Tensor) -> Tensor:
+        return order.expand(chunk.shape[0], num_items).clone()
+
+    return _masked_top_k(score, train, users, k, batch_size)
 
 
 @dataclass(frozen=True)
@@ -89,6 +121,28 @@ class RankingReport:
         return out
 
 
+def _held_out_users(held_out: HeldOut, users: Tensor | None) -> Tensor:
+    return torch.nonzero(held_out.counts > 0).squeeze(1) if users is None else users
+
+
+def report_from_top(
+    top: Tensor, held_out: HeldOut, users: Tensor, ks: tuple[int, ...], *, num_items: int
+) -> RankingReport:
+    """Every accuracy metric at every k of the ranked lists ``top`` [len(users), K] of ``users``."""
+    max_k = top.shape[1]
+    relevant_indptr = torch.zeros(users.shape[0] + 1, dtype=torch.long, device=users.device)
+    relevant_indptr[1:] = torch.cumsum(held_out.counts[users], 0)
+    _, flat = segment_positions(held_out.indptr, users)
+    hits = metrics.hits_from_topk(top, relevant_indptr, held_out.items[flat], num_items)
+    num_relevant = held_out.counts[users]
+    values = {
+        f"{name}@{k}": fn(hits, num_relevant, min(k, max_k))
+        for k in ks
+        for name, fn in ACCURACY_METRICS.items()
+    }
+    return RankingReport(values, top)
+
+
 def full_ranking(
     model: NCF,
     train: DeviceInteractions,
@@ -100,21 +154,86 @@ def full_ranking(
 ) -> RankingReport:
     """Every accuracy metric at every k over the users that have held-out items (or over
     ``users``, a subset of them, e.g. one data-parallel rank's share)."""
-    if users is None:
-        users = torch.nonzero(held_out.counts > 0).squeeze(1)
+    users = _held_out_users(held_out, users)
     max_k = min(max(ks), model.config.num_items)
     top = rank_top_k(model, train, users, max_k, history_length=history_length)
-    relevant_indptr = torch.zeros(users.shape[0] + 1, dtype=torch.long, device=users.device)
-    relevant_indptr[1:] = torch.cumsum(held_out.counts[users], 0)
-    _, flat = segment_positions(held_out.indptr, users)
-    hits = metrics.hits_from_topk(top, relevant_indptr, held_out.items[flat], model.config.num_items)
-    num_relevant = held_out.counts[users]
-    values = {
-        f"{name}@{k}": fn(hits, num_relevant, min(k, max_k))
-        for k in ks
-        for name, fn in ACCURACY_METRICS.items()
-    }
-    return RankingReport(values, top)
+    return report_from_top(top, held_out, users, ks, num_items=model.config.num_items)
+
+
+def popular_ranking(
+    item_counts: Tensor,
+    train: DeviceInteractions,
+    held_out: HeldOut,
+    ks: tuple[int, ...],
+    *,
+    users: Tensor | None = None,
+) -> RankingReport:
+    """``full_ranking`` of the most-popular baseline: the same users, masks and metrics."""
+    users = _held_out_users(held_out, users)
+    num_items = item_counts.shape[0]
+    top = popular_top_k(item_counts, train, users, min(max(ks), num_items))
+    return report_from_top(top, held_out, users, ks, num_items=num_items)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One metric of two rankings of the same users: means and the paired difference."""
+
+    metric: str
+    model: float
+    baseline: float
+    difference: float  # mean over users of (model - baseline)
+    difference_se: float  # its standard error (paired: the same users, so per-user noise cancels)
+
+    @property
+    def clearly_better(self) -> bool:
+        """The model beats the baseline by more than two standard errors of the difference."""
+        return self.difference > 2.0 * self.difference_se
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "clearly_better": self.clearly_better}
+
+
+def compare_rankings(model: RankingReport, baseline: RankingReport, metric: str) -> Comparison:
+    """``metric`` of ``model`` against ``baseline``, both computed over the same users in the same order."""
+    a, b = model.values[metric].double(), baseline.values[metric].double()
+    if a.shape != b.shape:
+        raise ValueError(f"the two reports rank different users ({a.shape[0]} vs {b.shape[0]})")
+    n = a.shape[0]
+    diff = a - b
+    return Comparison(
+        metric,
+        float(a.mean()) if n else 0.0,
+        float(b.mean()) if n else 0.0,
+        float(diff.mean()) if n else 0.0,
+        float(diff.std() / math.sqrt(n)) if n > 1 else 0.0,
+    )
+
+
+def drop_repeats(held_out: IndexedInteractions, seen: IndexedInteractions) -> tuple[IndexedInteractions, int]:
+    """``held_out`` without the (user, item) pairs that ``seen`` already holds, and how many those were.
+
+    Full ranking never ranks an item the user has in training, so such a pair is a miss whatever
+    the model does: counted, it only lowers every accuracy metric by the share of such rows."""
+    width = np.int64(max(held_out.num_items, seen.num_items, 1))
+    held_keys = held_out.users.astype(np.int64) * width + held_out.items
+    seen_keys = seen.users.astype(np.int64) * width + seen.items
+    fresh = ~np.isin(held_keys, seen_keys)
+    repeats = int(fresh.size - fresh.sum())
+    if not repeats:
+        return held_out, 0
+    users = held_out.users[fresh]
+    indptr = np.zeros(held_out.num_users + 1, dtype=np.int64)
+    np.cumsum(np.bincount(users, minlength=held_out.num_users), out=indptr[1:])
+    kept = IndexedInteractions(
+        users,
+        held_out.items[fresh],
+        held_out.timestamps[fresh],
+        indptr,
+        held_out.num_users,
+        held_out.num_items,
+    )
+    return kept, repeats
 
 
 @torch.no_grad()

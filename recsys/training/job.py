@@ -39,7 +39,17 @@ from recsys.data.interactions import (
 from recsys.data.io import list_data_files, read_table
 from recsys.data.vocab import Vocabulary
 from recsys.errors import DataError
-from recsys.evaluation.protocols import HeldOut, beyond_accuracy, full_ranking, sampled_ranking
+from recsys.evaluation.protocols import (
+    Comparison,
+    HeldOut,
+    beyond_accuracy,
+    compare_rankings,
+    drop_repeats,
+    full_ranking,
+    popular_ranking,
+    sampled_ranking,
+)
+from recsys.evaluation.summary import side_by_side, verdict
 from recsys.models.ncf import NCF, FeatureSpec, ModelConfig
 from recsys.training.artifact import Artifact, save_artifact, sha256_file
 from recsys.training.batches import DeviceInteractions
@@ -294,6 +304,21 @@ def _pretrained_neumf(
     return model
 
 
+@dataclass(frozen=True)
+class Evaluation:
+    """A model's metrics on held-out data, beside the most-popular baseline's on the same users."""
+
+    metrics: dict[str, float]  # every metric of the model: full ranking (with SEs), sampled, beyond accuracy
+    most_popular: dict[str, float]  # full-ranking metrics of the most-popular baseline
+    comparison: Comparison  # NDCG@10 of the two, paired over users
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "most_popular": self.most_popular,
+            "vs_most_popular": {**self.comparison.to_json(), "verdict": verdict(self.comparison)},
+        }
+
+
 def evaluate_model(
     model: NCF,
     train: DeviceInteractions,
@@ -301,10 +326,12 @@ def evaluate_model(
     config: TrainConfig,
     *,
     item_popularity: torch.Tensor,
+    item_counts: torch.Tensor,
     item_features: torch.Tensor | None,
     device: torch.device,
-) -> dict[str, float]:
-    """Every metric: full ranking (with standard errors), sampled, beyond accuracy."""
+) -> Evaluation:
+    """Every metric (full ranking with standard errors, sampled, beyond accuracy), and the
+    most-popular baseline ranked by ``item_counts`` over the same users with the same masks."""
     model.eval()
     ks = tuple(sorted({10, config.eval_k}))
     report = full_ranking(model, train, held, ks, history_length=config.history_length)
@@ -333,7 +360,44 @@ def evaluate_model(
             k=k,
         )
     )
-    return out
+    popular = popular_ranking(item_counts, train, held, ks)
+    return Evaluation(out, popular.summary(), compare_rankings(report, popular, "ndcg@10"))
+
+
+def log_evaluation(evaluation: Evaluation, ks: tuple[int, ...], *, title: str) -> list[str]:
+    """Log the model beside the most-popular baseline; return the warnings (also logged)."""
+    logger.info("%s", title)
+    for line in side_by_side(evaluation.metrics, evaluation.most_popular, ks):
+        logger.info("  %s", line)
+    message = verdict(evaluation.comparison)
+    if evaluation.comparison.clearly_better:
+        logger.info("%s", message)
+        return []
+    logger.warning("%s", message)
+    return [message]
+
+
+def drop_validation_repeats(
+    held: IndexedInteractions, seen: IndexedInteractions, *, channel: str
+) -> IndexedInteractions:
+    """Held-out pairs the user already has in training can never be recommended: drop them, say so."""
+    kept, repeats = drop_repeats(held, seen)
+    if repeats:
+        logger.warning(
+            "channel '%s': %d of %d interactions repeat an item the user already has in 'train'; full "
+            "ranking never recommends those, so they are not evaluated",
+            channel,
+            repeats,
+            held.num_interactions,
+        )
+    if kept.num_interactions == 0:
+        raise DataError(
+            f"channel '{channel}': every one of its {held.num_interactions} interactions is a user-item "
+            "pair already in 'train', and full ranking never recommends an item the user already has, "
+            "so nothing can be evaluated. Is it the training data again? Pass interactions that come "
+            "after the training ones."
+        )
+    return kept
 
 
 def build_artifact(model: NCF, data: PreparedData, config: TrainConfig, metrics: dict[str, Any]) -> Artifact:
@@ -409,7 +473,8 @@ def run_training(
     settings = fit_settings(config, num_items=len(data.items))
     loss = settings.loss
     if data.validation is not None:
-        fit_data, held_data = data.interactions, data.validation
+        fit_data = data.interactions
+        held_data = drop_validation_repeats(data.validation, fit_data, channel="validation")
     else:
         fit_data, held_data = split_last_out(data.interactions)
         if held_data.num_interactions == 0:
@@ -482,15 +547,18 @@ def run_training(
         return TrainingOutcome({"best_epoch": result.best_epoch}, None)
     popularity = np.bincount(fit_data.items, minlength=len(data.items))
     features = multi_hot(data.item_encoding, data.item_arrays)
-    validation_metrics = evaluate_model(
+    evaluation = evaluate_model(
         model,
         train_device,
         held,
         config,
         item_popularity=torch.from_numpy(popularity / max(len(data.users), 1)).float().to(device),
+        item_counts=torch.from_numpy(popularity).to(device),
         item_features=torch.from_numpy(features).to(device) if features is not None else None,
         device=device,
     )
+    validation_metrics = evaluation.metrics
+    # The line SageMaker's metric definitions read last: the kept model's values.
     logger.info(
         "best epoch %d: %s",
         result.best_epoch,
@@ -499,6 +567,13 @@ def run_training(
             for k, v in validation_metrics.items()
             if not k.endswith("_se") and k != "num_users"
         ),
+    )
+    source = "the validation channel" if data.validation is not None else "each user's latest interaction"
+    warnings = log_evaluation(
+        evaluation,
+        tuple(sorted({10, config.eval_k})),
+        title=f"validation on {int(validation_metrics['num_users'])} users ({source}), "
+        f"best epoch {result.best_epoch}:",
     )
     records: list[EpochRecord] = list(result.records)
     final_model.eval()
@@ -512,7 +587,11 @@ def run_training(
         "validation_source": "channel" if data.validation is not None else "latest interaction per user",
         "device": str(device),
         "training_seconds": round(time.perf_counter() - started, 2),
+        **evaluation.to_json(),
+        "warnings": warnings,
     }
+    if data.validation is not None:
+        metrics["validation_repeats_dropped"] = data.validation.num_interactions - held_data.num_interactions
     artifact = build_artifact(final_model, data, config, metrics)
     save_artifact(artifact, model_dir)
     write_report(output_data_dir, metrics, records, refit_records, config.eval_k)

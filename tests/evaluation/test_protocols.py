@@ -12,7 +12,11 @@ from recsys.data.interactions import IndexedInteractions
 from recsys.evaluation.protocols import (
     HeldOut,
     beyond_accuracy,
+    compare_rankings,
+    drop_repeats,
     full_ranking,
+    popular_ranking,
+    popular_top_k,
     rank_top_k,
     sampled_ranking,
     segment_positions,
@@ -133,6 +137,78 @@ def test_full_ranking_with_several_held_out_items() -> None:
     assert report.values["ndcg@2"].tolist() == pytest.approx(
         [(1 / math.log2(3)) / (1 + 1 / math.log2(3)), 1.0]
     )
+
+
+def test_popular_top_k_ranks_unseen_items_by_count_ties_to_the_lower_index() -> None:
+    counts = torch.tensor([5, 9, 9, 1, 0, 7])
+    top = popular_top_k(counts, _train(TRAIN, 6), torch.arange(4), 3, batch_size=3)
+    # Order by count: 1 (9), 2 (9, tie -> after 1), 5 (7), 0 (5), 3 (1), 4 (0).
+    assert top.tolist() == [[2, 5, 3], [1, 5, 0], [1, 2, 5], [2, 5, 0]]
+
+
+def test_popular_ranking_gives_hand_computed_metrics_over_the_same_users_as_the_model() -> None:
+    counts = torch.tensor([5, 9, 9, 1, 0, 7])
+    train, held = _train(TRAIN, 6), _held_out(HELD)
+    report = popular_ranking(counts, train, held, (1, 2))
+    # user 0 (held 3): 2 5 3 -> miss at 2; user 1 (held 0): 1 5 0 -> rank 2; user 2 (held 5): 1 2 5.
+    assert report.values["hr@2"].tolist() == [0.0, 0.0, 0.0]
+    assert report.top_items.tolist() == [[2, 5], [1, 5], [1, 2]]
+    model_report = full_ranking(_bias_model(BIASES, 4), train, held, (1, 2), history_length=2)
+    assert report.values["ndcg@2"].shape == model_report.values["ndcg@2"].shape
+
+
+def test_compare_rankings_is_a_paired_difference_with_its_standard_error() -> None:
+    train, held = _train(TRAIN, 6), _held_out(HELD)
+    model = full_ranking(_bias_model(BIASES, 4), train, held, (2,), history_length=2)  # hr@2: 1 1 0
+    popular = popular_ranking(torch.tensor([5, 9, 9, 1, 0, 7]), train, held, (2,))  # hr@2: 0 0 0
+    comparison = compare_rankings(model, popular, "hr@2")
+    assert comparison.model == pytest.approx(2 / 3)
+    assert comparison.baseline == 0.0
+    assert comparison.difference == pytest.approx(2 / 3)
+    assert comparison.difference_se == pytest.approx(
+        float(torch.tensor([1.0, 1.0, 0.0]).std()) / math.sqrt(3)
+    )
+    assert comparison.clearly_better is False  # 0.667 < 2 x 0.333: three users prove nothing
+    same = compare_rankings(model, model, "hr@2")
+    assert same.difference == 0.0 and same.difference_se == 0.0 and same.clearly_better is False
+    assert compare_rankings(popular, model, "hr@2").clearly_better is False
+    assert comparison.to_json()["clearly_better"] is False
+
+
+def test_a_clear_win_over_the_baseline_is_called_clearly_better() -> None:
+    per_user = [[0]] * 30
+    train = _train(per_user, 6)
+    held = _held_out([[1] if u % 10 else [5] for u in range(30)])  # 27 users want item 1, 3 want 5
+    model = full_ranking(_bias_model(BIASES, 30), train, held, (1,), history_length=1)  # top: 1
+    popular = popular_ranking(torch.tensor([0, 0, 0, 0, 0, 9]), train, held, (1,))  # top: 5
+    comparison = compare_rankings(model, popular, "hr@1")
+    assert comparison.model == pytest.approx(0.9) and comparison.baseline == pytest.approx(0.1)
+    assert comparison.clearly_better is True
+
+
+def _indexed(per_user: list[list[int]], num_items: int) -> IndexedInteractions:
+    counts = [len(items) for items in per_user]
+    return IndexedInteractions(
+        users=np.repeat(np.arange(len(per_user)), counts).astype(np.int32),
+        items=np.array([i for items in per_user for i in items], dtype=np.int32),
+        timestamps=np.arange(sum(counts), dtype=np.float64),
+        indptr=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+        num_users=len(per_user),
+        num_items=num_items,
+    )
+
+
+def test_drop_repeats_removes_pairs_already_seen_and_counts_them() -> None:
+    seen = _indexed([[0, 1], [2], [], [4]], 6)
+    held = _indexed([[1, 3], [2], [5], [0, 4]], 6)
+    kept, repeats = drop_repeats(held, seen)
+    assert repeats == 3  # (0, 1), (1, 2), (3, 4)
+    assert kept.indptr.tolist() == [0, 1, 1, 2, 3]
+    assert kept.items.tolist() == [3, 5, 0]
+    assert kept.users.tolist() == [0, 2, 3]
+    assert kept.timestamps.tolist() == [1.0, 3.0, 4.0]
+    untouched, none = drop_repeats(_indexed([[3], [0]], 6), seen)
+    assert none == 0 and untouched.items.tolist() == [3, 0]
 
 
 def _known_sets(train: list[list[int]], held: list[list[int]]) -> list[set[int]]:

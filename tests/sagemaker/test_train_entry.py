@@ -432,3 +432,90 @@ def test_failed_artifact_write_leaves_no_manifest_and_no_staging(
     assert not list(model_dir.glob(".staging-*"))
     with pytest.raises(ArtifactError, match="incomplete"):
         verify_artifact(model_dir)
+
+
+# --- is the model better than the most popular items? -----------------------------------------
+
+
+def test_the_report_puts_most_popular_beside_the_model(trained: tuple[Path, int]) -> None:
+    base, _ = trained
+    metrics = _read_metrics(base)
+
+    popular, versus = metrics["most_popular"], metrics["vs_most_popular"]
+    assert 0.0 <= popular["ndcg@10"] <= 1.0 and "hr@10_se" in popular
+    assert popular["num_users"] == metrics["validation"]["num_users"]
+    assert versus["metric"] == "ndcg@10"
+    assert versus["model"] == pytest.approx(metrics["validation"]["ndcg@10"])
+    assert versus["baseline"] == pytest.approx(popular["ndcg@10"])
+    assert versus["difference"] == pytest.approx(versus["model"] - versus["baseline"], abs=1e-9)
+    assert versus["clearly_better"] == (versus["difference"] > 2 * versus["difference_se"])
+    assert ("NOT clearly better" in versus["verdict"]) != versus["clearly_better"]
+    assert metrics["warnings"] == ([] if versus["clearly_better"] else [versus["verdict"]])
+
+
+def _popularity_driven(num_users: int = 300, num_items: int = 100, seed: int = 3) -> pd.DataFrame:
+    """Every user has seen one of five blockbusters among random items, and their latest item is
+    another blockbuster: most-popular gets it right for everyone; a model that learnt nothing cannot."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for user in range(num_users):
+        earlier = rng.choice(np.arange(5, num_items), size=6, replace=False)
+        first, latest = rng.choice(5, size=2, replace=False)
+        for t, item in enumerate([first, *earlier, latest]):
+            rows.append((f"u{user:04d}", f"i{item:04d}", float(t)))
+    return pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"])
+
+
+@pytest.mark.usefixtures("no_plot")
+def test_a_model_no_better_than_most_popular_is_flagged_in_the_log_and_metrics(
+    tmp_path: Path, make_tree: TreeBuilder, caplog: pytest.LogCaptureFixture
+) -> None:
+    make_tree(tmp_path, hyperparameters={**ONE_EPOCH, "learning_rate": "1e-7", "user_id_dropout": "0"})
+    write_table(_popularity_driven(), _channel_file(tmp_path, "train", "interactions.csv"))
+
+    with caplog.at_level("INFO", logger="recsys.training.job"):
+        _assert_succeeded(tmp_path, train(_paths(tmp_path)))
+
+    metrics = _read_metrics(tmp_path)
+    assert metrics["most_popular"]["hr@10"] > 0.9
+    assert metrics["vs_most_popular"]["clearly_better"] is False
+    assert len(metrics["warnings"]) == 1 and "NOT clearly better" in metrics["warnings"][0]
+    warned = [r for r in caplog.records if r.levelname == "WARNING" and "NOT clearly better" in r.message]
+    assert len(warned) == 1
+    table = [r.message for r in caplog.records if "most-popular" in r.message and "metric" in r.message]
+    assert table, "the side-by-side table is missing from the log"
+    assert (
+        json.loads((_paths(tmp_path).model_dir / "metrics.json").read_text())["warnings"]
+        == metrics["warnings"]
+    )
+
+
+# --- a validation channel that repeats training pairs -------------------------------------------
+
+
+@pytest.mark.usefixtures("no_plot")
+def test_validation_rows_already_in_train_are_dropped_and_counted(
+    tmp_path: Path, small_data: SyntheticData, make_tree: TreeBuilder
+) -> None:
+    rest, latest = _split_latest(small_data.interactions)
+    repeats = rest.groupby("user_id").head(1)  # one training pair of every user, again
+    make_tree(tmp_path, small_data, train=rest, hyperparameters=ONE_EPOCH)
+    write_table(pd.concat([latest, repeats]), _channel_file(tmp_path, "validation", "held_out.csv"))
+
+    _assert_succeeded(tmp_path, train(_paths(tmp_path)))
+
+    metrics = _read_metrics(tmp_path)
+    assert metrics["validation_repeats_dropped"] == len(repeats)
+    assert metrics["validation"]["num_users"] == latest["user_id"].nunique()
+
+
+def test_a_validation_channel_that_is_the_training_data_is_a_clear_error(
+    tmp_path: Path, small_data: SyntheticData, make_tree: TreeBuilder
+) -> None:
+    make_tree(tmp_path, small_data, hyperparameters=ONE_EPOCH)
+    write_table(small_data.interactions, _channel_file(tmp_path, "validation", "again.csv"))
+
+    failure = _assert_failed(tmp_path, train(_paths(tmp_path)), EXIT_USER_ERROR)
+
+    assert "channel 'validation'" in failure
+    assert "already in 'train'" in failure
