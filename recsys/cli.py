@@ -10,14 +10,23 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from recsys import __version__
 from recsys.errors import UserError
 
 logger = logging.getLogger("recsys")
+
+
+def _key_value(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE; got {text!r}")
+    return name.strip(), value
 
 
 def _configure_logging(verbose: bool, *, to_stderr: bool = False) -> None:
@@ -30,13 +39,35 @@ def _configure_logging(verbose: bool, *, to_stderr: bool = False) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from recsys.sagemaker.contract import BASE_DIR_ENV, ContainerPaths
+    from recsys.sagemaker.contract import BASE_DIR_ENV, KNOWN_CHANNELS, ContainerPaths
+    from recsys.sagemaker.layout import DEFAULT_LOCAL_BASE_DIR, LocalJob, lay_out_job
     from recsys.sagemaker.train import train
 
     environ = dict(os.environ)
     if args.base_dir:
         environ[BASE_DIR_ENV] = str(args.base_dir)
-    return train(ContainerPaths.from_env(environ))
+    given = {channel: list(getattr(args, channel) or []) for channel in KNOWN_CHANNELS}
+    if not any(given.values()):
+        if args.hyperparameter:
+            raise UserError("-H sets the hyperparameters of a job laid out from --train PATH; give --train.")
+        # The SageMaker contract as is: `docker run IMAGE train` comes here.
+        return train(ContainerPaths.from_env(environ))
+    if environ.get(BASE_DIR_ENV) is None:
+        environ[BASE_DIR_ENV] = str(DEFAULT_LOCAL_BASE_DIR)
+    paths = ContainerPaths.from_env(environ)
+    lay_out_job(paths, LocalJob({c: v for c, v in given.items() if v}, dict(args.hyperparameter)))
+    logger.info("training tree laid out in %s", paths.base)
+    code = train(paths)
+    if code == 0:
+        serve_hint = f"recsys serve --base-dir {paths.base}"
+        print(
+            f"\nmodel: {paths.model_dir}\nreport: {paths.output_data_dir} (metrics.json, "
+            f"learning_curves.png)\nnext: recsys recommend --model-dir {paths.model_dir} --user USER_ID\n"
+            f"      {serve_hint}   # then POST localhost:8080/invocations"
+        )
+    else:
+        print(f"training failed (exit {code}): see {paths.failure_file}", file=sys.stderr)
+    return code
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -91,38 +122,100 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _split_ids(text: str) -> tuple[str, ...]:
+    return tuple(i.strip() for i in text.split(",") if i.strip())
+
+
+def _filter_spec(texts: Sequence[str], numeric: set[str]) -> dict[str, Any]:
+    """``NAME=V1,V2`` (a categorical attribute: any of the values), ``NAME=LOW:HIGH`` (a numeric
+    one; either bound may be left out) or ``NAME=X`` (a numeric one: exactly X)."""
+    spec: dict[str, Any] = {}
+    for text in texts:
+        name, sep, value = text.partition("=")
+        name, value = name.strip(), value.strip()
+        if not sep or not name or not value:
+            raise UserError(f"--filter takes NAME=VALUE[,VALUE...] or NAME=LOW:HIGH; got {text!r}.")
+        if name not in numeric:
+            spec[name] = list(_split_ids(value))
+            continue
+        try:
+            if ":" in value:
+                low, _, high = value.partition(":")
+                bounds = {
+                    "min": float(low) if low.strip() else None,
+                    "max": float(high) if high.strip() else None,
+                }
+                spec[name] = {key: bound for key, bound in bounds.items() if bound is not None}
+            else:
+                spec[name] = float(value)
+        except ValueError:
+            raise UserError(
+                f"--filter {name}: '{name}' is numeric; give LOW:HIGH, LOW:, :HIGH or a number; "
+                f"got {value!r}."
+            ) from None
+    return spec
+
+
 def _cmd_recommend(args: argparse.Namespace) -> int:
     from recsys.serving.engine import Query, Recommender
 
     recommender = Recommender.load(args.model_dir)
-    queries = [Query(user_id=u, k=args.k) for u in args.user]
-    queries += [Query(history=tuple(i for i in h.split(",") if i), k=args.k) for h in args.history]
-    if not queries:
-        raise UserError("give at least one --user or --history")
-    for query, result in zip(queries, recommender.recommend(queries), strict=True):
-        who = (
-            f"user {query.user_id}"
-            if query.user_id
-            else f"new user with history {','.join(query.history or ())}"
+    common: dict[str, Any] = {
+        "k": args.k,
+        "exclude": tuple(i for text in args.exclude for i in _split_ids(text)),
+        "filter": _filter_spec(args.filter, recommender.numeric_attributes()) or None,
+    }
+    asked: list[tuple[str, Query]] = [(f"user {u}", Query(user_id=u, **common)) for u in args.user]
+    asked += [
+        (f"new user with history {','.join(_split_ids(h))}", Query(history=_split_ids(h), **common))
+        for h in args.history
+    ]
+    for item, attributes in zip(args.similar, recommender.describe_items(args.similar), strict=True):
+        about = "  ".join(f"{k}={v}" for k, v in attributes.items()) if args.attributes else ""
+        asked.append(
+            (f"items similar to {item}" + (f" ({about})" if about else ""), Query(item_id=item, **common))
         )
+    if not asked:
+        raise UserError("give at least one --user, --history or --similar")
+    results = recommender.recommend([query for _, query in asked])
+    for (who, _), result in zip(asked, results, strict=True):
         note = " (unknown: most popular items)" if result.fallback else ""
         if result.unknown_items:
             note += f" (ignored unknown items: {', '.join(result.unknown_items)})"
         print(f"{who}{note}:")
-        for item, score in zip(result.item_ids, result.scores, strict=True):
-            print(f"  {item}  {score:.3f}")
+        if not result.item_ids:
+            print("  (no item passes the filters and exclusions)")
+        described = recommender.describe_items(result.item_ids) if args.attributes else []
+        for row, (item, score) in enumerate(zip(result.item_ids, result.scores, strict=True)):
+            shown = "  ".join(f"{k}={v}" for k, v in described[row].items()) if described else ""
+            print(f"  {item}  {score:.3f}" + (f"  {shown}" if shown else ""))
     return 0
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from recsys.evaluation.offline import evaluate_saved_model
+    from recsys.evaluation.summary import side_by_side
 
-    metrics = evaluate_saved_model(args.model_dir, args.test, k=args.k)
+    metrics = evaluate_saved_model(args.model_dir, args.test, k=args.k, repeats=args.repeats)
     if args.json:
         print(json.dumps(metrics, indent=1, sort_keys=True))
-    else:
-        for name, value in metrics.items():
-            print(f"{name}={value:.4f}" if isinstance(value, float) else f"{name}={value}")
+        return 0
+    treated = "left out" if metrics["repeats"] == "drop" else "scored as misses"
+    print(
+        f"test: {metrics['test_interactions']} interactions of known users and items "
+        f"({metrics['skipped_interactions']} more skipped as unknown); {metrics['repeat_interactions']} "
+        f"repeat an item the user has in training: {treated} (--repeats {metrics['repeats']}); "
+        f"{metrics['evaluated_interactions']} evaluated over {int(metrics['num_users'])} users"
+    )
+    ks = tuple(sorted(int(n.split("@")[1]) for n in metrics["most_popular"] if re.fullmatch(r"ndcg@\d+", n)))
+    for line in side_by_side(metrics, metrics["most_popular"], ks):
+        print(line)
+    print(metrics["vs_most_popular"]["verdict"])
+    for name, value in metrics.items():
+        if name == "num_users":
+            print(f"{name}={int(value)}")
+        elif isinstance(value, float) and not name.endswith("_se"):
+            print(f"{name}={value:.4f}")
     return 0
 
 
@@ -137,12 +230,36 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser(
         "train",
-        help="run the SageMaker training contract",
+        help="run the SageMaker training contract (or lay out a local job from your files and run it)",
         description="Train under the SageMaker training contract: read input/config and input/data "
-        "under $SAGEMAKER_BASE_DIR (default /opt/ml), write model/ and output/. "
+        "under $SAGEMAKER_BASE_DIR (default /opt/ml), write model/ and output/. With --train PATH "
+        "(and optionally --validation, --items, --users, -H), first lay out that tree from your own "
+        "files (links, no copies) under --base-dir (default $SAGEMAKER_BASE_DIR, else local/opt_ml). "
         "Exit 0 on success, 1 on bad input (see output/failure), 2 on an internal error.",
     )
     train.add_argument("--base-dir", type=Path, help="use this instead of $SAGEMAKER_BASE_DIR")
+    for channel, what in (
+        ("train", "interactions to train on (required with any other of these)"),
+        ("validation", "held-out interactions: early stopping and the reported metrics"),
+        ("items", "item attributes"),
+        ("users", "user attributes"),
+    ):
+        train.add_argument(
+            f"--{channel}",
+            type=Path,
+            action="append",
+            metavar="PATH",
+            help=f"a file or directory of {what} (repeatable)",
+        )
+    train.add_argument(
+        "--hyperparameter",
+        "-H",
+        type=_key_value,
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a hyperparameter of the job laid out from --train (repeatable); see `recsys hyperparameters`",
+    )
     train.set_defaults(func=_cmd_train)
 
     serve = sub.add_parser(
@@ -181,13 +298,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gen.set_defaults(func=_cmd_generate)
 
-    rec = sub.add_parser("recommend", help="print top-k recommendations from a saved model")
+    rec = sub.add_parser(
+        "recommend",
+        help="print top-k recommendations from a saved model, with the items' attributes",
+        description="Recommendations of a saved model for known users (--user), new users given their "
+        "items (--history), or items similar to an item (--similar), optionally filtered by item "
+        "attributes and excluding items; each item is shown with its attributes.",
+    )
     rec.add_argument("--model-dir", type=Path, required=True)
     rec.add_argument("--user", action="append", default=[], help="a known user id (repeatable)")
     rec.add_argument(
         "--history", action="append", default=[], help="comma-separated item ids of a new user (repeatable)"
     )
+    rec.add_argument("--similar", action="append", default=[], metavar="ITEM_ID", help="items like this one")
+    rec.add_argument(
+        "--filter",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="item-attribute constraint (repeatable, all must hold): genres=Comedy,Drama (any of them), "
+        "release_year=1990:1999, price=:20",
+    )
+    rec.add_argument("--exclude", action="append", default=[], metavar="IDS", help="comma-separated item ids")
     rec.add_argument("--k", type=int, default=10)
+    rec.add_argument(
+        "--no-attributes", dest="attributes", action="store_false", help="do not print the items' attributes"
+    )
     rec.set_defaults(func=_cmd_recommend)
 
     ev = sub.add_parser(
@@ -199,6 +335,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--model-dir", type=Path, required=True)
     ev.add_argument("--test", type=Path, required=True, help="held-out interactions: a file or directory")
     ev.add_argument("--k", type=int, default=None, help="cut-off (default: the model's eval_k)")
+    ev.add_argument(
+        "--repeats",
+        choices=["drop", "count"],
+        default="drop",
+        help="test rows whose item the user already has in training, which full ranking never "
+        "recommends: drop leaves them out (default), count scores them as misses",
+    )
     ev.add_argument("--json", action="store_true", help="print the metrics as JSON")
     ev.set_defaults(func=_cmd_evaluate)
 

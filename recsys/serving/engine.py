@@ -140,6 +140,28 @@ class Recommender:
             out[numeric.name] = _Attribute(numeric.name, None, None, arrays.numeric_raw[:, j])
         return out
 
+    def numeric_attributes(self) -> set[str]:
+        """Names of the numeric item attributes (filtered by ranges rather than values)."""
+        return {name for name, attribute in self.attributes.items() if attribute.numbers is not None}
+
+    def describe_items(self, item_ids: Sequence[str]) -> list[dict[str, str]]:
+        """Each item's attribute values as text, for a person to judge a recommendation by
+        (multi-valued ones joined by '|'; missing values left out)."""
+        indices = self.artifact.items.lookup(list(item_ids))
+        out: list[dict[str, str]] = []
+        for index in indices:
+            described: dict[str, str] = {}
+            for name, attribute in self.attributes.items() if index >= 0 else ():
+                if attribute.codes is not None and attribute.values is not None:
+                    names = list(attribute.values)  # code c is names[c - 1]; 0 is missing
+                    values = [names[c - 1] for c in attribute.codes[index] if c > 0]
+                    if values:
+                        described[name] = "|".join(values)
+                elif attribute.numbers is not None and not math.isnan(attribute.numbers[index]):
+                    described[name] = f"{attribute.numbers[index]:g}"
+            out.append(described)
+        return out
+
     # -- masks -------------------------------------------------------------------------------
 
     def filter_mask(self, spec: Mapping[str, Any]) -> np.ndarray:
