@@ -22,13 +22,6 @@ from recsys.errors import UserError
 logger = logging.getLogger("recsys")
 
 
-def _key_value(text: str) -> tuple[str, str]:
-    name, sep, value = text.partition("=")
-    if not sep or not name.strip():
-        raise argparse.ArgumentTypeError(f"expected NAME=VALUE; got {text!r}")
-    return name.strip(), value
-
-
 def _configure_logging(verbose: bool, *, to_stderr: bool = False) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
@@ -238,6 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
         "Exit 0 on success, 1 on bad input (see output/failure), 2 on an internal error.",
     )
     train.add_argument("--base-dir", type=Path, help="use this instead of $SAGEMAKER_BASE_DIR")
+    # The launcher's parsers load boto3 and the SDK only when an aws command runs.
+    from recsys.sagemaker.launcher_cli import add_aws_parser, key_value
+
     for channel, what in (
         ("train", "interactions to train on (required with any other of these)"),
         ("validation", "held-out interactions: early stopping and the reported metrics"),
@@ -254,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--hyperparameter",
         "-H",
-        type=_key_value,
+        type=key_value,
         action="append",
         default=[],
         metavar="NAME=VALUE",
@@ -344,8 +340,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--json", action="store_true", help="print the metrics as JSON")
     ev.set_defaults(func=_cmd_evaluate)
-
-    from recsys.sagemaker.launcher_cli import add_aws_parser  # boto3 and the SDK load only when run
 
     add_aws_parser(sub)
     return parser
