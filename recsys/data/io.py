@@ -4,8 +4,10 @@ A SageMaker channel is a directory holding one or many data files, possibly in
 sub-directories. Each file's format comes from its extension (``.csv``, ``.tsv``,
 ``.parquet``/``.pq``, ``.jsonl``/``.json`` as JSON Lines), optionally followed by ``.gz``.
 Hidden files and directories (``.DS_Store``, ``.ipynb_checkpoints``) and bookkeeping files
-starting with ``_`` (``_SUCCESS``) are skipped. Every problem with the files themselves is a
-``DataError`` whose message names the channel, the path and what is wrong.
+starting with ``_`` (``_SUCCESS``) are skipped. Formats may be mixed in one channel, and so may
+a column's types across files (see ``read_table`` and ``ChannelScan`` for how they are
+reconciled). Every problem with the files themselves is a ``DataError`` whose message names the
+channel, the path and what is wrong.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -114,7 +116,8 @@ def _first_line(error: BaseException) -> str:
 def _cast_to_string(
     table: pa.Table, string_columns: Collection[str], *, channel: str, path: Path
 ) -> pa.Table:
-    """Cast the named columns that ``table`` has to ``string``; ids are opaque text."""
+    """Cast the named columns that ``table`` has to ``string``: ids (opaque text), and columns
+    whose types differ between files in ways that do not promote."""
     for name in string_columns:
         index = table.schema.get_field_index(name)
         if index < 0 or table.schema.field(index).type == pa.string():
@@ -162,45 +165,93 @@ def _read_file(
     return _cast_to_string(table, string_columns, channel=channel, path=path)
 
 
-def _column_conflict(earlier: pa.Schema, later: pa.Schema) -> str | None:
-    """Name of a column whose types in the two schemas cannot be unified, if any."""
-    for field in later:
-        index = earlier.get_field_index(field.name)
-        if index < 0:
-            continue
-        try:
-            pa.unify_schemas(
-                [pa.schema([earlier.field(index)]), pa.schema([field])], promote_options="permissive"
-            )
-        except (pa.ArrowException, ValueError, TypeError):
-            return str(field.name)
-    return None
+def _promoted(types: Sequence[pa.DataType]) -> pa.DataType | None:
+    """The type that ``types`` promote to (int64 and double give double), or None."""
+    try:
+        schemas = [pa.schema([pa.field("column", data_type)]) for data_type in types]
+        return pa.unify_schemas(schemas, promote_options="permissive").field(0).type
+    except (pa.ArrowException, ValueError, TypeError):
+        return None
 
 
-def _check_schemas_agree(schemas: Sequence[pa.Schema], paths: Sequence[Path], *, channel: str) -> None:
-    """Raise a DataError naming the first two files whose column types cannot be unified."""
-    unified = schemas[0]
-    for later_index in range(1, len(schemas)):
-        later = schemas[later_index]
-        try:
-            unified = pa.unify_schemas([unified, later], promote_options="permissive")
-            continue
-        except (pa.ArrowException, ValueError, TypeError) as error:
-            reason = _first_line(error)
-        for earlier_index in range(later_index):
-            earlier = schemas[earlier_index]
-            column = _column_conflict(earlier, later)
-            if column is not None:
-                raise DataError(
-                    f"channel '{channel}': files {paths[earlier_index]} and {paths[later_index]} "
-                    f"disagree on column '{column}' ({earlier.field(column).type} vs "
-                    f"{later.field(column).type}); every file in a channel must use the same "
-                    "columns and types."
-                )
-        raise DataError(
-            f"channel '{channel}': the columns of {paths[later_index]} disagree with the files "
-            f"before it ({reason}); every file in a channel must use the same columns and types."
-        )
+def _readable_as_text(data_type: pa.DataType) -> bool:
+    try:
+        pc.cast(pa.array([], data_type), pa.string())
+    except (pa.ArrowException, ValueError, TypeError):
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class _UnifiedSchema:
+    """The channel's columns with one type each, and how the files' types were reconciled."""
+
+    schema: pa.Schema
+    # Columns whose types do not promote (int64 in one file, string in another) -> those types
+    # and their files, for the log: ``read_table`` reads them as text in every file.
+    as_text: dict[str, str]
+    # Columns that are nested (a list, a record) in some file and cannot be reconciled with the
+    # others, each with the DataError message naming two such files; null in ``schema``.
+    conflicts: dict[str, str]
+
+
+def _unify_schemas(schemas: Sequence[pa.Schema], paths: Sequence[Path], *, channel: str) -> _UnifiedSchema:
+    """One type per column over the files: promoted where Arrow promotes, else text, else a conflict."""
+    try:
+        return _UnifiedSchema(pa.unify_schemas(list(schemas), promote_options="permissive"), {}, {})
+    except (pa.ArrowException, ValueError, TypeError):
+        pass  # some column's types do not promote: settle each column on its own
+    typed_by_column: dict[str, list[tuple[int, pa.DataType]]] = {}
+    for index, schema in enumerate(schemas):
+        for field in schema:
+            typed_by_column.setdefault(field.name, []).append((index, field.type))
+    fields: list[pa.Field] = []
+    as_text: dict[str, str] = {}
+    conflicts: dict[str, str] = {}
+    for name, typed in typed_by_column.items():
+        distinct = list(dict.fromkeys(data_type for _, data_type in typed))
+        promoted = _promoted(distinct)
+        if promoted is None:
+            nested_types = {data_type for data_type in distinct if not _readable_as_text(data_type)}
+            nested = next((entry for entry in typed if entry[1] in nested_types), None)
+            if nested is not None:
+                conflicts[name] = _conflict_message(name, nested, typed, paths, channel=channel)
+                promoted = pa.null()
+            else:
+                as_text[name] = _types_text(typed, paths)
+                promoted = pa.string()
+        fields.append(pa.field(name, promoted))
+    return _UnifiedSchema(pa.schema(fields), as_text, conflicts)
+
+
+def _types_text(typed: Sequence[tuple[int, pa.DataType]], paths: Sequence[Path]) -> str:
+    """Each distinct type with the first file that has it: "int64 in a.csv, string in b.jsonl"."""
+    first_file: dict[pa.DataType, int] = {}
+    for index, data_type in typed:
+        first_file.setdefault(data_type, index)
+    return ", ".join(f"{data_type} in {paths[index]}" for data_type, index in first_file.items())
+
+
+def _conflict_message(
+    name: str,
+    nested: tuple[int, pa.DataType],
+    typed: Sequence[tuple[int, pa.DataType]],
+    paths: Sequence[Path],
+    *,
+    channel: str,
+) -> str:
+    """The error for a column that is nested in one file and cannot be reconciled with another."""
+    index, data_type = nested
+    other = next(
+        (entry for entry in typed if entry[0] != index and _promoted([data_type, entry[1]]) is None),
+        next(entry for entry in typed if entry[1] != data_type),  # some type differs, or all would promote
+    )
+    (first, first_type), (second, second_type) = sorted([nested, other], key=lambda entry: entry[0])
+    return (
+        f"channel '{channel}': files {paths[first]} and {paths[second]} disagree on column '{name}' "
+        f"({first_type} vs {second_type}); a column that holds nested values (lists, records) in "
+        "one file must hold the same kind of values in every file."
+    )
 
 
 @dataclass(frozen=True)
@@ -252,12 +303,16 @@ def read_table(directory: Path, *, channel: str, string_columns: Collection[str]
 
     Column types are inferred, except that the columns named in ``string_columns`` are always
     text (an id "007" stays "007"). Files are concatenated in ``list_data_files`` order; a
-    column missing from some files is filled with nulls there, and numeric types are promoted
-    (int64 and double give double). For tables too large to hold whole, see ``open_channel``.
+    column missing from some files is filled with nulls there. Where the files' types of a
+    column differ, they are promoted where Arrow promotes them (int64 and double give double,
+    timestamp units give the finest); a column whose types do not promote (int64 in a Parquet
+    file, string in a CSV file; epoch seconds in one, ISO 8601 text in another) is read as text
+    in every file. For tables too large to hold whole, see ``open_channel``.
 
     Raises ``DataError`` when the directory is missing, holds no data file, holds a file with
-    an unsupported extension or one that cannot be parsed, when two files disagree on a
-    column's type, or when the channel holds no rows at all.
+    an unsupported extension or one that cannot be parsed, when a column holds nested values
+    (lists, records) in one file and values of another kind in another, or when the channel
+    holds no rows at all.
     """
     files = _data_files(directory, channel=channel)
     tables = [
@@ -267,7 +322,22 @@ def read_table(directory: Path, *, channel: str, string_columns: Collection[str]
     if len(tables) == 1:
         table = tables[0]
     else:
-        _check_schemas_agree([t.schema for t in tables], [f.path for f in files], channel=channel)
+        unified = _unify_schemas([t.schema for t in tables], [f.path for f in files], channel=channel)
+        if unified.conflicts:
+            raise DataError(next(iter(unified.conflicts.values())))
+        for name, types in unified.as_text.items():
+            logger.warning(
+                "channel '%s': column '%s' has types that do not promote (%s); it is read as text "
+                "in every file",
+                channel,
+                name,
+                types,
+            )
+        if unified.as_text:
+            tables = [
+                _cast_to_string(t, unified.as_text, channel=channel, path=file.path)
+                for t, file in zip(tables, files, strict=True)
+            ]
         try:
             table = pa.concat_tables(tables, promote_options="permissive")
         except (pa.ArrowException, ValueError, TypeError) as error:
@@ -314,6 +384,10 @@ class ChannelScan:
     ``batches`` reads record batches file by file in path order, so memory holds one batch (and
     ``_READAHEAD_BATCHES`` more), never the table. Parquet and CSV/TSV (gzip too) go through
     ``pyarrow.dataset``; JSON Lines and gzip-compressed Parquet are read one whole file at a time.
+
+    Each file's batches keep that file's own types: the files of a channel need not agree (epoch
+    seconds in a Parquet part, ISO 8601 text in a JSON Lines part), and the caller converts batch
+    by batch, as the interaction reader does.
     """
 
     channel: str
@@ -321,7 +395,12 @@ class ChannelScan:
     files: tuple[_DataFile, ...]
     file_schemas: tuple[pa.Schema, ...]
     string_columns: tuple[str, ...]
-    schema: pa.Schema  # unified over the files, ``string_columns`` as string
+    # The types ``read_table`` would give: promoted over the files, string where the files' types
+    # do not promote, ``string_columns`` as string, null for a column in ``conflicts``.
+    schema: pa.Schema
+    # Columns nested in one file that cannot be reconciled with another -> the error; raised only
+    # when such a column is read, so that a column nobody reads never stops a job.
+    conflicts: Mapping[str, str]
 
     @property
     def column_names(self) -> list[str]:
@@ -337,16 +416,27 @@ class ChannelScan:
         every other column comes as text, with pyarrow's null spellings ("", "NA", ...) as null:
         pyarrow's streaming CSV reader would infer each column's type from the first block only
         and fail on a "3.5" after a million "4"s, so the caller converts, as ``read_table`` would.
+        Other formats give each column the type the file stores (Parquet) or pyarrow infers (JSON).
         """
+        for _, batch in self.batches_with_paths(columns, batch_rows=batch_rows):
+            yield batch
+
+    def batches_with_paths(
+        self, columns: Sequence[str], *, batch_rows: int = DEFAULT_BATCH_ROWS
+    ) -> Iterator[tuple[Path, pa.RecordBatch]]:
+        """``batches``, each with the path of its file: for errors that name the file of a value."""
         unknown = [name for name in columns if name not in self.schema.names]
         if unknown:
             raise ValueError(f"columns {unknown} are not in channel '{self.channel}'")
+        for name in columns:
+            if name in self.conflicts:
+                raise DataError(self.conflicts[name])
         for file, file_schema in zip(self.files, self.file_schemas, strict=True):
             present = [name for name in columns if name in file_schema.names]
             try:
                 for batch in self._file_batches(file, present, batch_rows):
                     if batch.num_rows:
-                        yield self._conform(batch, columns, file)
+                        yield file.path, self._conform(batch, columns, file)
             except (pa.ArrowException, OSError) as error:
                 raise _read_error(file, error, channel=self.channel) from error
 
@@ -450,8 +540,9 @@ def open_channel(directory: Path, *, channel: str, string_columns: Collection[st
     """Check a channel's files and schemas for streaming, reading only their first blocks.
 
     The same errors as ``read_table``, in the same order (the directory, the extensions, a file
-    that cannot be parsed, two files that disagree on a column's type, no rows at all); a parse
-    error deeper in a file is raised while its batches are read.
+    that cannot be parsed, no rows at all), except that a column whose types cannot be
+    reconciled (nested in one file, not in another) is an error only when ``batches`` reads it;
+    a parse error deeper in a file is raised while its batches are read.
     """
     files = _data_files(directory, channel=channel)
     schemas: list[pa.Schema] = []
@@ -461,11 +552,18 @@ def open_channel(directory: Path, *, channel: str, string_columns: Collection[st
         schema, has_rows = _file_schema(file, string_columns, channel=channel, count_rows=not any_rows)
         schemas.append(schema)
         any_rows = any_rows or has_rows
-    _check_schemas_agree(schemas, [f.path for f in files], channel=channel)
+    unified = _unify_schemas(schemas, [f.path for f in files], channel=channel)
     if not any_rows:
         raise _no_rows(directory, len(files), channel=channel)
-    unified = pa.unify_schemas(schemas, promote_options="permissive")
-    return ChannelScan(channel, directory, tuple(files), tuple(schemas), tuple(string_columns), unified)
+    return ChannelScan(
+        channel,
+        directory,
+        tuple(files),
+        tuple(schemas),
+        tuple(string_columns),
+        unified.schema,
+        unified.conflicts,
+    )
 
 
 def require_columns(table: pa.Table, columns: Sequence[str], *, channel: str, hint: str) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import datetime
 import gzip
+import re
 from pathlib import Path
 from typing import Any
 
@@ -248,18 +250,56 @@ def test_json_parse_error_explains_json_lines(tmp_path: Path) -> None:
         read_table(tmp_path / "train", channel="train")
 
 
-def test_conflicting_column_types_name_both_files(tmp_path: Path) -> None:
+def test_a_column_whose_types_do_not_promote_is_text_in_every_file(tmp_path: Path) -> None:
     channel = tmp_path / "train"
-    first = _write_text(channel / "a.csv", "user_id,rating\n1,4\n")
+    _write_text(channel / "a.csv", "user_id,rating\n1,4\n")
     _write_text(channel / "b.csv", "user_id,rating\n2,5\n")
-    third = _write_text(channel / "c.csv", "user_id,rating\n3,good\n")
+    _write_text(channel / "c.csv", "user_id,rating\n3,good\n")
+
+    table = read_table(channel, channel="train")
+
+    assert table.schema.field("rating").type == pa.string()
+    assert table.column("rating").to_pylist() == ["4", "5", "good"]
+    assert table.schema.field("user_id").type == pa.int64()  # the same type everywhere: kept
+
+
+def test_mixed_formats_promote_numbers_and_read_the_rest_as_text(tmp_path: Path) -> None:
+    channel = tmp_path / "items"
+    categories = pd.Categorical(["drama", "comedy"])  # Parquet stores a dictionary column
+    write_table(
+        pd.DataFrame({"item_id": [1, 2], "code": [10, 20], "price": [1.5, 2.5], "genre": categories}),
+        channel / "a.parquet",
+    )
+    _write_text(channel / "b.csv", "item_id,code,price,genre\nx3,A7,3,drama\n")
+    write_table(
+        pd.DataFrame({"item_id": ["x4"], "code": [True], "price": [4], "genre": ["noir"]}),
+        channel / "c.jsonl",
+    )
+
+    table = read_table(channel, channel="items", string_columns=["item_id"])
+
+    assert table.column("item_id").to_pylist() == ["1", "2", "x3", "x4"]
+    assert table.schema.field("price").type == pa.float64()  # int64 and double promote
+    assert table.column("price").to_pylist() == [1.5, 2.5, 3.0, 4.0]
+    assert table.schema.field("code").type == pa.string()  # int64, string and bool do not
+    assert table.column("code").to_pylist() == ["10", "20", "A7", "true"]
+    assert table.schema.field("genre").type == pa.string()
+    assert table.column("genre").to_pylist() == ["drama", "comedy", "drama", "noir"]
+
+
+def test_nested_values_against_other_values_name_both_files(tmp_path: Path) -> None:
+    # The conflict that remains an error: a list cannot be read as text (nor text as a list).
+    channel = tmp_path / "items"
+    text = _write_text(channel / "a.csv", "item_id,genres\ni1,Drama|Comedy\n")
+    lists = _write_text(channel / "b.jsonl", '{"item_id": "i2", "genres": ["Drama"]}\n')
+    _write_text(channel / "c.csv", "item_id,genres\ni3,Noir\n")
     with pytest.raises(DataError) as raised:
-        read_table(channel, channel="train")
+        read_table(channel, channel="items", string_columns=["item_id"])
 
     message = str(raised.value)
-    assert "channel 'train'" in message
-    assert f"files {first} and {third} disagree on column 'rating'" in message
-    assert "int64 vs string" in message
+    assert message.startswith("channel 'items': ")
+    assert f"files {text} and {lists} disagree on column 'genres' (string vs list<item: string>)" in message
+    assert "nested values" in message
 
 
 def test_uncastable_string_column(tmp_path: Path) -> None:
@@ -391,18 +431,40 @@ def test_a_value_after_the_first_csv_block_is_not_a_conversion_error(
     assert rows[-1] == {"user_id": "u40", "rating": "3.5"}
 
 
-def test_open_channel_names_the_two_parts_that_disagree(tmp_path: Path) -> None:
+def test_open_channel_gives_each_part_its_own_types(tmp_path: Path) -> None:
     channel = tmp_path / "train"
-    first = channel / "a.parquet"
-    write_table(pd.DataFrame({"user_id": ["u"], "rating": [4.0]}), first)
-    _write_text(channel / "b.csv", "user_id,rating\nv,5\n")
-    third = _write_text(channel / "c.csv", "user_id,rating\nw,good\n")
-    with pytest.raises(DataError) as raised:
-        open_channel(channel, channel="train", string_columns=["user_id"])
+    write_table(
+        pd.DataFrame({"user_id": ["u"], "rating": [4.0], "timestamp": [1_700_000_000]}), channel / "a.parquet"
+    )
+    _write_text(channel / "b.csv", "user_id,rating,timestamp\nv,5,1700000001\n")
+    _write_text(
+        channel / "c.jsonl", '{"user_id": "w", "rating": "good", "timestamp": "2023-11-14T22:13:22Z"}\n'
+    )
 
-    message = str(raised.value)
-    assert f"files {first} and {third} disagree on column 'rating'" in message
-    assert "double vs string" in message
+    scan = open_channel(channel, channel="train", string_columns=["user_id"])
+    rows = _scan_rows(channel, ["user_id", "rating", "timestamp"])
+
+    # The types read_table would give: double, text and a timestamp do not promote.
+    assert scan.schema.field("rating").type == pa.string()
+    assert scan.schema.field("timestamp").type == pa.string()
+    assert [row["rating"] for row in rows] == [4.0, "5", "good"]
+    assert [row["timestamp"] for row in rows] == [
+        1_700_000_000,
+        "1700000001",
+        datetime.datetime(2023, 11, 14, 22, 13, 22),  # pyarrow's JSON reader infers timestamp[s]
+    ]
+
+
+def test_open_channel_raises_a_nested_conflict_only_for_a_column_it_reads(tmp_path: Path) -> None:
+    channel = tmp_path / "train"
+    first = _write_text(channel / "a.jsonl", '{"user_id": "u", "item_id": "i", "tags": ["x", "y"]}\n')
+    second = _write_text(channel / "b.csv", "user_id,item_id,tags\nv,j,x|y\n")
+
+    scan = open_channel(channel, channel="train", string_columns=["user_id", "item_id"])
+
+    assert [row["user_id"] for row in _scan_rows(channel, ["user_id", "item_id"])] == ["u", "v"]
+    with pytest.raises(DataError, match=re.escape(f"files {first} and {second} disagree on column 'tags'")):
+        list(scan.batches(["user_id", "tags"]))
 
 
 @pytest.mark.parametrize(
