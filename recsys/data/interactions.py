@@ -8,8 +8,9 @@ same code on a table already in memory):
   is skipped (and counted);
 - with ``min_rating``, every rating must be a number and only rows with ``rating >= min_rating``
   are positives;
-- times are epoch seconds (numbers, numeric strings, ISO 8601 strings or Arrow timestamps);
-  without a time column the row order is time;
+- times are epoch seconds (numbers, numeric strings, ISO 8601 strings, Arrow timestamps or
+  dates); each part of a channel may write them its own way (even value by value), and one
+  moment is one float64 however it is written; without a time column the row order is time;
 - a (user, item) pair seen several times is one positive, dated at its latest time;
 - positives are ordered by user, then time, then item.
 
@@ -37,9 +38,12 @@ from recsys.errors import DataError
 
 logger = logging.getLogger(__name__)
 
-# Seconds per unit of an Arrow timestamp.
-_UNITS_PER_SECOND = {"s": 1.0, "ms": 1e3, "us": 1e6, "ns": 1e9}
+# Ticks per second of each Arrow timestamp unit.
+_TICKS_PER_SECOND = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
 _ID_TYPE = pa.dictionary(pa.int32(), pa.string())
+# What Arrow can parse time text as: epoch seconds, ISO 8601 with a zone, ISO 8601 without one.
+_TEXT_TYPES = (pa.float64(), pa.timestamp("ns", tz="UTC"), pa.timestamp("ns"))
+_SNIFF_ROWS = 64
 
 
 @dataclass(frozen=True)
@@ -102,38 +106,64 @@ def _used(values: pa.StringArray, codes: np.ndarray) -> pa.StringArray:
 
 def parse_timestamps(values: pd.Series, *, column: str, channel: str) -> pd.Series:
     """Epoch seconds as float64 from numbers, numeric strings or ISO 8601 strings."""
-    seconds, bad, count = _parse_with_pandas(values)
-    if count:
-        raise _bad_timestamp(bad, count, column=column, channel=channel)
+    if pd.api.types.is_datetime64_any_dtype(values):
+        utc = pd.to_datetime(values, utc=True).dt.tz_convert(None)
+        seconds = _timestamp_seconds(pa.Array.from_pandas(utc))
+    elif pd.api.types.is_numeric_dtype(values):
+        seconds = values.to_numpy(np.float64)
+    else:
+        seconds, bad, count = _parse_text(values)
+        if count:
+            raise _bad_timestamp(bad, count, None, column=column, channel=channel)
     return pd.Series(seconds, index=values.index)
 
 
-def _parse_with_pandas(values: pd.Series) -> tuple[np.ndarray, Any, int]:
-    """(epoch seconds, NaN where null; the first value that is no time; how many such values)."""
-    if pd.api.types.is_datetime64_any_dtype(values):
-        return _epoch_seconds(pd.to_datetime(values, utc=True)).to_numpy(np.float64), None, 0
-    if pd.api.types.is_numeric_dtype(values):
-        return values.to_numpy(np.float64), None, 0
-    as_number = pd.to_numeric(values, errors="coerce")
-    if as_number.notna().sum() == values.notna().sum():
-        return as_number.to_numpy(np.float64), None, 0
-    parsed = pd.to_datetime(values, utc=True, errors="coerce", format="ISO8601")
-    bad = values[parsed.isna() & values.notna()]
+def _parse_text(values: pd.Series) -> tuple[np.ndarray, Any, int]:
+    """(epoch seconds, NaN where null; the first value that is no time; how many such values).
+
+    Each value on its own: a number is epoch seconds, anything else must be ISO 8601 (with or
+    without a zone; naive means UTC), so a column may mix both.
+    """
+    seconds = pd.to_numeric(values, errors="coerce").to_numpy(np.float64, copy=True)
+    rest = np.isnan(seconds) & values.notna().to_numpy()
+    if not rest.any():
+        return seconds, None, 0
+    texts = values[rest]
+    parsed = pd.to_datetime(texts, utc=True, errors="coerce", format="ISO8601")
+    bad = texts[parsed.isna()]
     if len(bad):
         return np.zeros(0), bad.iloc[0], len(bad)
-    return _epoch_seconds(parsed).to_numpy(np.float64), None, 0
+    # Every parsed value is a time (no NaT left): naive UTC datetimes, Arrow's timestamp.
+    seconds[rest] = _timestamp_seconds(pa.array(parsed.dt.tz_convert(None).to_numpy()))
+    return seconds, None, 0
 
 
-def _epoch_seconds(times: pd.Series) -> pd.Series:
-    # Dividing by a Timedelta is independent of the resolution (pandas 3 parses strings to
-    # microseconds, Arrow timestamps keep their unit), and turns NaT into NaN, not int64 min.
-    return (times - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1)
+def _timestamp_seconds(array: pa.Array) -> np.ndarray:
+    """Epoch seconds of an Arrow timestamp array as float64, NaN for nulls; naive means UTC.
+
+    Whole seconds (exact in float64) plus the fraction: the double nearest the true time, the
+    same one that parsing "1700000000.123" gives. ``ticks / 1e9`` would round twice (ns ticks
+    exceed 2**53) and differ in the last bit, so one moment written as a number in one part and
+    as a time in another would be two times.
+    """
+    # An aware timestamp stores UTC ticks; a naive one is read as UTC.
+    ticks = pc.cast(array, pa.int64())
+    values = np.asarray(pc.fill_null(ticks, 0).to_numpy(zero_copy_only=False), dtype=np.int64)
+    per_second = _TICKS_PER_SECOND[array.type.unit]
+    whole, fraction = np.divmod(values, per_second)
+    seconds = whole.astype(np.float64)
+    if per_second > 1:
+        seconds += fraction / per_second
+    if ticks.null_count:
+        seconds[np.asarray(ticks.is_null().to_numpy(zero_copy_only=False), dtype=bool)] = np.nan
+    return seconds
 
 
-def _bad_timestamp(bad: Any, count: int, *, column: str, channel: str) -> DataError:
+def _bad_timestamp(bad: Any, count: int, source: Path | None, *, column: str, channel: str) -> DataError:
+    where = f", the first in {source}" if source is not None else ""
     return DataError(
         f"channel '{channel}': column '{column}' has a value that is neither epoch seconds nor an "
-        f"ISO 8601 time: {bad!r} ({count} such rows). Fix the data or set the "
+        f"ISO 8601 time: {bad!r} ({count} such rows){where}. Fix the data or set the "
         f"hyperparameter timestamp_column to another column."
     )
 
@@ -147,51 +177,102 @@ def _to_numpy(array: pa.Array) -> np.ndarray:
     return np.asarray(array.to_numpy(zero_copy_only=False), dtype=np.float64)
 
 
-def _batch_timestamps(array: pa.Array) -> tuple[np.ndarray, Any, int]:
-    """A batch's times as epoch seconds: Arrow casts where they suffice, pandas for ISO text."""
+def _is_number(kind: pa.DataType) -> bool:
+    """Whether Arrow casts ``kind`` to float64 as it is (a null column gives NaN)."""
+    return bool(
+        pa.types.is_integer(kind)
+        or pa.types.is_floating(kind)
+        or pa.types.is_decimal(kind)
+        or pa.types.is_boolean(kind)
+        or pa.types.is_null(kind)
+    )
+
+
+def _is_text(kind: pa.DataType) -> bool:
+    return bool(pa.types.is_string(kind) or pa.types.is_large_string(kind))
+
+
+def _numbers(array: pa.Array) -> np.ndarray:
+    # Unsafe: an int64 beyond 2**53 becomes the nearest double instead of an error.
+    return _to_numpy(pc.cast(array, pa.float64(), safe=False))
+
+
+def _where(source: Path | None) -> str:
+    return f" in {source}" if source is not None else ""
+
+
+def _batch_timestamps(
+    array: pa.Array, *, column: str, channel: str, source: Path | None
+) -> tuple[np.ndarray, Any, int]:
+    """A batch's times as epoch seconds, whatever Arrow type its file gave the column.
+
+    Numbers (and numeric text) are epoch seconds; Arrow timestamps of any unit, naive (UTC) or
+    aware, and dates give their instant; other text must be ISO 8601. Returns (seconds; the
+    first value that is no time and how many, for the caller to report once).
+    """
     array = _decoded(array)
     kind = array.type
     if pa.types.is_date(kind):
         array, kind = pc.cast(array, pa.timestamp("s")), pa.timestamp("s")
     if pa.types.is_timestamp(kind):
-        # Naive times are UTC; an aware one's stored value is already UTC.
-        ticks = _to_numpy(pc.cast(pc.cast(array, pa.int64()), pa.float64()))
-        return ticks / _UNITS_PER_SECOND[kind.unit], None, 0
-    if pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind):
-        return _to_numpy(pc.cast(array, pa.float64())), None, 0
-    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        return _timestamp_seconds(array), None, 0
+    if _is_number(kind):
+        return _numbers(array), None, 0
+    if not _is_text(kind):
+        raise DataError(
+            f"channel '{channel}': column '{column}'{_where(source)} has type {kind}, which is "
+            f"neither epoch seconds nor a time. Fix the data or set the hyperparameter "
+            f"timestamp_column to another column."
+        )
+    # Numeric text, or ISO 8601 text whose values all have a zone (or all have none): Arrow parses
+    # a million in ~20 ms where pandas takes ~1 s. A failing cast of a whole batch costs about as
+    # much as pandas, so the batch's head picks the casts worth trying. Anything else (numbers
+    # and times mixed, " 12", a year past 2262) goes to pandas' rules.
+    head = array.slice(0, _SNIFF_ROWS)
+    for target in _TEXT_TYPES:
         try:
-            return _to_numpy(pc.cast(array, pa.float64())), None, 0
+            pc.cast(head, target)
+            converted = pc.cast(array, target)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            pass  # ISO 8601 text, or numbers Arrow does not parse (" 12"): pandas' rules decide
-    return _parse_with_pandas(array.to_pandas())
+            continue
+        if pa.types.is_timestamp(target):
+            return _timestamp_seconds(converted), None, 0
+        return _to_numpy(converted), None, 0
+    return _parse_text(array.to_pandas())
 
 
-def _batch_ratings(array: pa.Array, *, column: str, channel: str) -> np.ndarray:
-    """A batch's ratings as float64; any value that is not a number is an error naming it."""
+def _batch_ratings(array: pa.Array, *, column: str, channel: str, source: Path | None) -> np.ndarray:
+    """A batch's ratings as float64, from numbers or numeric text in whatever type its file gave
+    the column; any value that is not a number is an error naming it."""
     array = _decoded(array)
     kind = array.type
     values: np.ndarray | None = None
-    if pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind):
-        values = _to_numpy(pc.cast(array, pa.float64()))
-    elif pa.types.is_string(kind) or pa.types.is_large_string(kind):
+    if _is_number(kind):
+        values = _numbers(array)
+    elif _is_text(kind):
         try:
             values = _to_numpy(pc.cast(array, pa.float64()))
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            values = None
-    if values is None:
-        values = pd.to_numeric(array.to_pandas(), errors="coerce").to_numpy(np.float64)
+            # Numbers Arrow does not parse (" 4"): pandas' rules decide, NaN for the rest.
+            values = pd.to_numeric(array.to_pandas(), errors="coerce").to_numpy(np.float64)
+    else:
+        raise DataError(
+            f"channel '{channel}': rating column '{column}'{_where(source)} has type {kind}, which "
+            f"is not a number; min_rating needs a number in every row."
+        )
     bad = np.isnan(values)
     if bad.any():
         value = array.slice(int(np.argmax(bad)), 1).to_pandas().iloc[0]
         raise DataError(
             f"channel '{channel}': rating column '{column}' has a non-numeric or empty value "
-            f"{value!r}; min_rating needs a number in every row."
+            f"{value!r}{_where(source)}; min_rating needs a number in every row."
         )
     return values
 
 
-def _id_codes(array: pa.Array, *, column: str, channel: str) -> tuple[np.ndarray, np.ndarray, pa.StringArray]:
+def _id_codes(
+    array: pa.Array, *, column: str, channel: str, source: Path | None
+) -> tuple[np.ndarray, np.ndarray, pa.StringArray]:
     """(codes int32, missing bool, dictionary) of an id column; null and "" are missing."""
     if not pa.types.is_dictionary(array.type):
         if not pa.types.is_string(array.type):
@@ -199,8 +280,8 @@ def _id_codes(array: pa.Array, *, column: str, channel: str) -> tuple[np.ndarray
                 array = pc.cast(array, pa.string())
             except (pa.ArrowException, ValueError, TypeError) as error:
                 raise DataError(
-                    f"channel '{channel}': id column '{column}' has type {array.type}, which cannot be "
-                    f"read as text."
+                    f"channel '{channel}': id column '{column}'{_where(source)} has type {array.type}, "
+                    f"which cannot be read as text."
                 ) from error
         array = pc.dictionary_encode(array)
     dictionary = array.dictionary
@@ -253,37 +334,42 @@ class _Encoder:
         self._stamps: list[np.ndarray] = []
         self._passed = 0  # rows that pass min_rating (all rows without it)
         self._missing = 0  # of those, rows with an empty user or item id
-        self._bad_stamp: tuple[Any, int] | None = None
-        self._empty_stamp = False
+        # (first value that is no time, how many such values, the file of the first)
+        self._bad_stamp: tuple[Any, int, Path | None] | None = None
+        self._empty_stamp: tuple[Path | None] | None = None  # (the file of the first empty time)
 
-    def add(self, batch: pa.RecordBatch) -> None:
+    def add(self, batch: pa.RecordBatch, source: Path | None = None) -> None:
+        """Apply the rules to one batch; ``source``, its file, is named in errors about its values."""
         columns = self.columns
         keep: np.ndarray | None = None
         if self.min_rating is not None:
             ratings = _batch_ratings(
-                batch.column(columns.rating), column=columns.rating, channel=self.channel
+                batch.column(columns.rating), column=columns.rating, channel=self.channel, source=source
             )
             keep = ratings >= self.min_rating
         passed = batch.num_rows if keep is None else int(keep.sum())
         offset, self._passed = self._passed, self._passed + passed
         if self.has_timestamp:
-            stamps, bad, count = _batch_timestamps(batch.column(columns.timestamp))
+            stamps, bad, count = _batch_timestamps(
+                batch.column(columns.timestamp), column=columns.timestamp, channel=self.channel, source=source
+            )
             if count or self._bad_stamp is not None:
                 # Keep reading only to count: the error names the first bad value and how many.
-                first, total = self._bad_stamp or (bad, 0)
-                self._bad_stamp = (first, total + count)
+                first, total, first_source = self._bad_stamp or (bad, 0, source)
+                self._bad_stamp = (first, total + count, first_source)
                 return
             if keep is not None:
                 stamps = stamps[keep]
-            self._empty_stamp = self._empty_stamp or bool(np.isnan(stamps).any())
+            if self._empty_stamp is None and np.isnan(stamps).any():
+                self._empty_stamp = (source,)
         else:
             # Without timestamps the file order is the only notion of time we have.
             stamps = np.arange(offset, offset + passed, dtype=np.float64)
         user_codes, user_missing, user_values = _id_codes(
-            batch.column(columns.user), column=columns.user, channel=self.channel
+            batch.column(columns.user), column=columns.user, channel=self.channel, source=source
         )
         item_codes, item_missing, item_values = _id_codes(
-            batch.column(columns.item), column=columns.item, channel=self.channel
+            batch.column(columns.item), column=columns.item, channel=self.channel, source=source
         )
         valid = ~(user_missing | item_missing)
         if keep is not None:
@@ -306,10 +392,12 @@ class _Encoder:
             )
         if self._bad_stamp is not None:
             raise _bad_timestamp(*self._bad_stamp, column=columns.timestamp, channel=channel)
-        if self._empty_stamp:
+        if self._empty_stamp is not None:
+            (source,) = self._empty_stamp
+            where = f" (the first in {source})" if source is not None else ""
             raise DataError(
-                f"channel '{channel}': column '{columns.timestamp}' has empty values; every interaction "
-                f"needs a time, or drop the column."
+                f"channel '{channel}': column '{columns.timestamp}' has empty values{where}; every "
+                f"interaction needs a time, or drop the column."
             )
         if self._missing == self._passed:
             raise DataError(f"channel '{channel}': every row has an empty user or item id.")
@@ -365,8 +453,10 @@ def read_interactions(
     """Stream a channel's files through the rules: memory holds codes, not the table."""
     scan = open_channel(directory, channel=channel, string_columns=(columns.user, columns.item))
     encoder = _Encoder(scan.column_names, columns, channel=channel, min_rating=min_rating)
-    for batch in scan.batches(encoder.needed, batch_rows=batch_rows):
-        encoder.add(batch)
+    # Each part keeps its own types (a Parquet timestamp, JSON Lines text): the batch converters
+    # take whatever arrives, so a channel may mix formats and encodings part by part.
+    for path, batch in scan.batches_with_paths(encoder.needed, batch_rows=batch_rows):
+        encoder.add(batch, path)
     encoded = encoder.finish()
     # The batches' buffers are free now; mimalloc keeps such pages mapped unless asked.
     pa.default_memory_pool().release_unused()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from recsys.data.interactions import (
     read_interactions,
     split_last_out,
 )
-from recsys.data.io import write_table
+from recsys.data.io import read_table, write_table
 from recsys.data.vocab import Vocabulary
 from recsys.errors import DataError
 
@@ -410,3 +411,224 @@ def test_index_encoded_drops_and_counts_pairs_with_unknown_ids_once() -> None:
     assert dropped == 2
     assert data.users.tolist() == [0] and data.items.tolist() == [0] and data.timestamps.tolist() == [2.0]
     assert data.indptr.tolist() == [0, 1, 1]
+
+
+# Mixed formats: every part of a channel in its own format and encoding gives the same interactions.
+
+DAY = 86_400
+# One part per format, each writing times, ids and ratings its own way (see _mixed_part).
+MIXED_PARTS = (
+    "part-0.csv",
+    "part-1.tsv",
+    "part-2.parquet",
+    "part-3.jsonl",
+    "part-4.jsonl.gz",
+    "part-5.pq.gz",
+    "part-6.parquet",
+)
+
+
+def _mixed_frame(rows: int, seed: int) -> pd.DataFrame:
+    """Interactions with integer ids, a part per row, and times each part can encode exactly."""
+    rng = np.random.default_rng(seed)
+    part = rng.integers(0, len(MIXED_PARTS), rows)
+    seconds = rng.integers(1_600_000_000, 1_600_000_300, rows).astype(np.float64)  # ties and repeats
+    # Fractions only where the encoding keeps them; the date32 part is at midnight.
+    fractional = np.isin(part, [1, 2, 4])
+    seconds[fractional] += rng.choice([0.0, 0.25, 0.5, 0.75], int(fractional.sum()))
+    midnight = part == 6
+    seconds[midnight] = (1_600_000_000 // DAY + rng.integers(-3, 3, int(midnight.sum()))) * DAY
+    return pd.DataFrame(
+        {
+            "user_id": rng.integers(1, 16, rows),
+            "item_id": rng.integers(100, 130, rows),
+            "rating": rng.integers(1, 6, rows),
+            "timestamp": seconds,
+            "part": part,
+        }
+    )
+
+
+def _iso(seconds: pd.Series, *, offset_hours: int = 0) -> list[str]:
+    millis = (seconds * 1000).round().astype("int64")
+    local = pd.to_datetime(millis, unit="ms", utc=True) + pd.Timedelta(hours=offset_hours)
+    suffix = "Z" if offset_hours == 0 else f"+{offset_hours:02d}:00"
+    text = local.dt.strftime("%Y-%m-%dT%H:%M:%S")
+    return [
+        f"{t}.{m % 1000:03d}{suffix}" if m % 1000 else f"{t}{suffix}"
+        for t, m in zip(text, millis, strict=True)
+    ]
+
+
+def _ticks(seconds: pd.Series, per_second: int) -> pa.Array:
+    # Whole seconds and the fraction apart: seconds * 1e9 in float64 is not exact.
+    whole = np.floor(seconds.to_numpy())
+    fraction = np.round((seconds.to_numpy() - whole) * per_second)
+    return pa.array(whole.astype(np.int64) * per_second + fraction.astype(np.int64))
+
+
+def _mixed_part(rows: pd.DataFrame, part: int) -> pa.Table:
+    users, items, ratings, stamps = rows["user_id"], rows["item_id"], rows["rating"], rows["timestamp"]
+    text_users, text_items = pa.array(users.astype(str)), pa.array(items.astype(str))
+    columns: list[dict[str, Any]] = [
+        # CSV: int epoch seconds; ids and ratings as CSV text.
+        {"user_id": users, "item_id": items, "rating": ratings, "timestamp": stamps.astype("int64")},
+        # TSV: ISO 8601 at +02:00, with milliseconds.
+        {"user_id": users, "item_id": items, "rating": ratings, "timestamp": _iso(stamps, offset_hours=2)},
+        # Parquet: naive timestamp[ns] (what pandas writes for datetimes); int users, dictionary items.
+        {
+            "user_id": users,
+            "item_id": text_items.dictionary_encode(),
+            "rating": ratings.astype("float64"),
+            "timestamp": _ticks(stamps, 10**9).cast(pa.timestamp("ns")),
+        },
+        # JSON Lines: ISO 8601 with Z (pyarrow infers timestamp[s]); int users, ratings as text.
+        {"user_id": users, "item_id": text_items, "rating": ratings.astype(str), "timestamp": _iso(stamps)},
+        # gzip JSON Lines: float epoch seconds; text users, int items, float ratings.
+        {"user_id": text_users, "item_id": items, "rating": ratings.astype("float64"), "timestamp": stamps},
+        # gzip Parquet: zone-aware timestamp[s] (Parquet stores it as [ms]); dictionary users, int items.
+        {
+            "user_id": text_users.dictionary_encode(),
+            "item_id": items,
+            "rating": ratings,
+            "timestamp": _ticks(stamps, 1).cast(pa.timestamp("s", tz="Europe/Paris")),
+        },
+        # Parquet: date32.
+        {
+            "user_id": users,
+            "item_id": items,
+            "rating": ratings,
+            "timestamp": pa.array((stamps // DAY).astype("int32")).cast(pa.date32()),
+        },
+    ]
+    return pa.table(columns[part])
+
+
+def _indexed_rows(channel: Path, min_rating: float | None) -> tuple[list[tuple[str, str, float]], list[int]]:
+    encoded = read_interactions(channel, COLUMNS, channel="train", min_rating=min_rating, batch_rows=64)
+    users, items = Vocabulary.from_arrow(encoded.user_ids()), Vocabulary.from_arrow(encoded.item_ids())
+    data, dropped = index_encoded(encoded, users, items)
+    assert dropped == 0
+    rows = [
+        (users.ids[u], items.ids[i], float(t))
+        for u, i, t in zip(data.users, data.items, data.timestamps, strict=True)
+    ]
+    return rows, data.indptr.tolist()
+
+
+@pytest.mark.parametrize("min_rating", [None, 3.0])
+def test_a_part_in_each_format_and_encoding_reads_like_one_csv(
+    tmp_path: Path, min_rating: float | None
+) -> None:
+    frame = _mixed_frame(700, seed=11)
+    for part, name in enumerate(MIXED_PARTS):
+        write_table(_mixed_part(frame[frame["part"] == part], part), tmp_path / "mixed" / name)
+    write_table(frame.drop(columns="part"), tmp_path / "single" / "all.csv")
+
+    mixed = _indexed_rows(tmp_path / "mixed", min_rating)
+    single = _indexed_rows(tmp_path / "single", min_rating)
+
+    assert mixed == single
+    rows, _ = mixed
+    # In memory too (offline evaluation reads a directory whole): the timestamps and ratings are
+    # text in every part there, and convert to the same values.
+    table = read_table(tmp_path / "mixed", channel="test", string_columns=["user_id", "item_id"])
+    frame_rows = _rows(clean_interactions(table, COLUMNS, channel="test", min_rating=min_rating).frame)
+    assert frame_rows == rows
+    kept = frame if min_rating is None else frame[frame["rating"] >= min_rating]
+    latest = kept.groupby(["user_id", "item_id"])["timestamp"].max()
+    assert len(rows) == len(latest) < len(kept)  # repeats across parts were merged
+    assert {(int(u), int(i)): t for u, i, t in rows} == latest.to_dict()
+    assert rows == sorted(rows, key=lambda row: (row[0], row[2], row[1]))  # user, time, item
+
+
+def test_one_moment_in_every_encoding_is_one_time(tmp_path: Path) -> None:
+    # 2023-11-14T22:13:20.123Z: the same double whether written as a number or as a time.
+    channel = tmp_path / "train"
+    moment = 1_700_000_000.123
+    channel.mkdir()
+    (channel / "a.csv").write_text("user_id,item_id,timestamp\nu,a,1700000000.123\n")
+    (channel / "b.jsonl").write_text(
+        '{"user_id": "u", "item_id": "b", "timestamp": "2023-11-14T22:13:20.123Z"}\n'
+    )
+    (channel / "c.tsv").write_text("user_id\titem_id\ttimestamp\nu\tc\t2023-11-15T00:13:20.123+02:00\n")
+    ns = pa.array([1_700_000_000_123_000_000], pa.timestamp("ns"))
+    ms = pa.array([1_700_000_000_123], pa.timestamp("ms", tz="UTC"))
+    write_table(pa.table({"user_id": ["u"], "item_id": ["d"], "timestamp": ns}), channel / "d.parquet")
+    write_table(pa.table({"user_id": ["u"], "item_id": ["e"], "timestamp": ms}), channel / "e.parquet")
+    write_table(pa.table({"user_id": ["u"], "item_id": ["f"], "timestamp": [moment]}), channel / "f.parquet")
+
+    encoded = read_interactions(channel, COLUMNS, channel="train", min_rating=None)
+
+    assert encoded.timestamps.tolist() == [moment] * 6
+
+
+@pytest.mark.parametrize(
+    "stamps",
+    [
+        pa.array([1_577_836_800_000_000_000, 1_577_836_801_500_000_000], pa.timestamp("ns")),
+        pa.array([1_577_836_800_000_000_000, 1_577_836_801_500_000_000], pa.timestamp("ns", tz="Asia/Tokyo")),
+        pa.array(["1577836800", "2020-01-01T00:00:01.5Z"]),  # a number and a time in one column
+    ],
+    ids=["arrow-ns", "arrow-ns-aware", "number-and-iso"],
+)
+def test_timestamps_are_exact_epoch_seconds(stamps: pa.Array) -> None:
+    frame = _clean({"user_id": ["u", "u"], "item_id": ["a", "b"], "timestamp": stamps})
+    assert frame["timestamp"].tolist() == EPOCHS
+
+
+def test_a_bad_timestamp_in_a_mixed_channel_names_its_file(tmp_path: Path) -> None:
+    channel = tmp_path / "train"
+    write_table(
+        pd.DataFrame({"user_id": [1], "item_id": [2], "timestamp": [1_700_000_000]}), channel / "a.parquet"
+    )
+    bad = channel / "b.jsonl"
+    bad.write_text(
+        '{"user_id": "u", "item_id": "i", "timestamp": "2023-11-14T22:13:20Z"}\n'
+        '{"user_id": "u", "item_id": "j", "timestamp": "yesterday"}\n'
+    )
+
+    with pytest.raises(DataError) as raised:
+        read_interactions(channel, COLUMNS, channel="train", min_rating=None)
+
+    message = str(raised.value)
+    assert message.startswith("channel 'train': column 'timestamp' has a value that is neither")
+    assert f"'yesterday' (1 such rows), the first in {bad}" in message
+
+
+def test_a_bad_rating_in_a_mixed_channel_names_its_file(tmp_path: Path) -> None:
+    channel = tmp_path / "train"
+    write_table(pd.DataFrame({"user_id": ["u"], "item_id": ["i"], "rating": [4.5]}), channel / "a.parquet")
+    bad = channel / "b.jsonl"
+    bad.write_text('{"user_id": "u", "item_id": "j", "rating": "great"}\n')
+
+    with pytest.raises(
+        DataError,
+        match=re.escape(
+            f"channel 'train': rating column 'rating' has a non-numeric or empty value 'great' in {bad};"
+        ),
+    ):
+        read_interactions(channel, COLUMNS, channel="train", min_rating=3)
+
+
+def test_a_timestamp_that_holds_lists_is_named_with_its_type_and_file(tmp_path: Path) -> None:
+    bad = tmp_path / "train" / "a.jsonl"
+    bad.parent.mkdir()
+    bad.write_text('{"user_id": "u", "item_id": "j", "timestamp": [1, 2]}\n')
+
+    with pytest.raises(DataError, match=re.escape(f"column 'timestamp' in {bad} has type list<item: int64>")):
+        read_interactions(bad.parent, COLUMNS, channel="train", min_rating=None)
+
+
+def test_a_timestamp_that_holds_lists_in_one_part_only_names_both_parts(tmp_path: Path) -> None:
+    # The conflict that remains: a list is no time, and cannot be read as text either.
+    channel = tmp_path / "train"
+    write_table(pd.DataFrame({"user_id": ["u"], "item_id": ["i"], "timestamp": [5]}), channel / "a.csv")
+    bad = channel / "b.jsonl"
+    bad.write_text('{"user_id": "u", "item_id": "j", "timestamp": [1, 2]}\n')
+
+    with pytest.raises(
+        DataError,
+        match=re.escape(f"files {channel / 'a.csv'} and {bad} disagree on column 'timestamp' (int64 vs list"),
+    ):
+        read_interactions(channel, COLUMNS, channel="train", min_rating=None)
