@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -314,6 +314,33 @@ def encode_attributes(
     raw_array = np.stack(raw_arrays, axis=1) if raw_arrays else np.zeros((n, 0), dtype=np.float64)
     encoding = FeatureEncoding(id_column, declaration.separator, tuple(categorical), tuple(numeric))
     return encoding, FeatureArrays(tuple(cat_arrays), numeric_array, raw_array)
+
+
+# Labels are for a person reading recommendations: a title, a name, not a whole description.
+MAX_LABEL_COLUMNS = 4
+MAX_LABEL_CHARS = 120
+
+
+def label_columns(
+    table: pa.Table, *, id_column: str, vocabulary: Vocabulary, used: Collection[str]
+) -> pa.Table:
+    """The text columns the model does not use (titles, names: id-like, or ignored), one row per
+    vocabulary entry (null where the table has no row), each value cut to ``MAX_LABEL_CHARS``.
+
+    They are what a person needs to judge a recommendation by, and what the model never sees."""
+    ids = pc.cast(table.column(id_column), pa.string())
+    rows = vocabulary.lookup_array(pc.fill_null(ids, ""))
+    source = np.full(len(vocabulary), -1, dtype=np.int64)
+    known = np.nonzero(rows >= 0)[0]
+    source[rows[known]] = known
+    take = pa.array(source, mask=source < 0)
+    names = [
+        name
+        for name in table.column_names
+        if name != id_column and name not in used and _is_text(table.schema.field(name).type)
+    ][:MAX_LABEL_COLUMNS]
+    columns = [pc.utf8_slice_codeunits(table.column(name).take(take), 0, MAX_LABEL_CHARS) for name in names]
+    return pa.table(columns, names=names)
 
 
 def empty_arrays(num_rows: int) -> FeatureArrays:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import pyarrow as pa
 import torch
 from torch import Tensor
 
@@ -148,9 +149,16 @@ class Recommender:
         """Each item's attribute values as text, for a person to judge a recommendation by
         (multi-valued ones joined by '|'; missing values left out)."""
         indices = self.artifact.items.lookup(list(item_ids))
+        labels = self.artifact.item_labels
+        rows = (
+            labels.take(pa.array(np.maximum(indices, 0))).to_pylist()
+            if labels is not None
+            else [{}] * len(indices)
+        )
         out: list[dict[str, str]] = []
-        for index in indices:
-            described: dict[str, str] = {}
+        for index, row in zip(indices, rows, strict=True):
+            # Labels (a title) first: they are what a person recognises an item by.
+            described = {name: value for name, value in row.items() if value is not None and index >= 0}
             for name, attribute in self.attributes.items() if index >= 0 else ():
                 if attribute.codes is not None and attribute.values is not None:
                     names = list(attribute.values)  # code c is names[c - 1]; 0 is missing

@@ -9,6 +9,8 @@ Layout (all under ``model/``):
 - ``seen_indptr.npy`` / ``seen_items.npy``: each known user's items, oldest first (CSR): the
   exclusion list and the history of known users at serving time.
 - ``item_popularity.npy``: interaction count per item (popular-items fallback, novelty).
+- ``item_labels.parquet`` (when the items table has text the model does not use: titles,
+  names): one row per item, for people reading recommendations.
 - ``train_config.json``, ``metrics.json``, ``fingerprint.json``.
 - ``manifest.json``: written last, lists every file with its SHA-256. A directory without it,
   or whose files do not match it, is incomplete and refuses to load.
@@ -25,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 
 from recsys.data.features import FeatureArrays, FeatureEncoding, load_encoding, save_encoding
@@ -34,6 +38,7 @@ from recsys.models.ncf import NCF, ModelConfig
 
 ARTIFACT_FORMAT = 1
 MANIFEST = "manifest.json"
+ITEM_LABELS = "item_labels.parquet"
 
 
 class ArtifactError(UserError):
@@ -56,6 +61,7 @@ class Artifact:
     train_config: dict[str, Any]
     metrics: dict[str, Any]
     fingerprint: dict[str, Any]
+    item_labels: pa.Table | None = None  # [N rows] text columns for display only
 
     def build_model(self, device: torch.device) -> NCF:
         # Built on the meta device, the module allocates nothing and draws no random initial
@@ -106,6 +112,8 @@ def save_artifact(artifact: Artifact, model_dir: Path) -> None:
         _write_json(staging / "train_config.json", artifact.train_config)
         _write_json(staging / "metrics.json", artifact.metrics)
         _write_json(staging / "fingerprint.json", artifact.fingerprint)
+        if artifact.item_labels is not None and artifact.item_labels.num_columns:
+            pq.write_table(artifact.item_labels, staging / ITEM_LABELS)
         files = sorted(p.name for p in staging.iterdir())
         manifest = {
             "format": ARTIFACT_FORMAT,
@@ -152,7 +160,7 @@ def verify_artifact(model_dir: Path) -> dict[str, Any]:
 
 
 def load_artifact(model_dir: Path) -> Artifact:
-    verify_artifact(model_dir)
+    manifest = verify_artifact(model_dir)
     model_config = ModelConfig.from_json(_read_json(model_dir, "model_config.json"))
     item_encoding = load_encoding(model_dir / "item_features.json")
     user_encoding = load_encoding(model_dir / "user_features.json")
@@ -173,10 +181,17 @@ def load_artifact(model_dir: Path) -> Artifact:
             train_config=_read_json(model_dir, "train_config.json"),
             metrics=_read_json(model_dir, "metrics.json"),
             fingerprint=_read_json(model_dir, "fingerprint.json"),
+            # Optional: artifacts of items tables without unused text have none.
+            item_labels=pq.read_table(model_dir / ITEM_LABELS) if ITEM_LABELS in manifest["files"] else None,
         )
-    except (OSError, ValueError, RuntimeError) as exc:
+    except (OSError, ValueError, RuntimeError, pa.ArrowException) as exc:
         raise ArtifactError(f"model artifact {model_dir} cannot be loaded: {exc}") from exc
-    if len(artifact.users) != model_config.num_users or len(artifact.items) != model_config.num_items:
+    labels = artifact.item_labels
+    if (
+        len(artifact.users) != model_config.num_users
+        or len(artifact.items) != model_config.num_items
+        or (labels is not None and labels.num_rows != model_config.num_items)
+    ):
         raise ArtifactError(
             f"model artifact {model_dir} is inconsistent: vocabularies hold {len(artifact.users)} users and "
             f"{len(artifact.items)} items, the model {model_config.num_users} and {model_config.num_items}."

@@ -27,6 +27,7 @@ from recsys.data.features import (
     empty_arrays,
     encode_attributes,
     feature_cardinalities,
+    label_columns,
     multi_hot,
 )
 from recsys.data.interactions import (
@@ -82,6 +83,7 @@ class PreparedData:
     user_encoding: FeatureEncoding
     user_arrays: FeatureArrays
     fingerprint: dict[str, Any]
+    item_labels: pa.Table | None = None  # text the model does not use (titles), for display
 
 
 @dataclass(frozen=True)
@@ -200,6 +202,13 @@ def prepare_data(channels: Channels, config: TrainConfig) -> PreparedData:
                 "'train', so nothing can be evaluated. Check that both channels use the same ids."
             )
     counts = {"train": interactions.num_interactions, "users": len(users), "items": len(items)}
+    labels = (
+        label_columns(
+            item_table, id_column=config.item_id_column, vocabulary=items, used=column_names(item_encoding)
+        )
+        if item_table is not None
+        else None
+    )
     return PreparedData(
         users,
         items,
@@ -210,6 +219,7 @@ def prepare_data(channels: Channels, config: TrainConfig) -> PreparedData:
         user_encoding,
         user_arrays,
         _fingerprint(channels, counts),
+        labels,
     )
 
 
@@ -418,6 +428,7 @@ def build_artifact(model: NCF, data: PreparedData, config: TrainConfig, metrics:
         train_config=config_to_json(config),
         metrics=metrics,
         fingerprint=data.fingerprint,
+        item_labels=data.item_labels,
     )
 
 

@@ -17,6 +17,7 @@ from recsys.data.features import (
     FeatureEncoding,
     encode_attributes,
     feature_cardinalities,
+    label_columns,
     load_encoding,
     multi_hot,
     save_encoding,
@@ -225,3 +226,21 @@ def test_text_kind_detection_matches_pandas() -> None:
         assert _detect_text_kind(pa.array(column, pa.string()), "|") == _detect_kind(
             pd.Series(column, dtype=object), "|"
         )
+
+
+def test_label_columns_keep_unused_text_aligned_to_the_vocabulary() -> None:
+    table = pa.table(
+        {
+            "item_id": ["i3", "i1", "zz"],
+            "title": ["Third", "First " + "x" * 200, "Ghost"],
+            "genre": ["A", "B", "A"],  # used by the model: not a label
+            "price": [1.0, 2.0, 3.0],  # not text
+        }
+    )
+
+    labels = label_columns(table, id_column="item_id", vocabulary=ITEMS, used=["genre"])
+
+    assert labels.column_names == ["title"]
+    titles = labels.column("title").to_pylist()
+    assert titles[0].startswith("First ") and len(titles[0]) == 120  # cut for display
+    assert titles[1:] == [None, "Third", None]  # i2 and i4 have no row; "zz" is no item

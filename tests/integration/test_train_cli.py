@@ -76,9 +76,10 @@ def job(tmp_path_factory: pytest.TempPathFactory, tiny_data: SyntheticData, make
     interactions = tiny_data.interactions.sort_values(["user_id", "timestamp"])
     latest = interactions.groupby("user_id").tail(1)
     train = interactions.drop(latest.index)
-    base = make_tree(
-        tmp_path_factory.mktemp("opt_ml"), tiny_data, train=train, hyperparameters=HYPERPARAMETERS
-    )
+    # A title per item: text the model ignores (id-like) but a person reads recommendations by.
+    titled = tiny_data.items.assign(title=["Title of " + i for i in tiny_data.items["item_id"]])
+    data = SyntheticData(interactions=tiny_data.interactions, items=titled, users=tiny_data.users)
+    base = make_tree(tmp_path_factory.mktemp("opt_ml"), data, train=train, hyperparameters=HYPERPARAMETERS)
     test_file = base.parent / "held_out.csv"
     write_table(latest, test_file)
 
@@ -287,8 +288,10 @@ def test_recommend_filters_and_shows_each_items_attributes(job: Job, tiny_data: 
     assert result.returncode == 0, result.stderr[-3000:]
     rows = _recommended(result.stdout)
     assert len(rows) == 4
-    for fields in rows:
-        item, shown = fields[0], dict(f.split("=", 1) for f in fields[2:])
+    for line in [line for line in result.stdout.splitlines() if line.startswith("  ")]:
+        item, _, *attributes = line.strip().split("  ")
+        shown = dict(a.split("=", 1) for a in attributes)
+        assert next(iter(shown)) == "title" and shown["title"] == f"Title of {item}"
         assert genre in genres[item].split("|")
         assert shown["genres"] == genres[item]
         assert float(shown["release_year"]) == tiny_data.items.set_index("item_id").loc[item, "release_year"]
@@ -307,7 +310,7 @@ def test_recommend_similar_items_with_a_numeric_range_and_exclusions(
     )  # fmt: skip
 
     assert result.returncode == 0, result.stderr[-3000:]
-    assert f"items similar to {anchor} (genres=" in result.stdout
+    assert f"items similar to {anchor} (title=Title of {anchor}  genres=" in result.stdout
     rows = _recommended(result.stdout)
     assert 1 <= len(rows) <= 5
     for fields in rows:

@@ -188,3 +188,22 @@ def test_vocabularies_that_disagree_with_the_model_are_refused(tmp_path: Path) -
     save_artifact(artifact, tmp_path)
     with pytest.raises(ArtifactError, match="inconsistent"):
         load_artifact(tmp_path)
+
+
+def test_item_labels_round_trip_and_are_optional(tmp_path: Path) -> None:
+    artifact = _artifact()
+    titles = pa.table({"title": ["One", None, "Three", "Four"]})
+    artifact.item_labels = titles
+    save_artifact(artifact, tmp_path / "labelled")
+    loaded = load_artifact(tmp_path / "labelled")
+    assert loaded.item_labels is not None and loaded.item_labels.equals(titles)
+    assert "item_labels.parquet" in verify_artifact(tmp_path / "labelled")["files"]
+
+    save_artifact(_artifact(), tmp_path / "plain")  # no text beside the features: no file
+    assert load_artifact(tmp_path / "plain").item_labels is None
+    assert not (tmp_path / "plain" / "item_labels.parquet").exists()
+
+    artifact.item_labels = pa.table({"title": ["too", "few"]})
+    save_artifact(artifact, tmp_path / "short")
+    with pytest.raises(ArtifactError, match="inconsistent"):
+        load_artifact(tmp_path / "short")
