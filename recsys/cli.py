@@ -232,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--base-dir", type=Path, help="use this instead of $SAGEMAKER_BASE_DIR")
     # The launcher's parsers load boto3 and the SDK only when an aws command runs.
-    from recsys.sagemaker.launcher_cli import add_aws_parser, key_value
+    from recsys.sagemaker.launcher_cli import add_aws_parser, add_hyperparameter_option
 
     for channel, what in (
         ("train", "interactions to train on (required with any other of these)"),
@@ -247,15 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
             metavar="PATH",
             help=f"a file or directory of {what} (repeatable)",
         )
-    train.add_argument(
-        "--hyperparameter",
-        "-H",
-        type=key_value,
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="a hyperparameter of the job laid out from --train (repeatable); see `recsys hyperparameters`",
-    )
+    add_hyperparameter_option(train, "a hyperparameter of the job laid out from --train (repeatable)")
     train.set_defaults(func=_cmd_train)
 
     serve = sub.add_parser(

@@ -86,6 +86,19 @@ def key_value(text: str) -> tuple[str, str]:
     return name.strip(), value
 
 
+def add_hyperparameter_option(parser: argparse.ArgumentParser, what: str) -> None:
+    """``-H NAME=VALUE``, repeatable, as ``recsys train`` and the launcher's jobs take it."""
+    parser.add_argument(
+        "--hyperparameter",
+        "-H",
+        type=key_value,
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help=f"{what}; see `recsys hyperparameters`",
+    )
+
+
 def positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -202,15 +215,7 @@ def _training_options(parser: argparse.ArgumentParser, *, local_mode: bool) -> N
         help="S3 prefix for model.tar.gz and output.tar.gz"
         + (" (required unless --local)" if local_mode else " (required)"),
     )
-    parser.add_argument(
-        "--hyperparameter",
-        "-H",
-        type=key_value,
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="a hyperparameter, passed as a string (repeatable); see `recsys hyperparameters`",
-    )
+    add_hyperparameter_option(parser, "a hyperparameter, passed as a string (repeatable)")
     parser.add_argument("--instance-type", default="ml.g5.xlarge", help="default: ml.g5.xlarge (one A10G)")
     parser.add_argument("--instance-count", type=positive_int, default=1, help="instances (default: 1)")
     parser.add_argument(

@@ -27,17 +27,20 @@ from recsys.training.batches import DeviceInteractions
 CPU = torch.device("cpu")
 
 
-def _train(per_user: list[list[int]], num_items: int) -> DeviceInteractions:
+def _indexed(per_user: list[list[int]], num_items: int) -> IndexedInteractions:
     counts = [len(items) for items in per_user]
-    indexed = IndexedInteractions(
-        users=np.repeat(np.arange(len(per_user)), counts).astype(np.int64),
-        items=np.array([i for items in per_user for i in items], dtype=np.int64),
+    return IndexedInteractions(
+        users=np.repeat(np.arange(len(per_user)), counts).astype(np.int32),
+        items=np.array([i for items in per_user for i in items], dtype=np.int32),
         timestamps=np.arange(sum(counts), dtype=np.float64),
         indptr=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
         num_users=len(per_user),
         num_items=num_items,
     )
-    return DeviceInteractions.from_indexed(indexed, CPU)
+
+
+def _train(per_user: list[list[int]], num_items: int) -> DeviceInteractions:
+    return DeviceInteractions.from_indexed(_indexed(per_user, num_items), CPU)
 
 
 def _held_out(per_user: list[list[int]]) -> HeldOut:
@@ -184,18 +187,6 @@ def test_a_clear_win_over_the_baseline_is_called_clearly_better() -> None:
     comparison = compare_rankings(model, popular, "hr@1")
     assert comparison.model == pytest.approx(0.9) and comparison.baseline == pytest.approx(0.1)
     assert comparison.clearly_better is True
-
-
-def _indexed(per_user: list[list[int]], num_items: int) -> IndexedInteractions:
-    counts = [len(items) for items in per_user]
-    return IndexedInteractions(
-        users=np.repeat(np.arange(len(per_user)), counts).astype(np.int32),
-        items=np.array([i for items in per_user for i in items], dtype=np.int32),
-        timestamps=np.arange(sum(counts), dtype=np.float64),
-        indptr=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
-        num_users=len(per_user),
-        num_items=num_items,
-    )
 
 
 def test_drop_repeats_removes_pairs_already_seen_and_counts_them() -> None:
