@@ -24,32 +24,52 @@ PROFILE ?=
 .PHONY: help install run serve test lint format bench-quality bench-serving bench-scale bench-image image image-cpu local-train local-serve push clean
 
 help:
-	@echo "make install        create $(VENV) with recsys, its dev tools and the aws extra (idempotent)"
-	@echo "make run            install, then train on the bundled synthetic data in $(LOCAL_ML) and recommend"
-	@echo "make test           install, then run the test suite"
+	@echo "make install        create $(VENV) with everything: recsys, its dev tools and the aws extra (idempotent)"
+	@echo "make run            install what running needs, then train on the bundled synthetic data in $(LOCAL_ML) and recommend"
+	@echo "make test           install everything, then run the test suite"
 	@echo "make lint           ruff (lint + format check), mypy and hadolint"
-	@echo "make serve          serve the model of 'make run' on localhost:8080"
+	@echo "make serve          serve the model of 'make run' on localhost:$(PORT)"
 	@echo "make bench-quality  MovieLens-100K: this model vs EASE and most-popular"
 	@echo "make bench-serving  serving req/s and latency at 1,682 / 100,000 / 1,000,000 items"
 	@echo "make bench-scale    load-and-encode, one epoch and peak RSS at 1M / 10M / 50M interactions"
-	@echo "make bench-image    size of \$$(IMAGE), and serve's cold start (docker run -> /ping 200) over 7 runs"
-	@echo "make image          build \$$(IMAGE) with CUDA 12.6 torch (GPU and CPU instances; TORCH_CUDA_INDEX= for PyPI's CUDA 13.0)"
-	@echo "make image-cpu      build \$$(IMAGE) with CPU-only torch (a wheel in docker/wheels/ or PyTorch's CPU index)"
-	@echo "make local-train    docker run \$$(IMAGE) train on the bundled data in \$$(LOCAL_ML)"
-	@echo "make local-serve    docker run \$$(IMAGE) serve on localhost:\$$(PORT), then an example request"
-	@echo "make push           push \$$(IMAGE) to ECR repository \$$(REPOSITORY) (REGION, PROFILE); prints its URI"
+	@echo "make bench-image    size of $(IMAGE), and serve's cold start (docker run -> /ping 200) over 7 runs"
+	@echo "make image          build $(IMAGE) with CUDA 12.6 torch (GPU and CPU instances; TORCH_CUDA_INDEX= for PyPI's CUDA 13.0)"
+	@echo "make image-cpu      build $(IMAGE) with CPU-only torch (a wheel in docker/wheels/ or PyTorch's CPU index)"
+	@echo "make local-train    docker run $(IMAGE) train on the bundled data in $(LOCAL_ML)"
+	@echo "make local-serve    docker run $(IMAGE) serve on localhost:$(PORT), then an example request"
+	@echo "make push           push $(IMAGE) to ECR repository $(REPOSITORY) (REGION, PROFILE); prints its URI"
 	@echo "make clean          remove $(VENV), $(LOCAL_ML) and caches"
 
-# The stamp is newer than pyproject.toml once the environment matches it.
-$(VENV)/.installed: pyproject.toml
-	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "recsys needs Python 3.11 or newer; set PYTHON=python3.11")'
+# Two installs, each with its stamp under VENV, newer than pyproject.toml once the environment matches it:
+#   .installed-runtime  recsys and its dependencies (pip install -e .): what run, serve and the benchmarks need
+#   .installed          that plus the dev tools and the aws extra (-e '.[dev,aws]'): install, test, lint, push
+# Once VENV has everything, the targets that need only the runtime depend on the full stamp (no second,
+# smaller pip run follows), and `make install` upgrades a runtime-only VENV.
+RUNTIME_STAMP := $(VENV)/.installed-runtime
+FULL_STAMP := $(VENV)/.installed
+RUNTIME := $(if $(wildcard $(FULL_STAMP)),$(FULL_STAMP),$(RUNTIME_STAMP))
+CHECK_PYTHON = $(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "recsys needs Python 3.11 or newer; set PYTHON=python3.11")'
+
+$(RUNTIME_STAMP): pyproject.toml
+	@$(CHECK_PYTHON)
+	@if [ -e $@ ]; then echo "pyproject.toml changed: updating $(VENV) (pip install -e .)"; \
+	else echo "First run: installing recsys and what it needs to run (torch, pandas, pyarrow, matplotlib, FastAPI) into $(VENV): about 1 min and 1.4 GB, once. make install adds the dev tools and the aws extra."; fi
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet $(PIP_INDEX_FLAGS) -e '.[dev,aws]'
+	$(BIN)/python -m pip install --quiet $(PIP_INDEX_FLAGS) -e .
 	@touch $@
 
-install: $(VENV)/.installed
+$(FULL_STAMP): pyproject.toml
+	@$(CHECK_PYTHON)
+	@if [ -e $@ ]; then echo "pyproject.toml changed: updating $(VENV) (pip install -e '.[dev,aws]')"; \
+	elif [ -e $(RUNTIME_STAMP) ]; then echo "Adding the dev tools (pytest, ruff, mypy, moto) and the aws extra (SageMaker SDK, boto3) to $(VENV): about 1.5 min and 0.7 GB more, once."; \
+	else echo "First install: recsys, its dev tools (pytest, ruff, mypy, moto) and the aws extra (SageMaker SDK, boto3) into $(VENV): about 2.5 min and 2.1 GB, once."; fi
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet $(PIP_INDEX_FLAGS) -e '.[dev,aws]'
+	@touch $@ $(RUNTIME_STAMP)
 
-run: install
+install: $(FULL_STAMP)
+
+run: $(RUNTIME)
 	rm -rf $(LOCAL_ML)
 	$(BIN)/recsys generate-data --output $(LOCAL_ML)/input/data
 	SAGEMAKER_BASE_DIR=$(LOCAL_ML) $(BIN)/recsys train
@@ -60,29 +80,29 @@ run: install
 	@echo
 	@echo "model: $(LOCAL_ML)/model   report: $(LOCAL_ML)/output/data (metrics.json, learning_curves.png)"
 
-serve: install
-	SAGEMAKER_BASE_DIR=$(LOCAL_ML) $(BIN)/recsys serve
+serve: $(RUNTIME)
+	SAGEMAKER_BASE_DIR=$(LOCAL_ML) SAGEMAKER_BIND_TO_PORT=$(PORT) $(BIN)/recsys serve
 
-test: install
+test: $(FULL_STAMP)
 	$(BIN)/python -m pytest -q
 
-lint: install
+lint: $(FULL_STAMP)
 	$(BIN)/ruff check recsys tests benchmarks
 	$(BIN)/ruff format --check recsys tests benchmarks
 	$(BIN)/mypy
 	$(BIN)/hadolint Dockerfile
 
-format: install
+format: $(FULL_STAMP)
 	$(BIN)/ruff format recsys tests benchmarks
 	$(BIN)/ruff check --fix recsys tests benchmarks
 
-bench-quality: install
+bench-quality: $(RUNTIME)
 	$(BIN)/python -m benchmarks.quality
 
-bench-serving: install
+bench-serving: $(RUNTIME)
 	$(BIN)/python -m benchmarks.serving
 
-bench-scale: install
+bench-scale: $(RUNTIME)
 	$(BIN)/python -m benchmarks.scale
 
 # Standard library and the Docker CLI only: the model is trained inside the image.
@@ -96,7 +116,7 @@ image:
 image-cpu:
 	docker build --platform $(PLATFORM) --build-arg BASE_IMAGE=$(BASE_IMAGE) --build-arg TORCH_VARIANT=cpu -t $(IMAGE) .
 
-local-train: install
+local-train: $(RUNTIME)
 	rm -rf $(LOCAL_ML)
 	$(BIN)/recsys generate-data --output $(LOCAL_ML)/input/data
 	docker run --rm -v "$(abspath $(LOCAL_ML)):/opt/ml" $(IMAGE) train
@@ -110,7 +130,7 @@ local-serve:
 	@echo
 	@echo "serving on localhost:$(PORT); stop with: docker stop recsys-local-serve"
 
-push: install
+push: $(FULL_STAMP)
 	$(BIN)/recsys aws push --image $(IMAGE) --repository $(REPOSITORY) \
 		$(if $(REGION),--region $(REGION)) $(if $(PROFILE),--profile $(PROFILE))
 
