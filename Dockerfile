@@ -76,6 +76,13 @@ COPY recsys/ recsys/
 RUN pip install --no-deps . && rm -rf build
 COPY docker/entrypoint.sh /usr/local/bin/recsys-entrypoint
 
+# Any uid may run the image (`docker run --user 12345:12345` keeps a mounted tree the caller's),
+# with no passwd entry and no home: HOME, where matplotlib and torch keep their caches, is /tmp
+# rather than the unwritable / that Docker gives such a user (SageMaker's root gets the same), and
+# bytecode was compiled by pip at install time and is never written at run time.
+ENV HOME=/tmp \
+    MPLCONFIGDIR=/tmp/matplotlib
+
 # Nothing under /opt/ml: SageMaker mounts it.
 EXPOSE 8080
 ENTRYPOINT ["/usr/local/bin/recsys-entrypoint"]

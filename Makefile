@@ -15,6 +15,11 @@ BASE_IMAGE ?= python:3.11-slim-bookworm
 # SageMaker's GPU and x86 CPU instances run linux/amd64 images: built as such even on an arm64 laptop.
 PLATFORM ?= linux/amd64
 PORT ?= 8080
+# The containers of local-train, local-serve and bench-image run as the calling user, so that what
+# they write under LOCAL_ML stays the caller's (`make run` removes it). DOCKER_USER= (empty) runs them
+# as the image's default user, root, as SageMaker does.
+DOCKER_USER ?= $(shell id -u):$(shell id -g)
+DOCKER_USER_FLAG = $(if $(DOCKER_USER),--user $(DOCKER_USER))
 # ECR: `make push` sends IMAGE to REPOSITORY (created if missing) in REGION, with PROFILE's credentials;
 # empty REGION / PROFILE mean the AWS configuration's (AWS_REGION, AWS_PROFILE, ~/.aws/config).
 REPOSITORY ?= recsys
@@ -35,7 +40,7 @@ help:
 	@echo "make bench-image    size of $(IMAGE), and serve's cold start (docker run -> /ping 200) over 7 runs"
 	@echo "make image          build $(IMAGE) with CUDA 12.6 torch (GPU and CPU instances; TORCH_CUDA_INDEX= for PyPI's CUDA 13.0)"
 	@echo "make image-cpu      build $(IMAGE) with CPU-only torch (a wheel in docker/wheels/ or PyTorch's CPU index)"
-	@echo "make local-train    docker run $(IMAGE) train on the bundled data in $(LOCAL_ML)"
+	@echo "make local-train    docker run $(IMAGE) train on fresh bundled data in $(LOCAL_ML), as user $(or $(DOCKER_USER),root)"
 	@echo "make local-serve    docker run $(IMAGE) serve on localhost:$(PORT), then an example request"
 	@echo "make push           push $(IMAGE) to ECR repository $(REPOSITORY) (REGION, PROFILE); prints its URI"
 	@echo "make clean          remove $(VENV), $(LOCAL_ML) and caches"
@@ -70,7 +75,7 @@ $(FULL_STAMP): pyproject.toml
 install: $(FULL_STAMP)
 
 run: $(RUNTIME)
-	rm -rf $(LOCAL_ML)
+	@rm -rf $(LOCAL_ML) || { echo "cannot remove $(LOCAL_ML): an earlier container wrote it as root; remove it with sudo rm -rf $(LOCAL_ML)"; exit 1; }
 	$(BIN)/recsys generate-data --output $(LOCAL_ML)/input/data
 	SAGEMAKER_BASE_DIR=$(LOCAL_ML) $(BIN)/recsys train
 	@echo
@@ -107,7 +112,7 @@ bench-scale: $(RUNTIME)
 
 # Standard library and the Docker CLI only: the model is trained inside the image.
 bench-image:
-	$(PYTHON) -m benchmarks.image --image $(IMAGE)
+	$(PYTHON) -m benchmarks.image --image $(IMAGE) --user "$(DOCKER_USER)"
 
 image:
 	docker build --platform $(PLATFORM) --build-arg BASE_IMAGE=$(BASE_IMAGE) \
@@ -116,15 +121,18 @@ image:
 image-cpu:
 	docker build --platform $(PLATFORM) --build-arg BASE_IMAGE=$(BASE_IMAGE) --build-arg TORCH_VARIANT=cpu -t $(IMAGE) .
 
-local-train: $(RUNTIME)
-	rm -rf $(LOCAL_ML)
-	$(BIN)/recsys generate-data --output $(LOCAL_ML)/input/data
-	docker run --rm -v "$(abspath $(LOCAL_ML)):/opt/ml" $(IMAGE) train
+# Docker alone: the bundled data is generated inside the image too.
+local-train:
+	@rm -rf $(LOCAL_ML) || { echo "cannot remove $(LOCAL_ML): an earlier container wrote it as root; remove it with sudo rm -rf $(LOCAL_ML)"; exit 1; }
+	mkdir -p $(LOCAL_ML)
+	docker run --rm $(DOCKER_USER_FLAG) -v "$(abspath $(LOCAL_ML)):/opt/ml" $(IMAGE) \
+		recsys generate-data --output /opt/ml/input/data
+	docker run --rm $(DOCKER_USER_FLAG) -v "$(abspath $(LOCAL_ML)):/opt/ml" $(IMAGE) train
 
 local-serve:
 	@test -f $(LOCAL_ML)/model/manifest.json || { echo "no model in $(LOCAL_ML)/model: run make local-train (or make run) first"; exit 1; }
 	docker rm -f recsys-local-serve >/dev/null 2>&1 || true
-	docker run -d --name recsys-local-serve -p 127.0.0.1:$(PORT):8080 -v "$(abspath $(LOCAL_ML)):/opt/ml" $(IMAGE) serve
+	docker run -d --name recsys-local-serve $(DOCKER_USER_FLAG) -p 127.0.0.1:$(PORT):8080 -v "$(abspath $(LOCAL_ML)):/opt/ml" $(IMAGE) serve
 	@for i in $$(seq 120); do curl -sf -o /dev/null localhost:$(PORT)/ping && break; sleep 0.5; done
 	curl -s localhost:$(PORT)/invocations -H 'Content-Type: application/json' -d '{"user_id": "u0001", "k": 5}'
 	@echo

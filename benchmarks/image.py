@@ -16,6 +16,9 @@ For each tag:
   at the first 200 on ``GET /ping`` (polled every 20 ms); the container is removed before the next
   run. The time for ``docker run -d`` alone (container created and started) is shown beside it.
 
+The containers run as the calling user (``--user UID:GID``), so that the tree they write stays
+removable without root; ``--user ''`` runs them as the image's default user, root, as SageMaker does.
+
 Only the standard library is used on the host; nothing but the Docker CLI is needed. Figures go to
 ``benchmarks/.cache/image.json`` as well.
 """
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -79,15 +83,24 @@ def read_layers(tag: str, min_bytes: int = 1_000_000) -> list[Layer]:
     return layers
 
 
-def train_model(tag: str, tree: Path) -> float:
+def calling_user() -> str:
+    """``UID:GID`` of this process, for ``docker run --user``."""
+    return f"{os.getuid()}:{os.getgid()}"
+
+
+def _user_flags(user: str) -> list[str]:
+    return ["--user", user] if user else []
+
+
+def train_model(tag: str, tree: Path, user: str) -> float:
     """Bundled data, then `docker run IMAGE train`, in a fresh /opt/ml tree; the training seconds."""
     if tree.exists():
         shutil.rmtree(tree)
     tree.mkdir(parents=True)
-    mount = f"{tree.resolve()}:/opt/ml"
-    _docker("run", "--rm", "-v", mount, tag, "recsys", "generate-data", "--output", "/opt/ml/input/data")
+    run = ["run", "--rm", *_user_flags(user), "-v", f"{tree.resolve()}:/opt/ml", tag]
+    _docker(*run, "recsys", "generate-data", "--output", "/opt/ml/input/data")
     started = time.monotonic()
-    _docker("run", "--rm", "-v", mount, tag, "train", timeout=1800)
+    _docker(*run, "train", timeout=1800)
     seconds = time.monotonic() - started
     if not (tree / "model" / "manifest.json").exists():
         raise RuntimeError(f"`docker run {tag} train` wrote no model/manifest.json under {tree}")
@@ -102,11 +115,11 @@ def _ping_ok(url: str) -> bool:
         return False
 
 
-def cold_start(tag: str, tree: Path) -> tuple[float, float]:
+def cold_start(tag: str, tree: Path, user: str) -> tuple[float, float]:
     """Seconds from `docker run -d` to its return, and to the first 200 on /ping."""
     mount = f"{tree.resolve()}:/opt/ml"
     started = time.monotonic()
-    container = _docker("run", "-d", "-p", "127.0.0.1::8080", "-v", mount, tag, "serve")
+    container = _docker("run", "-d", *_user_flags(user), "-p", "127.0.0.1::8080", "-v", mount, tag, "serve")
     run_seconds = time.monotonic() - started
     try:
         port = _docker("port", container, "8080/tcp").splitlines()[0].rsplit(":", 1)[-1]
@@ -121,12 +134,12 @@ def cold_start(tag: str, tree: Path) -> tuple[float, float]:
         subprocess.run(["docker", "rm", "-f", container], capture_output=True, timeout=120)
 
 
-def measure(tag: str, runs: int) -> ImageFigures:
+def measure(tag: str, runs: int, user: str) -> ImageFigures:
     tree = CACHE / "image" / tag.replace("/", "_").replace(":", "_") / "opt_ml"
-    train_seconds = train_model(tag, tree)
+    train_seconds = train_model(tag, tree, user)
     run_seconds, ping_seconds = [], []
     for _ in range(runs):
-        to_run, to_ping = cold_start(tag, tree)
+        to_run, to_ping = cold_start(tag, tree, user)
         run_seconds.append(to_run)
         ping_seconds.append(to_ping)
     return ImageFigures(tag, read_size(tag), read_layers(tag), train_seconds, run_seconds, ping_seconds)
@@ -162,6 +175,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--image", action="append", help="a tag to measure (repeatable; default recsys:latest)"
     )
     parser.add_argument("--runs", type=int, default=7, help="cold starts per image (default 7)")
+    parser.add_argument(
+        "--user",
+        default=calling_user(),
+        help="docker run --user for each container (default: this process's UID:GID; '' for root)",
+    )
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error("--runs must be at least 1")
@@ -170,7 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     results = []
     for tag in args.image or ["recsys:latest"]:
-        figures = measure(tag, args.runs)
+        figures = measure(tag, args.runs, args.user)
         print(report(figures), flush=True)
         results.append(asdict(figures))
     CACHE.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,8 @@
 """The image, built and run for real: `train` on a local /opt/ml tree, then `serve` from it.
 
 Needs a Docker engine; conftest.py builds the CPU image once and says when and why these skip.
+Containers that write into a host tree run as the calling user, as `make local-train` runs them;
+SageMaker's way, root, and an arbitrary uid with no passwd entry are tested on their own.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from recsys.data.synthetic import SyntheticSpec, generate, write_channels
+from tests.container.conftest import ARBITRARY_UID, ARBITRARY_USER, docker_user, give_back
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +28,7 @@ def trained_tree(cpu_image: str, tmp_path_factory: pytest.TempPathFactory) -> Pa
     (base / "input" / "config").mkdir(parents=True)
     (base / "input" / "config" / "hyperparameters.json").write_text(json.dumps({"epochs": "2"}))
     result = subprocess.run(
-        ["docker", "run", "--rm", "-v", f"{base}:/opt/ml", cpu_image, "train"],
+        ["docker", "run", "--rm", "--user", docker_user(), "-v", f"{base}:/opt/ml", cpu_image, "train"],
         capture_output=True,
         text=True,
         timeout=600,
@@ -48,7 +51,7 @@ def test_train_writes_the_artifact_and_success(trained_tree: Path) -> None:
 def test_a_bad_tree_fails_with_a_failure_file(cpu_image: str, tmp_path: Path) -> None:
     (tmp_path / "input" / "data").mkdir(parents=True)
     result = subprocess.run(
-        ["docker", "run", "--rm", "-v", f"{tmp_path}:/opt/ml", cpu_image, "train"],
+        ["docker", "run", "--rm", "--user", docker_user(), "-v", f"{tmp_path}:/opt/ml", cpu_image, "train"],
         capture_output=True,
         text=True,
         timeout=300,
@@ -108,3 +111,79 @@ def test_serve_answers_and_stops_cleanly_on_sigterm(server: tuple[str, str]) -> 
         ["docker", "inspect", container, "--format", "{{.State.ExitCode}}"], capture_output=True, text=True
     ).stdout.strip()
     assert state == "0"
+
+
+def test_train_as_root_as_sagemaker_runs_it(cpu_image: str, tmp_path: Path) -> None:
+    """No --user: the image's default user, root, which is how SageMaker runs `train`."""
+    write_channels(
+        generate(SyntheticSpec(num_users=60, num_items=30, mean_interactions_per_user=10)),
+        tmp_path / "input" / "data",
+    )
+    (tmp_path / "input" / "config").mkdir(parents=True)
+    (tmp_path / "input" / "config" / "hyperparameters.json").write_text(json.dumps({"epochs": "1"}))
+    try:
+        result = subprocess.run(
+            ["docker", "run", "--rm", "-v", f"{tmp_path}:/opt/ml", cpu_image, "train"],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+        assert (tmp_path / "model" / "manifest.json").stat().st_uid == 0
+        assert (tmp_path / "output" / "success").exists()
+    finally:
+        give_back(cpu_image, tmp_path)
+
+
+def test_an_arbitrary_uid_without_a_home_trains(
+    arbitrary_user_tree: tuple[Path, subprocess.CompletedProcess[str]],
+) -> None:
+    tree, result = arbitrary_user_tree
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-4000:]
+    written = list((tree / "model").rglob("*"))
+    assert written and all(path.stat().st_uid == ARBITRARY_UID for path in written)
+    assert (tree / "output" / "success").stat().st_uid == ARBITRARY_UID
+    # matplotlib found a writable config directory (HOME and MPLCONFIGDIR under /tmp), rather than
+    # falling back, with a warning, to a fresh temporary one in every process.
+    assert "Matplotlib created a temporary" not in log, log[-4000:]
+    assert "Permission denied" not in log, log[-4000:]
+
+
+def test_an_arbitrary_uid_without_a_home_serves(
+    cpu_image: str, arbitrary_user_tree: tuple[Path, subprocess.CompletedProcess[str]]
+) -> None:
+    tree, trained = arbitrary_user_tree
+    assert trained.returncode == 0, (trained.stdout + trained.stderr)[-4000:]
+    container = subprocess.run(
+        [
+            "docker",
+            "run",
+            "-d",
+            "--user",
+            ARBITRARY_USER,
+            "-p",
+            "127.0.0.1::8080",
+            "-v",
+            f"{tree}:/opt/ml",
+            cpu_image,
+            "serve",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    ).stdout.strip()
+    try:
+        port = (
+            subprocess.run(
+                ["docker", "port", container, "8080/tcp"], capture_output=True, text=True, check=True
+            )
+            .stdout.split(":")[-1]
+            .strip()
+        )
+        _wait_for_ping(f"http://127.0.0.1:{port}")
+        logs = subprocess.run(["docker", "logs", container], capture_output=True, text=True, timeout=60)
+        assert "Matplotlib created a temporary" not in logs.stdout + logs.stderr
+    finally:
+        subprocess.run(["docker", "rm", "-f", container], capture_output=True, timeout=60)
