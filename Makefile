@@ -20,6 +20,8 @@ PORT ?= 8080
 # as the image's default user, root, as SageMaker does.
 DOCKER_USER ?= $(shell id -u):$(shell id -g)
 DOCKER_USER_FLAG = $(if $(DOCKER_USER),--user $(DOCKER_USER))
+# The name of local-serve's container.
+SERVE_CONTAINER ?= recsys-local-serve
 # ECR: `make push` sends IMAGE to REPOSITORY (created if missing) in REGION, with PROFILE's credentials;
 # empty REGION / PROFILE mean the AWS configuration's (AWS_REGION, AWS_PROFILE, ~/.aws/config).
 REPOSITORY ?= recsys
@@ -129,14 +131,22 @@ local-train:
 		recsys generate-data --output /opt/ml/input/data
 	docker run --rm $(DOCKER_USER_FLAG) -v "$(abspath $(LOCAL_ML)):/opt/ml" $(IMAGE) train
 
+# Exit status 0 when 127.0.0.1:$(1) can be bound, as docker's proxy binds it, and no container publishes it.
+port_free = $(PYTHON) -c 'import socket, sys; s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("127.0.0.1", int(sys.argv[1])))' $(1) 2>/dev/null \
+	&& [ -z "$$(docker ps -q --filter publish=$(1))" ]
+
 local-serve:
 	@test -f $(LOCAL_ML)/model/manifest.json || { echo "no model in $(LOCAL_ML)/model: run make local-train (or make run) first"; exit 1; }
-	docker rm -f recsys-local-serve >/dev/null 2>&1 || true
-	docker run -d --name recsys-local-serve $(DOCKER_USER_FLAG) -p 127.0.0.1:$(PORT):8080 -v "$(abspath $(LOCAL_ML)):/opt/ml" $(IMAGE) serve
+	@docker rm -f $(SERVE_CONTAINER) >/dev/null 2>&1 || true
+	@$(call port_free,$(PORT)) || { \
+		free=$$(for p in $$(seq $$(($(PORT) + 1)) $$(($(PORT) + 100))); do $(call port_free,$$p) && { echo $$p; break; }; done); \
+		echo "port $(PORT) on 127.0.0.1 is already in use: stop what holds it, or pick another port, e.g. make local-serve PORT=$${free:-8081}"; exit 1; }
+	docker run -d --name $(SERVE_CONTAINER) $(DOCKER_USER_FLAG) -p 127.0.0.1:$(PORT):8080 \
+		-v "$(abspath $(LOCAL_ML)):/opt/ml" $(IMAGE) serve
 	@for i in $$(seq 120); do curl -sf -o /dev/null localhost:$(PORT)/ping && break; sleep 0.5; done
 	curl -s localhost:$(PORT)/invocations -H 'Content-Type: application/json' -d '{"user_id": "u0001", "k": 5}'
 	@echo
-	@echo "serving on localhost:$(PORT); stop with: docker stop recsys-local-serve"
+	@echo "serving on localhost:$(PORT); stop with: docker stop $(SERVE_CONTAINER)"
 
 push: $(FULL_STAMP)
 	$(BIN)/recsys aws push --image $(IMAGE) --repository $(REPOSITORY) \
