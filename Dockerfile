@@ -14,7 +14,11 @@ ARG BASE_IMAGE=python:3.11-slim-bookworm
 # The CPU torch is installed in a stage of its own and copied over as one directory: a wheel
 # COPY'd into the final image would stay in its layer (~190 MB) even after `rm`, and the legacy
 # builder has no RUN --mount. For the CUDA variant this stage leaves /opt/venv empty.
+# The legacy builder leaves this stage behind as an untagged image: `make image-cpu` tags it (the
+# next build's cache) and prunes superseded ones by this label.
 FROM ${BASE_IMAGE} AS torch-cpu
+
+LABEL recsys.stage=torch-cpu
 
 ARG TORCH_VARIANT=cuda
 ARG TORCH_VERSION=2.13.0

@@ -28,6 +28,16 @@ REPOSITORY ?= recsys
 REGION ?=
 PROFILE ?=
 
+# The legacy builder keeps each earlier stage of a multi-stage build as an untagged image. The
+# torch-cpu stage (the CPU variant's 1.07 GB torch install) is built first under its own tag,
+# TORCH_STAGE, so that it stays, named, as the next build's cache instead of a dangling <none>
+# image; after each build, dangling images with the stage's label (a stage superseded by another
+# wheel or base, the CUDA variant's small one) are pruned.
+TORCH_STAGE ?= recsys-stage:torch-cpu
+STAGE_LABEL := recsys.stage=torch-cpu
+BUILD_FLAGS = --platform $(PLATFORM) --build-arg BASE_IMAGE=$(BASE_IMAGE)
+PRUNE_STAGES = docker image prune -f --filter label=$(STAGE_LABEL) >/dev/null
+
 .PHONY: help install run serve test lint format bench-quality bench-serving bench-scale bench-image image image-cpu local-train local-serve push clean
 
 help:
@@ -117,11 +127,14 @@ bench-image:
 	$(PYTHON) -m benchmarks.image --image $(IMAGE) --user "$(DOCKER_USER)"
 
 image:
-	docker build --platform $(PLATFORM) --build-arg BASE_IMAGE=$(BASE_IMAGE) \
+	docker build $(BUILD_FLAGS) \
 		$(if $(filter undefined,$(origin TORCH_CUDA_INDEX)),,--build-arg TORCH_CUDA_INDEX=$(TORCH_CUDA_INDEX)) -t $(IMAGE) .
+	$(PRUNE_STAGES)
 
 image-cpu:
-	docker build --platform $(PLATFORM) --build-arg BASE_IMAGE=$(BASE_IMAGE) --build-arg TORCH_VARIANT=cpu -t $(IMAGE) .
+	docker build $(BUILD_FLAGS) --build-arg TORCH_VARIANT=cpu --target torch-cpu -t $(TORCH_STAGE) .
+	docker build $(BUILD_FLAGS) --build-arg TORCH_VARIANT=cpu -t $(IMAGE) .
+	$(PRUNE_STAGES)
 
 # Docker alone: the bundled data is generated inside the image too.
 local-train:

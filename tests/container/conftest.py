@@ -2,9 +2,9 @@
 
 Container tests skip, saying why, where no engine answers. CI sets RECSYS_REQUIRE_DOCKER=1 so that
 a missing engine (or RECSYS_SKIP_CONTAINER) fails the run instead of passing it silently.
-The image is the CPU variant; its torch wheel is fetched into docker/wheels/ with pip first
-(PyTorch's CPU index may be out of reach). BASE_IMAGE picks the base (e.g.
-local/bookworm-python:latest where Docker Hub is out of reach).
+The image is the CPU variant, built by `make image-cpu` as an engineer builds it; its torch wheel
+is fetched into docker/wheels/ with pip first (PyTorch's CPU index may be out of reach). BASE_IMAGE
+picks the base (e.g. local/bookworm-python:latest where Docker Hub is out of reach).
 Containers that write into a host tree run as the calling user (``docker_user()``), as
 `make local-train` runs them, so that the tree stays removable without root.
 """
@@ -75,6 +75,10 @@ def fetch_cpu_torch_wheel() -> None:
     )
 
 
+def base_image() -> str:
+    return os.environ.get("BASE_IMAGE", DEFAULT_BASE_IMAGE)
+
+
 def docker_user() -> str:
     """``UID:GID`` of this process, for ``docker run --user``: what `make local-train` passes."""
     return f"{os.getuid()}:{os.getgid()}"
@@ -87,26 +91,27 @@ def make_env() -> dict[str, str]:
 
 
 def build_cpu_image(tag: str = CPU_TAG) -> str:
+    """`make image-cpu IMAGE=tag`; its output is shown only when it fails."""
     fetch_cpu_torch_wheel()
-    base = os.environ.get("BASE_IMAGE", DEFAULT_BASE_IMAGE)
-    subprocess.run(
+    result = subprocess.run(
         [
-            "docker",
-            "build",
-            "-q",
-            "--platform",
-            "linux/amd64",
-            "--build-arg",
-            f"BASE_IMAGE={base}",
-            "--build-arg",
-            "TORCH_VARIANT=cpu",
-            "-t",
-            tag,
+            "make",
+            "--no-print-directory",
+            "-C",
             str(ROOT),
+            "image-cpu",
+            f"IMAGE={tag}",
+            f"BASE_IMAGE={base_image()}",
         ],
-        check=True,
+        capture_output=True,
+        text=True,
         timeout=1200,
+        env=make_env(),
     )
+    if result.returncode != 0:
+        pytest.fail(
+            f"make image-cpu failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}", pytrace=False
+        )
     return tag
 
 

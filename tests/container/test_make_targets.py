@@ -1,6 +1,7 @@
-"""The Makefile's Docker targets against a real engine: `make local-train`, `make local-serve`.
+"""The Makefile's Docker targets against a real engine: `make image-cpu`, `make local-train`,
+`make local-serve`.
 
-conftest.py builds the image once per session and says when these skip.
+conftest.py builds the image with `make image-cpu` once per session and says when these skip.
 """
 
 from __future__ import annotations
@@ -19,9 +20,12 @@ import pytest
 from tests.container.conftest import (
     ARBITRARY_USER,
     ROOT,
+    base_image,
     docker_user,
     make_env,
 )
+
+STAGE_LABEL = "recsys.stage=torch-cpu"
 
 
 def make(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
@@ -44,6 +48,21 @@ def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+# --- make image-cpu -------------------------------------------------------------------------------
+
+
+def test_image_cpu_leaves_no_dangling_torch_stage(cpu_image: str) -> None:
+    # The stage's image, as the session's `make image-cpu` left it: built again, from the cache.
+    stage = docker(
+        "build", "-q", "--platform", "linux/amd64", "--build-arg", f"BASE_IMAGE={base_image()}",
+        "--build-arg", "TORCH_VARIANT=cpu", "--target", "torch-cpu", str(ROOT),
+        timeout=600,
+    )  # fmt: skip
+    dangling = docker("images", "-q", "--no-trunc", "-f", "dangling=true").split()
+    assert stage not in dangling, f"the torch-cpu stage {stage} is left as a dangling <none> image"
+    assert docker("images", "-q", "-f", "dangling=true", "-f", f"label={STAGE_LABEL}") == ""
 
 
 # --- make local-train -------------------------------------------------------------------------------
