@@ -152,6 +152,29 @@ def test_help_prints_the_values_of_its_variables() -> None:
     assert "recsys:latest" in make("help").stdout
 
 
+# --- the image's tag, in make and in the README ------------------------------------------------------
+
+
+def _built_tag(target: str) -> str:
+    """The tag that `make TARGET` gives the image: the last ``docker build ... -t TAG .`` it would run."""
+    result = make("-n", target)
+    assert result.returncode == 0, result.stderr
+    commands = result.stdout.replace("\\\n", " ")  # a recipe's continued lines, joined
+    tags = re.findall(r"docker build .*?-t (\S+) \.$", commands, re.M)
+    assert tags, result.stdout
+    return tags[-1]
+
+
+def test_the_readme_runs_the_tag_that_make_builds() -> None:
+    tag = _built_tag("image-cpu")
+    assert _built_tag("image") == tag
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    run_tags = re.findall(r"^docker run .*?\s(recsys(?::[\w.-]+)?)\s+(?:train|serve)\b", readme, re.M)
+    assert run_tags, "README shows no `docker run ... recsys... train|serve` line"
+    normalised = {t if ":" in t else f"{t}:latest" for t in run_tags}
+    assert normalised == {tag}, f"README runs {sorted(normalised)}; make image / image-cpu build {tag}"
+
+
 # --- make serve PORT=... --------------------------------------------------------------------------
 
 
