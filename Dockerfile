@@ -1,8 +1,11 @@
 # recsys: one image that trains (`train`) and serves (`serve`) under SageMaker's contracts.
 #
-#   docker build -t recsys .                                   # GPU + CPU (torch 2.13.0+cu126)
-#   docker build --build-arg TORCH_VARIANT=cpu -t recsys:cpu .   # slim CPU-only variant
+#   docker build -t recsys .                                   # GPU + CPU (torch 2.13.0+cu126): make image
+#   docker build --build-arg TORCH_VARIANT=cpu -t recsys .     # slim CPU-only variant: make image-cpu
 #   docker build --build-arg BASE_IMAGE=local/bookworm-python:latest ...   # where Docker Hub is out of reach
+#
+# Both make targets tag IMAGE (default recsys:latest), the image that local-train, local-serve and
+# bench-image run; IMAGE=recsys:cpu keeps a second variant beside it.
 #
 # The CPU variant takes torch from PyTorch's CPU index, or from a wheel placed in docker/wheels/
 # (for machines that cannot reach that index). The torch wheels carry their own CUDA runtime, so

@@ -3,7 +3,7 @@
 Run from the repository root, with a Docker engine and the image(s) built (``make image-cpu``)::
 
     python -m benchmarks.image                              # recsys:latest, 7 cold starts
-    python -m benchmarks.image --image recsys:cpu --image recsys:gpu --runs 9
+    python -m benchmarks.image --image recsys:cpu --image recsys:gpu --runs 9   # make image[-cpu] IMAGE=...
 
 For each tag:
 
