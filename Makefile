@@ -9,6 +9,9 @@ TORCH_INDEX ?=
 PIP_INDEX_FLAGS := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),)
 # The local SageMaker-shaped tree that `make run` trains in.
 LOCAL_ML ?= local/opt_ml
+# The bundled data of `make run`, outside the tree: `recsys train --train` links it in, as it links
+# your own files (so a later `recsys train --train YOURS` may replace the tree's links).
+LOCAL_DATA ?= local/data
 # Container image: tag and base (BASE_IMAGE=local/bookworm-python:latest where Docker Hub is out of reach).
 IMAGE ?= recsys:latest
 BASE_IMAGE ?= python:3.11-slim-bookworm
@@ -55,7 +58,7 @@ help:
 	@echo "make local-train    docker run $(IMAGE) train on fresh bundled data in $(LOCAL_ML), as user $(or $(DOCKER_USER),root)"
 	@echo "make local-serve    docker run $(IMAGE) serve on localhost:$(PORT), then an example request"
 	@echo "make push           push $(IMAGE) to ECR repository $(REPOSITORY) (REGION, PROFILE); prints its URI"
-	@echo "make clean          remove $(VENV), $(LOCAL_ML) and caches"
+	@echo "make clean          remove $(VENV), $(LOCAL_ML), $(LOCAL_DATA) and caches"
 
 # Two installs, each with its stamp under VENV, newer than pyproject.toml once the environment matches it:
 #   .installed-runtime  recsys and its dependencies (pip install -e .): what run, serve and the benchmarks need
@@ -88,8 +91,9 @@ install: $(FULL_STAMP)
 
 run: $(RUNTIME)
 	@rm -rf $(LOCAL_ML) || { echo "cannot remove $(LOCAL_ML): an earlier container wrote it as root; remove it with sudo rm -rf $(LOCAL_ML)"; exit 1; }
-	$(BIN)/recsys generate-data --output $(LOCAL_ML)/input/data
-	SAGEMAKER_BASE_DIR=$(LOCAL_ML) $(BIN)/recsys train
+	@rm -rf $(LOCAL_DATA)
+	$(BIN)/recsys generate-data --output $(LOCAL_DATA)
+	$(BIN)/recsys train --base-dir $(LOCAL_ML) --train $(LOCAL_DATA)/train --items $(LOCAL_DATA)/items --users $(LOCAL_DATA)/users
 	@echo
 	@echo "== example recommendations (top 5) =="
 	$(BIN)/recsys recommend --model-dir $(LOCAL_ML)/model --user u0001 --user u0002 \
@@ -166,4 +170,4 @@ push: $(FULL_STAMP)
 		$(if $(REGION),--region $(REGION)) $(if $(PROFILE),--profile $(PROFILE))
 
 clean:
-	rm -rf $(VENV) $(LOCAL_ML) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(LOCAL_ML) $(LOCAL_DATA) .pytest_cache .mypy_cache .ruff_cache
