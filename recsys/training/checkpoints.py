@@ -91,6 +91,10 @@ class Checkpointer:
         self.identity = identity
         self.interval_steps = interval_steps
         self.keep = keep
+        # The newest position of each phase this job wrote or resumed from. Pruning looks only at
+        # positions up to it: a foreign job's later checkpoints (a reused directory, a local tree
+        # laid out anew) would otherwise count as the newest and get this job's deleted at once.
+        self._newest: dict[str, tuple[int, int]] = {}
 
     def _name(self, phase: str, epoch: int, step: int, rank: int | None) -> str:
         stem = f"{phase}-done" if (epoch, step) == DONE else f"{phase}-e{epoch:05d}-s{step:09d}"
@@ -116,6 +120,7 @@ class Checkpointer:
 
         ``shared`` is only written by rank 0 (every rank holds the same values)."""
         self.directory.mkdir(parents=True, exist_ok=True)
+        self._newest[phase] = max(self._newest.get(phase, (epoch, step)), (epoch, step))
         rank = self.ctx.rank
         _write_atomic(self.directory / self._name(phase, epoch, step, rank), rng)
         if self.ctx.is_main:
@@ -130,8 +135,10 @@ class Checkpointer:
 
     def _prune(self, phase: str) -> None:
         kinds: list[int | None] = [self.ctx.rank] + ([None] if self.ctx.is_main else [])
+        newest = self._newest[phase]
         for rank in kinds:
-            for epoch, step in self._positions(phase, rank=rank)[self.keep :]:
+            ours = [position for position in self._positions(phase, rank=rank) if position <= newest]
+            for epoch, step in ours[self.keep :]:
                 path = self.directory / self._name(phase, epoch, step, rank)
                 for stale in (path, path.with_name(path.name + ".sha256")):
                     stale.unlink(missing_ok=True)
@@ -156,6 +163,7 @@ class Checkpointer:
         if found is None:
             return None
         epoch, step, shared = found
+        self._newest[phase] = (epoch, step)
         rng = None
         if (epoch, step) != DONE:
             path = self.directory / self._name(phase, epoch, step, self.ctx.rank)

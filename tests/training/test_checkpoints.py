@@ -204,3 +204,23 @@ def test_routine_checkpoints_log_at_debug_not_info(tmp_path: Path, caplog: pytes
     with caplog.at_level(logging.DEBUG, logger="recsys.training.checkpoints"):
         _run(tmp_path / "again", epochs=1)
     assert "checkpoint saved" in caplog.text
+
+
+def test_a_foreign_jobs_later_checkpoints_do_not_get_this_jobs_pruned(tmp_path: Path) -> None:
+    # Another job (another configuration or data) ran to the end in this directory first, as in a
+    # local tree laid out anew: its checkpoints are later than anything this job writes.
+    train, held = split_last_out(_data())
+    fit(
+        _model(train),
+        DeviceInteractions.from_indexed(train, CPU),
+        HeldOut(torch.from_numpy(held.indptr), torch.from_numpy(held.items)),
+        _settings(epochs=6, patience=10),
+        device=CPU,
+        checkpointer=_checkpointer(tmp_path, identity="job-b"),
+    )
+    uninterrupted = _run(None)
+
+    with pytest.raises(TrainingInterrupted):
+        _run(tmp_path, StopOnPoll(10))  # epoch 2, step 3: its newest checkpoint is e2's SIGTERM one
+    assert (tmp_path / "epoch-e00002-s000000003.pt").exists()
+    _assert_same_run(uninterrupted, _run(tmp_path))
