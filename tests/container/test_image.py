@@ -60,6 +60,14 @@ def test_a_bad_tree_fails_with_a_failure_file(cpu_image: str, tmp_path: Path) ->
     assert "'train' is missing" in (tmp_path / "output" / "failure").read_text()
 
 
+def _published_port(container: str) -> str:
+    """The host port Docker published the container's 8080 on."""
+    found = subprocess.run(
+        ["docker", "port", container, "8080/tcp"], capture_output=True, text=True, check=True
+    )
+    return found.stdout.split(":")[-1].strip()
+
+
 @pytest.fixture()
 def server(cpu_image: str, trained_tree: Path) -> Iterator[tuple[str, str]]:
     container = subprocess.run(
@@ -70,13 +78,7 @@ def server(cpu_image: str, trained_tree: Path) -> Iterator[tuple[str, str]]:
         timeout=120,
     ).stdout.strip()
     try:
-        port = (
-            subprocess.run(
-                ["docker", "port", container, "8080/tcp"], capture_output=True, text=True, check=True
-            )
-            .stdout.split(":")[-1]
-            .strip()
-        )
+        port = _published_port(container)
         yield container, f"http://127.0.0.1:{port}"
     finally:
         subprocess.run(["docker", "rm", "-f", container], capture_output=True, timeout=60)
@@ -175,13 +177,7 @@ def test_an_arbitrary_uid_without_a_home_serves(
         timeout=120,
     ).stdout.strip()
     try:
-        port = (
-            subprocess.run(
-                ["docker", "port", container, "8080/tcp"], capture_output=True, text=True, check=True
-            )
-            .stdout.split(":")[-1]
-            .strip()
-        )
+        port = _published_port(container)
         _wait_for_ping(f"http://127.0.0.1:{port}")
         logs = subprocess.run(["docker", "logs", container], capture_output=True, text=True, timeout=60)
         assert "Matplotlib created a temporary" not in logs.stdout + logs.stderr
