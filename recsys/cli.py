@@ -115,6 +115,10 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _attribute_text(attributes: dict[str, str]) -> str:
+    return "  ".join(f"{name}={value}" for name, value in attributes.items())
+
+
 def _split_ids(text: str) -> tuple[str, ...]:
     return tuple(i.strip() for i in text.split(",") if i.strip())
 
@@ -164,7 +168,7 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
         for h in args.history
     ]
     for item, attributes in zip(args.similar, recommender.describe_items(args.similar), strict=True):
-        about = "  ".join(f"{k}={v}" for k, v in attributes.items()) if args.attributes else ""
+        about = _attribute_text(attributes) if args.attributes else ""
         asked.append(
             (f"items similar to {item}" + (f" ({about})" if about else ""), Query(item_id=item, **common))
         )
@@ -180,7 +184,7 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
             print("  (no item passes the filters and exclusions)")
         described = recommender.describe_items(result.item_ids) if args.attributes else []
         for row, (item, score) in enumerate(zip(result.item_ids, result.scores, strict=True)):
-            shown = "  ".join(f"{k}={v}" for k, v in described[row].items()) if described else ""
+            shown = _attribute_text(described[row]) if described else ""
             print(f"  {item}  {score:.3f}" + (f"  {shown}" if shown else ""))
     return 0
 

@@ -321,6 +321,7 @@ class Evaluation:
     metrics: dict[str, float]  # every metric of the model: full ranking (with SEs), sampled, beyond accuracy
     most_popular: dict[str, float]  # full-ranking metrics of the most-popular baseline
     comparison: Comparison  # NDCG@10 of the two, paired over users
+    ks: tuple[int, ...]  # the cut-offs of the accuracy metrics
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -371,13 +372,13 @@ def evaluate_model(
         )
     )
     popular = popular_ranking(item_counts, train, held, ks)
-    return Evaluation(out, popular.summary(), compare_rankings(report, popular, "ndcg@10"))
+    return Evaluation(out, popular.summary(), compare_rankings(report, popular, "ndcg@10"), ks)
 
 
-def log_evaluation(evaluation: Evaluation, ks: tuple[int, ...], *, title: str) -> list[str]:
+def log_evaluation(evaluation: Evaluation, *, title: str) -> list[str]:
     """Log the model beside the most-popular baseline; return the warnings (also logged)."""
     logger.info("%s", title)
-    for line in side_by_side(evaluation.metrics, evaluation.most_popular, ks):
+    for line in side_by_side(evaluation.metrics, evaluation.most_popular, evaluation.ks):
         logger.info("  %s", line)
     message = verdict(evaluation.comparison)
     if evaluation.comparison.clearly_better:
@@ -582,7 +583,6 @@ def run_training(
     source = "the validation channel" if data.validation is not None else "each user's latest interaction"
     warnings = log_evaluation(
         evaluation,
-        tuple(sorted({10, config.eval_k})),
         title=f"validation on {int(validation_metrics['num_users'])} users ({source}), "
         f"best epoch {result.best_epoch}:",
     )

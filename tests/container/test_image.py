@@ -60,6 +60,23 @@ def test_a_bad_tree_fails_with_a_failure_file(cpu_image: str, tmp_path: Path) ->
     assert "'train' is missing" in (tmp_path / "output" / "failure").read_text()
 
 
+def _start_serving(image: str, tree: Path, *options: str) -> str:
+    """``docker run -d IMAGE serve`` on a free loopback port with ``tree`` as /opt/ml; its id."""
+    command = [
+        "docker",
+        "run",
+        "-d",
+        *options,
+        "-p",
+        "127.0.0.1::8080",
+        "-v",
+        f"{tree}:/opt/ml",
+        image,
+        "serve",
+    ]
+    return subprocess.run(command, capture_output=True, text=True, check=True, timeout=120).stdout.strip()
+
+
 def _published_port(container: str) -> str:
     """The host port Docker published the container's 8080 on."""
     found = subprocess.run(
@@ -70,13 +87,7 @@ def _published_port(container: str) -> str:
 
 @pytest.fixture()
 def server(cpu_image: str, trained_tree: Path) -> Iterator[tuple[str, str]]:
-    container = subprocess.run(
-        ["docker", "run", "-d", "-p", "127.0.0.1::8080", "-v", f"{trained_tree}:/opt/ml", cpu_image, "serve"],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=120,
-    ).stdout.strip()
+    container = _start_serving(cpu_image, trained_tree)
     try:
         port = _published_port(container)
         yield container, f"http://127.0.0.1:{port}"
@@ -157,25 +168,7 @@ def test_an_arbitrary_uid_without_a_home_serves(
 ) -> None:
     tree, trained = arbitrary_user_tree
     assert trained.returncode == 0, (trained.stdout + trained.stderr)[-4000:]
-    container = subprocess.run(
-        [
-            "docker",
-            "run",
-            "-d",
-            "--user",
-            ARBITRARY_USER,
-            "-p",
-            "127.0.0.1::8080",
-            "-v",
-            f"{tree}:/opt/ml",
-            cpu_image,
-            "serve",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=120,
-    ).stdout.strip()
+    container = _start_serving(cpu_image, tree, "--user", ARBITRARY_USER)
     try:
         port = _published_port(container)
         _wait_for_ping(f"http://127.0.0.1:{port}")
