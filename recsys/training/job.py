@@ -43,6 +43,7 @@ from recsys.errors import DataError
 from recsys.evaluation.protocols import (
     Comparison,
     HeldOut,
+    RankingReport,
     beyond_accuracy,
     compare_rankings,
     drop_repeats,
@@ -57,7 +58,7 @@ from recsys.training.batches import DeviceInteractions
 from recsys.training.checkpoints import Checkpointer, StopRequest
 from recsys.training.distributed import SINGLE_PROCESS, DistContext, barrier
 from recsys.training.loop import EpochRecord, FitResult, FitSettings, fit
-from recsys.training.report import write_report
+from recsys.training.report import build_evaluation_report, report_details, write_report
 
 logger = logging.getLogger(__name__)
 
@@ -322,6 +323,11 @@ class Evaluation:
     most_popular: dict[str, float]  # full-ranking metrics of the most-popular baseline
     comparison: Comparison  # NDCG@10 of the two, paired over users
     ks: tuple[int, ...]  # the cut-offs of the accuracy metrics
+    k: int  # the cut-off of the beyond-accuracy metrics (eval_k, at most the catalogue)
+    # Per-user values and lists of both, over ``users`` in the same order: the report's segments.
+    model_ranking: RankingReport
+    popular_ranking: RankingReport
+    users: torch.Tensor  # [U_eval] the evaluated users
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -345,7 +351,8 @@ def evaluate_model(
     most-popular baseline ranked by ``item_counts`` over the same users with the same masks."""
     model.eval()
     ks = tuple(sorted({10, config.eval_k}))
-    report = full_ranking(model, train, held, ks, history_length=config.history_length)
+    users = torch.nonzero(held.counts > 0).squeeze(1)
+    report = full_ranking(model, train, held, ks, history_length=config.history_length, users=users)
     out = report.summary()
     generator = torch.Generator(device=device)
     generator.manual_seed(config.seed)
@@ -361,18 +368,22 @@ def evaluate_model(
         )
     )
     k = min(config.eval_k, report.top_items.shape[1])
-    out.update(
-        beyond_accuracy(
-            report.top_items,
+
+    def lists_properties(ranking: RankingReport) -> dict[str, float]:
+        return beyond_accuracy(
+            ranking.top_items,
             num_items=model.config.num_items,
             item_popularity=item_popularity,
             num_users=train.num_users,
             item_features=item_features,
             k=k,
         )
-    )
-    popular = popular_ranking(item_counts, train, held, ks)
-    return Evaluation(out, popular.summary(), compare_rankings(report, popular, "ndcg@10"), ks)
+
+    out.update(lists_properties(report))
+    popular = popular_ranking(item_counts, train, held, ks, users=users)
+    baseline = {**popular.summary(), **lists_properties(popular)}
+    comparison = compare_rankings(report, popular, "ndcg@10")
+    return Evaluation(out, baseline, comparison, ks, k, report, popular, users)
 
 
 def log_evaluation(evaluation: Evaluation, *, title: str) -> list[str]:
@@ -605,6 +616,19 @@ def run_training(
         metrics["validation_repeats_dropped"] = data.validation.num_interactions - held_data.num_interactions
     artifact = build_artifact(final_model, data, config, metrics)
     save_artifact(artifact, model_dir)
-    write_report(output_data_dir, metrics, records, refit_records, config.eval_k)
+    report = build_evaluation_report(
+        evaluation,
+        train_device,
+        popularity,
+        title="recsys evaluation report: validation",
+        source=f"Validation of the kept model (best epoch {result.best_epoch}) on {source}, beside "
+        "the most-popular baseline computed in the same job.",
+        details=report_details(config, model.config, device=device, num_training_users=len(data.users)),
+        notes=warnings,
+        records=records,
+        refit_records=refit_records,
+        best_epoch=result.best_epoch,
+    )
+    write_report(output_data_dir, metrics, records, refit_records, config.eval_k, evaluation_report=report)
     barrier(ctx)
     return TrainingOutcome(metrics, artifact)
