@@ -1,11 +1,15 @@
 """The model artifact: a directory that describes itself and loads without pickle.
 
 Layout (all under ``model/``):
-- ``model.pt``: the ``state_dict`` (loaded with ``weights_only=True``); ``model_config.json``
-  rebuilds the module, so nothing about its shape is repeated by the loader.
+- ``model.safetensors``: the ``state_dict`` as safetensors, a JSON header plus raw tensor bytes,
+  so loading runs no unpickler at all (``torch.load``, even with ``weights_only=True``, still
+  parses a pickle stream). ``model_config.json`` rebuilds the module, so nothing about its shape
+  is repeated by the loader.
 - ``users.json`` / ``items.json``: id vocabularies (index = position).
 - ``item_features.json`` / ``user_features.json`` + ``item_*.npy`` / ``user_*.npy``: attribute
   encodings and arrays (raw numeric values too, for serving-time filters).
+- ``encodings.json``: ``Artifact.feature_encodings``, any JSON object (event-type and context
+  vocabularies, say); ``{}`` when there are none.
 - ``seen_indptr.npy`` / ``seen_items.npy``: each known user's items, oldest first (CSR): the
   exclusion list and the history of known users at serving time.
 - ``item_popularity.npy``: interaction count per item (popular-items fallback, novelty).
@@ -14,35 +18,70 @@ Layout (all under ``model/``):
 - ``train_config.json``, ``metrics.json``, ``fingerprint.json``.
 - ``manifest.json``: written last, lists every file with its SHA-256. A directory without it,
   or whose files do not match it, is incomplete and refuses to load.
+
+Which artifacts load. The manifest's ``format`` (an integer) names the layout, and it alone
+decides: this code reads format ``ARTIFACT_FORMAT`` (2) and refuses any other, older or newer,
+before it opens a single other file. Format 1 was this layout with the weights in a pickled
+``model.pt``; a manifest that lists ``model.pt`` is refused as that layout whatever its format
+says. Any change to the layout bumps ``ARTIFACT_FORMAT``. The manifest also records
+``recsys_version`` and ``torch_version`` of the code that wrote it; they are provenance, named in
+every refusal beside this code's versions, but never refuse an artifact themselves: a recsys
+release that keeps the layout reads its predecessors' artifacts, and safetensors does not depend
+on the torch version.
+
+Training checkpoints (``recsys.training.checkpoints``) are not artifacts: they stay
+``torch.save`` files, loaded with ``weights_only=True``, read back only by the job that wrote them.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib.metadata
 import json
+import logging
+import math
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import safetensors
+import safetensors.torch
 import torch
 
+import recsys
 from recsys.data.features import FeatureArrays, FeatureEncoding, load_encoding, save_encoding
 from recsys.data.vocab import Vocabulary
 from recsys.errors import UserError
 from recsys.models.ncf import NCF, ModelConfig
 
-ARTIFACT_FORMAT = 1
+ARTIFACT_FORMAT = 2
 MANIFEST = "manifest.json"
+WEIGHTS = "model.safetensors"
+LEGACY_WEIGHTS = "model.pt"  # format 1: a torch.save pickle, never read
+ENCODINGS = "encodings.json"
 ITEM_LABELS = "item_labels.parquet"
+
+log = logging.getLogger(__name__)
 
 
 class ArtifactError(UserError):
-    """The model directory is missing, incomplete or corrupt."""
+    """The model directory is missing, incomplete, corrupt, or of a format this code does not read."""
+
+
+@functools.cache
+def recsys_version() -> str:
+    """The installed recsys distribution's version; the package's own where it is not installed
+    (a source tree on ``PYTHONPATH``)."""
+    try:
+        return importlib.metadata.version("recsys")
+    except importlib.metadata.PackageNotFoundError:
+        return str(getattr(recsys, "__version__", "unknown"))
 
 
 @dataclass
@@ -62,6 +101,9 @@ class Artifact:
     metrics: dict[str, Any]
     fingerprint: dict[str, Any]
     item_labels: pa.Table | None = None  # [N rows] text columns for display only
+    # Vocabularies of inputs beyond ids and attributes (event types, contexts): any JSON object,
+    # kept opaque here so that whoever encodes the inputs owns its shape.
+    feature_encodings: dict[str, Any] = field(default_factory=dict)
 
     def build_model(self, device: torch.device) -> NCF:
         # Built on the meta device, the module allocates nothing and draws no random initial
@@ -71,6 +113,24 @@ class Artifact:
             model = NCF(self.model_config)
         model.load_state_dict(self.state_dict, assign=True)
         return model.to(device).eval()
+
+
+# Every artifact has these; the feature arrays and item_labels.parquet depend on the data.
+_REQUIRED_FILES = (
+    WEIGHTS,
+    "model_config.json",
+    "users.json",
+    "items.json",
+    "item_features.json",
+    "user_features.json",
+    ENCODINGS,
+    "seen_indptr.npy",
+    "seen_items.npy",
+    "item_popularity.npy",
+    "train_config.json",
+    "metrics.json",
+    "fingerprint.json",
+)
 
 
 def sha256_file(path: Path) -> str:
@@ -86,19 +146,77 @@ def _write_json(path: Path, value: Any) -> None:
     path.write_text(json.dumps(value, indent=1, sort_keys=True), encoding="utf-8")
 
 
+def _check_json_value(value: Any, where: str) -> None:
+    """Raise ``ValueError`` unless ``value`` comes back from JSON equal to itself.
+
+    ``json.dumps`` accepts more than it gives back: tuples return as lists, int keys as strings,
+    NaN as a token other JSON readers reject. Caught here, at save, the mistake names its place.
+    """
+    if value is None or isinstance(value, bool | int | str):
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"{where} is {value}, which JSON cannot hold.")
+        return
+    if isinstance(value, list):
+        for position, item in enumerate(value):
+            _check_json_value(item, f"{where}[{position}]")
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ValueError(f"{where} has the key {key!r}; JSON object keys are strings.")
+            _check_json_value(item, f"{where}[{key!r}]")
+        return
+    raise ValueError(f"{where} is a {type(value).__name__}, which does not come back from JSON as itself.")
+
+
+def _weights_to_save(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The state dict as safetensors takes it: dense, contiguous, on the CPU, one name per storage.
+
+    safetensors refuses two names on one storage (a tied weight), since it could not give them
+    back tied. The second name gets a copy of its own instead: the file holds every name's values,
+    and a model that ties weights must tie them again after loading. The common case (no ties, all
+    contiguous) copies nothing.
+    """
+    tensors: dict[str, torch.Tensor] = {}
+    owners: dict[tuple[torch.device, int], str] = {}
+    copied: list[str] = []
+    for name, tensor in state_dict.items():
+        if tensor.layout != torch.strided:
+            raise ValueError(
+                f"state_dict[{name!r}] is a {tensor.layout} tensor; the artifact holds dense ones."
+            )
+        storage = tensor.untyped_storage()
+        key = (tensor.device, storage.data_ptr())
+        if storage.nbytes() and key in owners:
+            copied.append(f"{name} (shares {owners[key]})")
+            tensor = tensor.clone(memory_format=torch.contiguous_format)
+        elif storage.nbytes():
+            owners[key] = name
+        tensors[name] = tensor.detach().contiguous().cpu()
+    if copied:
+        log.info("artifact weights: %d tensors share storage; saved as copies: %s", len(copied), copied)
+    return tensors
+
+
 def save_artifact(artifact: Artifact, model_dir: Path) -> None:
     """Write the artifact so that a crash never leaves a directory that looks complete.
 
     Files are written to a staging directory inside ``model_dir`` (same filesystem, so the moves
-    are atomic renames), moved into place, and the manifest goes last.
+    are atomic renames), moved into place, and the manifest goes last. Weights and
+    ``feature_encodings`` that cannot be stored raise ``ValueError`` before anything is touched.
     """
+    _check_json_value(artifact.feature_encodings, "feature_encodings")
+    weights = _weights_to_save(artifact.state_dict)
     model_dir.mkdir(parents=True, exist_ok=True)
     (model_dir / MANIFEST).unlink(missing_ok=True)
     staging = model_dir / f".staging-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     try:
-        torch.save(artifact.state_dict, staging / "model.pt")
+        safetensors.torch.save_file(weights, staging / WEIGHTS)
+        del weights  # the copies, if any, can go before the rest is written
         (staging / "model_config.json").write_text(artifact.model_config.dumps(), encoding="utf-8")
         artifact.users.save(staging / "users.json")
         artifact.items.save(staging / "items.json")
@@ -109,6 +227,7 @@ def save_artifact(artifact: Artifact, model_dir: Path) -> None:
         np.save(staging / "seen_indptr.npy", artifact.seen_indptr.astype(np.int64))
         np.save(staging / "seen_items.npy", artifact.seen_items.astype(np.int32))
         np.save(staging / "item_popularity.npy", artifact.item_popularity.astype(np.int64))
+        _write_json(staging / ENCODINGS, artifact.feature_encodings)
         _write_json(staging / "train_config.json", artifact.train_config)
         _write_json(staging / "metrics.json", artifact.metrics)
         _write_json(staging / "fingerprint.json", artifact.fingerprint)
@@ -118,6 +237,8 @@ def save_artifact(artifact: Artifact, model_dir: Path) -> None:
         manifest = {
             "format": ARTIFACT_FORMAT,
             "kind": "recsys-ncf",
+            "recsys_version": recsys_version(),
+            "torch_version": str(torch.__version__),
             "files": {name: sha256_file(staging / name) for name in files},
         }
         for name in files:
@@ -135,8 +256,35 @@ def _read_json(model_dir: Path, name: str) -> Any:
         raise ArtifactError(f"model artifact {model_dir}: cannot read {name}: {exc}") from exc
 
 
+def _check_format(model_dir: Path, manifest: dict[str, Any]) -> None:
+    """Refuse a manifest of another format, or one whose weights are the old pickled ``model.pt``,
+    naming the versions that wrote it and this code's."""
+    artifact_format = manifest.get("format")
+    files = manifest.get("files")
+    legacy = isinstance(files, dict) and LEGACY_WEIGHTS in files
+    if artifact_format == ARTIFACT_FORMAT and not legacy:
+        return
+    written = (
+        f"written by recsys {manifest.get('recsys_version') or '(unrecorded)'} "
+        f"with torch {manifest.get('torch_version') or '(unrecorded)'}"
+    )
+    this = f"this code (recsys {recsys_version()}, torch {torch.__version__}) reads format {ARTIFACT_FORMAT}"
+    retrain = "Train the model again with this recsys, or serve it with the release that wrote it."
+    if legacy:
+        raise ArtifactError(
+            f"model artifact {model_dir} has format {artifact_format!r} with its weights in "
+            f"{LEGACY_WEIGHTS}, a pickle ({written}); {this} only, weights in {WEIGHTS}, which "
+            f"loads without pickle. {retrain}"
+        )
+    newer = isinstance(artifact_format, int) and artifact_format > ARTIFACT_FORMAT
+    hint = "Serve it with the recsys release that wrote it, or a later one." if newer else retrain
+    raise ArtifactError(
+        f"model artifact {model_dir} has format {artifact_format!r} ({written}); {this} only. {hint}"
+    )
+
+
 def verify_artifact(model_dir: Path) -> dict[str, Any]:
-    """Check the manifest and every file's checksum; return the manifest."""
+    """Check the manifest's format, then every file's checksum; return the manifest."""
     if not model_dir.is_dir():
         raise ArtifactError(f"model directory {model_dir} does not exist.")
     if not (model_dir / MANIFEST).exists():
@@ -145,12 +293,17 @@ def verify_artifact(model_dir: Path) -> dict[str, Any]:
             f"or this is not a recsys model directory)."
         )
     manifest = _read_json(model_dir, MANIFEST)
-    if manifest.get("format") != ARTIFACT_FORMAT:
-        raise ArtifactError(
-            f"model artifact {model_dir} has format {manifest.get('format')!r}; this recsys reads format "
-            f"{ARTIFACT_FORMAT}."
-        )
-    for name, digest in manifest["files"].items():
+    if not isinstance(manifest, dict):
+        raise ArtifactError(f"model artifact {model_dir} is corrupt: {MANIFEST} is not a JSON object.")
+    # Before the checksums: another format's manifest need not even list its files the same way.
+    _check_format(model_dir, manifest)
+    files = manifest.get("files")
+    if not isinstance(files, dict):
+        raise ArtifactError(f"model artifact {model_dir} is corrupt: {MANIFEST} lists no files.")
+    unlisted = [name for name in _REQUIRED_FILES if name not in files]
+    if unlisted:
+        raise ArtifactError(f"model artifact {model_dir} is incomplete: {MANIFEST} does not list {unlisted}.")
+    for name, digest in files.items():
         path = model_dir / name
         if not path.exists():
             raise ArtifactError(f"model artifact {model_dir} is incomplete: {name} is missing.")
@@ -164,8 +317,11 @@ def load_artifact(model_dir: Path) -> Artifact:
     model_config = ModelConfig.from_json(_read_json(model_dir, "model_config.json"))
     item_encoding = load_encoding(model_dir / "item_features.json")
     user_encoding = load_encoding(model_dir / "user_features.json")
+    feature_encodings = _read_json(model_dir, ENCODINGS)
+    if not isinstance(feature_encodings, dict):
+        raise ArtifactError(f"model artifact {model_dir} is corrupt: {ENCODINGS} is not a JSON object.")
     try:
-        state_dict = torch.load(model_dir / "model.pt", map_location="cpu", weights_only=True)
+        state_dict = safetensors.torch.load_file(model_dir / WEIGHTS, device="cpu")
         artifact = Artifact(
             model_config=model_config,
             state_dict=state_dict,
@@ -183,8 +339,9 @@ def load_artifact(model_dir: Path) -> Artifact:
             fingerprint=_read_json(model_dir, "fingerprint.json"),
             # Optional: artifacts of items tables without unused text have none.
             item_labels=pq.read_table(model_dir / ITEM_LABELS) if ITEM_LABELS in manifest["files"] else None,
+            feature_encodings=feature_encodings,
         )
-    except (OSError, ValueError, RuntimeError, pa.ArrowException) as exc:
+    except (OSError, ValueError, RuntimeError, pa.ArrowException, safetensors.SafetensorError) as exc:
         raise ArtifactError(f"model artifact {model_dir} cannot be loaded: {exc}") from exc
     labels = artifact.item_labels
     if (

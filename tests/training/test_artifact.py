@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
+import pickle
+import struct
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pytest
+import safetensors.torch
 import torch
 
+import recsys
 from recsys.data.features import (
     FeatureDeclaration,
     FeatureEncoding,
@@ -20,11 +26,14 @@ from recsys.data.features import (
 from recsys.data.vocab import Vocabulary
 from recsys.models.ncf import NCF, FeatureSpec, ModelConfig
 from recsys.training.artifact import (
+    ARTIFACT_FORMAT,
     MANIFEST,
     Artifact,
     ArtifactError,
     load_artifact,
+    recsys_version,
     save_artifact,
+    sha256_file,
     verify_artifact,
 )
 
@@ -125,7 +134,15 @@ def test_the_manifest_lists_every_file_with_its_checksum(saved: tuple[Artifact, 
     manifest = verify_artifact(model_dir)
     on_disk = {p.name for p in model_dir.iterdir()} - {MANIFEST}
     assert set(manifest["files"]) == on_disk
-    assert {"model.pt", "model_config.json", "users.json", "items.json", "item_categorical_0.npy"} <= on_disk
+    assert {
+        "model.safetensors",
+        "model_config.json",
+        "users.json",
+        "items.json",
+        "encodings.json",
+        "item_categorical_0.npy",
+    } <= on_disk
+    assert "model.pt" not in on_disk
     assert all(len(digest) == 64 for digest in manifest["files"].values())
 
 
@@ -136,13 +153,119 @@ def test_no_staging_directory_is_left(saved: tuple[Artifact, Path]) -> None:
     load_artifact(model_dir)
 
 
-def test_model_weights_load_without_pickle(saved: tuple[Artifact, Path]) -> None:
+def test_model_weights_are_safetensors(saved: tuple[Artifact, Path]) -> None:
     artifact, model_dir = saved
-    state = torch.load(model_dir / "model.pt", map_location="cpu", weights_only=True)
-    assert set(state) == set(artifact.state_dict)
-    assert all(torch.equal(state[k], artifact.state_dict[k]) for k in state)
+    raw = (model_dir / "model.safetensors").read_bytes()
+    # safetensors: an 8-byte little-endian header length, then a JSON header; torch.save writes a zip.
+    (header_length,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + header_length])
+    assert set(header) - {"__metadata__"} == set(artifact.state_dict)
+    state = safetensors.torch.load_file(model_dir / "model.safetensors")
+    assert all(torch.equal(state[k], artifact.state_dict[k]) for k in artifact.state_dict)
+    assert all(state[k].dtype == artifact.state_dict[k].dtype for k in artifact.state_dict)
     config = json.loads((model_dir / "model_config.json").read_text(encoding="utf-8"))
     assert ModelConfig.from_json(config) == artifact.model_config
+
+
+def _refuse_pickle(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refused(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("unpickling during load_artifact")
+
+    monkeypatch.setattr(torch, "load", refused)
+    monkeypatch.setattr(torch.serialization, "load", refused)
+    monkeypatch.setattr(pickle, "load", refused)
+    monkeypatch.setattr(pickle, "loads", refused)
+    monkeypatch.setattr(pickle, "Unpickler", refused)
+
+
+def test_loading_unpickles_nothing(saved: tuple[Artifact, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    artifact, model_dir = saved
+    expected = _predict(artifact)
+    _refuse_pickle(monkeypatch)
+    loaded = load_artifact(model_dir)
+    assert torch.equal(_predict(loaded), expected)
+
+
+def test_the_manifest_records_the_versions_that_wrote_it(saved: tuple[Artifact, Path]) -> None:
+    _, model_dir = saved
+    manifest = verify_artifact(model_dir)
+    assert manifest["format"] == ARTIFACT_FORMAT == 2
+    assert manifest["recsys_version"] == importlib.metadata.version("recsys") == recsys_version()
+    assert manifest["torch_version"] == torch.__version__
+
+
+def test_the_recsys_version_falls_back_to_the_package_attribute(monkeypatch: pytest.MonkeyPatch) -> None:
+    def not_installed(name: str) -> str:
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", not_installed)
+    monkeypatch.setattr(recsys, "__version__", "7.8.9")
+    recsys_version.cache_clear()
+    try:
+        assert recsys_version() == "7.8.9"
+    finally:
+        monkeypatch.undo()
+        recsys_version.cache_clear()
+    assert recsys_version() == importlib.metadata.version("recsys")
+
+
+def _rewrite_manifest(model_dir: Path, **changes: Any) -> None:
+    manifest = json.loads((model_dir / MANIFEST).read_text(encoding="utf-8"))
+    manifest.update(changes)
+    (model_dir / MANIFEST).write_text(json.dumps(manifest), encoding="utf-8")
+
+
+def _this_code() -> str:
+    return f"this code (recsys {recsys_version()}, torch {torch.__version__}) reads format 2"
+
+
+@pytest.mark.parametrize("artifact_format", [1, 3, 99, "2", None])
+def test_another_format_is_refused_naming_both_versions(
+    saved: tuple[Artifact, Path], artifact_format: Any
+) -> None:
+    _, model_dir = saved
+    _rewrite_manifest(model_dir, format=artifact_format, recsys_version="9.1.0", torch_version="9.2.0")
+    with pytest.raises(ArtifactError) as refused:
+        load_artifact(model_dir)
+    message = str(refused.value)
+    assert f"has format {artifact_format!r} (written by recsys 9.1.0 with torch 9.2.0)" in message
+    assert _this_code() in message
+
+
+def _write_old_layout(model_dir: Path, artifact: Artifact, artifact_format: int) -> None:
+    """The artifact as the previous release wrote it: weights in a torch.save pickle, no versions."""
+    (model_dir / "model.safetensors").unlink()
+    torch.save(artifact.state_dict, model_dir / "model.pt")
+    files = {p.name: sha256_file(p) for p in model_dir.iterdir() if p.name != MANIFEST}
+    manifest = {"format": artifact_format, "kind": "recsys-ncf", "files": files}
+    (model_dir / MANIFEST).write_text(json.dumps(manifest), encoding="utf-8")
+
+
+@pytest.mark.parametrize("artifact_format", [1, 2])  # 2: the current number on the old layout
+def test_an_old_layout_with_pickled_weights_is_refused_without_unpickling(
+    saved: tuple[Artifact, Path], monkeypatch: pytest.MonkeyPatch, artifact_format: int
+) -> None:
+    artifact, model_dir = saved
+    _write_old_layout(model_dir, artifact, artifact_format)
+    _refuse_pickle(monkeypatch)
+    with pytest.raises(ArtifactError) as refused:
+        load_artifact(model_dir)
+    message = str(refused.value)
+    assert f"has format {artifact_format} with its weights in model.pt, a pickle" in message
+    assert "written by recsys (unrecorded) with torch (unrecorded)" in message
+    assert _this_code() in message
+    assert "model.safetensors" in message
+
+
+def test_a_manifest_without_the_weights_is_incomplete(saved: tuple[Artifact, Path]) -> None:
+    _, model_dir = saved
+    manifest = json.loads((model_dir / MANIFEST).read_text(encoding="utf-8"))
+    del manifest["files"]["model.safetensors"], manifest["files"]["encodings.json"]
+    (model_dir / MANIFEST).write_text(json.dumps(manifest), encoding="utf-8")
+    with pytest.raises(
+        ArtifactError, match=r"incomplete: manifest\.json does not list \['model\.safetensors', "
+    ):
+        load_artifact(model_dir)
 
 
 def test_a_missing_manifest_means_incomplete(saved: tuple[Artifact, Path]) -> None:
@@ -157,7 +280,7 @@ def test_a_missing_directory_is_an_error(tmp_path: Path) -> None:
         load_artifact(tmp_path / "nowhere")
 
 
-@pytest.mark.parametrize("name", ["metrics.json", "model.pt", "item_numeric.npy"])
+@pytest.mark.parametrize("name", ["metrics.json", "model.safetensors", "encodings.json", "item_numeric.npy"])
 def test_a_file_modified_after_saving_is_corrupt(saved: tuple[Artifact, Path], name: str) -> None:
     _, model_dir = saved
     with (model_dir / name).open("ab") as handle:
@@ -170,15 +293,6 @@ def test_a_deleted_file_is_named(saved: tuple[Artifact, Path]) -> None:
     _, model_dir = saved
     (model_dir / "users.json").unlink()
     with pytest.raises(ArtifactError, match=r"incomplete: users\.json is missing"):
-        load_artifact(model_dir)
-
-
-def test_an_unknown_format_is_refused(saved: tuple[Artifact, Path]) -> None:
-    _, model_dir = saved
-    manifest = json.loads((model_dir / MANIFEST).read_text(encoding="utf-8"))
-    manifest["format"] = 99
-    (model_dir / MANIFEST).write_text(json.dumps(manifest), encoding="utf-8")
-    with pytest.raises(ArtifactError, match="format 99"):
         load_artifact(model_dir)
 
 
@@ -207,3 +321,73 @@ def test_item_labels_round_trip_and_are_optional(tmp_path: Path) -> None:
     save_artifact(artifact, tmp_path / "short")
     with pytest.raises(ArtifactError, match="inconsistent"):
         load_artifact(tmp_path / "short")
+
+
+ENCODINGS = {
+    "event_type": {"values": ["view", "cart", "purchase"], "weights": [1.0, 2.5, 4.0]},
+    "context": {"device": {"mobile": 1, "desktop": 2}, "ünïcode": "ok", "missing": None, "flag": True},
+    "nested": [[1, 2], {"deep": [{"deeper": -3}]}],
+}
+
+
+def test_feature_encodings_round_trip(tmp_path: Path) -> None:
+    artifact = _artifact()
+    artifact.feature_encodings = json.loads(json.dumps(ENCODINGS))
+    save_artifact(artifact, tmp_path)
+    assert load_artifact(tmp_path).feature_encodings == ENCODINGS
+    assert json.loads((tmp_path / "encodings.json").read_text(encoding="utf-8")) == ENCODINGS
+    assert verify_artifact(tmp_path)["files"]["encodings.json"] == sha256_file(tmp_path / "encodings.json")
+
+
+def test_feature_encodings_default_to_empty(saved: tuple[Artifact, Path]) -> None:
+    artifact, model_dir = saved
+    assert artifact.feature_encodings == {}
+    assert (model_dir / "encodings.json").read_text(encoding="utf-8") == "{}"
+    assert load_artifact(model_dir).feature_encodings == {}
+
+
+def test_tampered_feature_encodings_are_corrupt(tmp_path: Path) -> None:
+    artifact = _artifact()
+    artifact.feature_encodings = json.loads(json.dumps(ENCODINGS))
+    save_artifact(artifact, tmp_path)
+    tampered = dict(ENCODINGS, event_type={"values": ["view"], "weights": [1.0]})
+    (tmp_path / "encodings.json").write_text(json.dumps(tampered), encoding="utf-8")  # still valid JSON
+    with pytest.raises(ArtifactError, match=r"corrupt: encodings\.json does not match its checksum"):
+        load_artifact(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ({"ids": (1, 2)}, r"feature_encodings\['ids'\] is a tuple"),
+        ({"codes": {1: "a"}}, r"feature_encodings\['codes'\] has the key 1"),
+        ({"weights": [1.0, float("nan")]}, r"feature_encodings\['weights'\]\[1\] is nan"),
+        ({"count": np.int64(3)}, r"feature_encodings\['count'\] is a int64"),
+    ],
+)
+def test_feature_encodings_that_json_would_change_are_refused_before_writing(
+    saved: tuple[Artifact, Path], value: dict[str, Any], problem: str
+) -> None:
+    artifact, model_dir = saved
+    artifact.feature_encodings = value
+    with pytest.raises(ValueError, match=problem):
+        save_artifact(artifact, model_dir)
+    load_artifact(model_dir)  # the artifact already there is untouched
+
+
+def test_tied_and_non_contiguous_weights_are_saved_by_value(tmp_path: Path) -> None:
+    artifact = _artifact()
+    expected = _predict(artifact)
+    state = artifact.state_dict
+    gmf_codes, mlp_codes = "gmf_encoder.item_attributes.codes_0", "mlp_encoder.item_attributes.codes_0"
+    assert torch.equal(state[gmf_codes], state[mlp_codes])
+    state[mlp_codes] = state[gmf_codes]  # two names, one storage: safetensors alone refuses this
+    matrices = [k for k, v in state.items() if v.dim() == 2 and min(v.shape) > 1 and v.is_floating_point()]
+    transposed = matrices[0]
+    state[transposed] = state[transposed].t().contiguous().t()
+    assert not state[transposed].is_contiguous()
+    save_artifact(artifact, tmp_path)
+    loaded = load_artifact(tmp_path)
+    assert set(loaded.state_dict) == set(state)
+    assert all(torch.equal(loaded.state_dict[k], state[k]) for k in state)
+    assert torch.equal(_predict(loaded), expected)
