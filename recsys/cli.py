@@ -193,7 +193,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from recsys.evaluation.offline import evaluate_saved_model
     from recsys.evaluation.summary import side_by_side
 
-    metrics = evaluate_saved_model(args.model_dir, args.test, k=args.k, repeats=args.repeats)
+    metrics = evaluate_saved_model(
+        args.model_dir, args.test, k=args.k, repeats=args.repeats, report_dir=args.report
+    )
     if args.json:
         print(json.dumps(metrics, indent=1, sort_keys=True))
         return 0
@@ -213,6 +215,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             print(f"{name}={int(value)}")
         elif isinstance(value, float) and not name.endswith("_se"):
             print(f"{name}={value:.4f}")
+    if "report" in metrics:
+        print(f"report: {metrics['report']} (and report.json beside it)")
     return 0
 
 
@@ -333,6 +337,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="drop",
         help="test rows whose item the user already has in training, which full ranking never "
         "recommends: drop leaves them out (default), count scores them as misses",
+    )
+    ev.add_argument(
+        "--report",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="also write report.html (self-contained, charts embedded) and report.json into DIR",
     )
     ev.add_argument("--json", action="store_true", help="print the metrics as JSON")
     ev.set_defaults(func=_cmd_evaluate)

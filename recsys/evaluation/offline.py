@@ -24,6 +24,7 @@ from recsys.evaluation.summary import verdict
 from recsys.training.artifact import load_artifact
 from recsys.training.batches import DeviceInteractions
 from recsys.training.job import evaluate_model, held_out_tensors, resolve_device
+from recsys.training.report import build_evaluation_report, report_details, write_evaluation_report
 
 logger = logging.getLogger(__name__)
 
@@ -33,9 +34,17 @@ REPEAT_POLICIES: tuple[RepeatPolicy, ...] = ("drop", "count")
 
 
 def evaluate_saved_model(
-    model_dir: Path, test_path: Path, *, k: int | None = None, repeats: RepeatPolicy = "drop"
+    model_dir: Path,
+    test_path: Path,
+    *,
+    k: int | None = None,
+    repeats: RepeatPolicy = "drop",
+    report_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Metrics of a saved model on held-out interactions, beside the most-popular baseline.
+
+    With ``report_dir``, the same ``report.html`` and ``report.json`` as a training job's are
+    written there (without learning curves, which a saved model does not carry).
 
     A test row whose item the user already has in training (a repeat) can never be recommended
     by full ranking: ``repeats="drop"`` leaves such rows out, ``"count"`` scores them as misses.
@@ -83,9 +92,10 @@ def evaluate_saved_model(
         held = fresh
     model = artifact.build_model(device)
     features = multi_hot(artifact.item_encoding, artifact.item_arrays)
+    train = DeviceInteractions.from_indexed(seen, device)
     evaluation = evaluate_model(
         model,
-        DeviceInteractions.from_indexed(seen, device),
+        train,
         held_out_tensors(held, device),
         config,
         item_popularity=torch.from_numpy(artifact.item_popularity / max(num_users, 1)).float().to(device),
@@ -95,6 +105,24 @@ def evaluate_saved_model(
     )
     if not evaluation.comparison.clearly_better:
         warnings.append(verdict(evaluation.comparison))
+    extra: dict[str, Any] = {}
+    if report_dir is not None:
+        treated = "left out" if repeats == "drop" else "scored as misses"
+        report = build_evaluation_report(
+            evaluation,
+            train,
+            artifact.item_popularity,
+            title="recsys evaluation report: held-out table",
+            source=f"The saved model in {model_dir} on {test_path}: {held.num_interactions} of its "
+            f"{total} known interactions evaluated ({num_repeats} repeats of training pairs {treated}, "
+            f"{dropped} with an unknown user or item skipped), beside the most-popular baseline of "
+            "the model's training data, computed in the same run.",
+            details=report_details(
+                config, artifact.model_config, device=device, num_training_users=num_users
+            ),
+            notes=warnings,
+        )
+        extra["report"] = str(write_evaluation_report(report_dir, report))
     return {
         **evaluation.metrics,
         **evaluation.to_json(),
@@ -104,6 +132,7 @@ def evaluate_saved_model(
         "repeats": repeats,
         "evaluated_interactions": held.num_interactions,
         "warnings": warnings,
+        **extra,
     }
 
 

@@ -56,7 +56,7 @@ ACTIVITY_BUCKETS: tuple[tuple[int, int | None], ...] = (
     (20, 99),
     (100, None),
 )
-SEGMENT_METRICS = ("ndcg", "hr", "recall")
+SEGMENT_METRICS = ("ndcg", "hr")
 NUM_DECILES = 10
 
 _BEYOND_ACCURACY = {
@@ -318,7 +318,8 @@ def build_report(inputs: ReportInputs) -> dict[str, Any]:
         }
         if inputs.epochs
         else None,
-        "notes": list(inputs.notes),
+        # The verdict heads the page already: a warning that only repeats it is not listed again.
+        "notes": [note for note in inputs.notes if note != inputs.comparison.get("verdict")],
     }
     return dict(_finite(report))
 
@@ -364,7 +365,8 @@ def _popularity_chart(popularity: Mapping[str, Any]) -> bytes:
     ax.set_xlabel("item popularity percentile in training (right: most popular)")
     ax.set_ylabel("share (%)")
     ax.set_title(f"Where the top-{popularity['k']} recommendations fall on the popularity scale")
-    ax.legend(loc="upper left", frameon=False)
+    # Below the axes: inside, it would cover the bars or the catalogue line, whichever is high.
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncols=4, frameon=False)
     ax.grid(axis="y", alpha=0.3)
     ax.set_axisbelow(True)
     fig.tight_layout()
@@ -423,7 +425,8 @@ ul.notes li { color: #8a4b00; }
 table { border-collapse: collapse; margin: 8px 0 12px; font-size: 0.93em; }
 th, td { padding: 4px 12px; border-bottom: 1px solid #e3e3e3; text-align: right; white-space: nowrap; }
 th:first-child, td:first-child { text-align: left; }
-td.text { text-align: left; white-space: normal; color: #555; }
+td.text, th.text { text-align: left; white-space: normal; color: #555; }
+thead tr.group th { background: #fff; border-bottom: 1px solid #ccc; text-align: center; }
 thead th { background: #f3f5f7; border-bottom: 2px solid #ccc; }
 tbody tr:nth-child(even) { background: #fafafa; }
 td { font-variant-numeric: tabular-nums; }
@@ -453,15 +456,32 @@ def _percent(share: float | None) -> str:
     return "—" if share is None else f"{100 * share:.1f}%"
 
 
-def _table(table_id: str, header: Sequence[str], rows: Sequence[Sequence[tuple[str, str]]]) -> str:
-    """A table; each cell is (css class, already-escaped text)."""
-    head = "".join(f"<th>{_esc(h)}</th>" for h in header)
+def _table(
+    table_id: str,
+    header: Sequence[str],
+    rows: Sequence[Sequence[tuple[str, str]]],
+    *,
+    groups: Sequence[tuple[str, int]] = (),
+    text_columns: Sequence[int] = (),
+) -> str:
+    """A table; each cell is (css class, already-escaped text). ``groups``: an upper header row of
+    (label, columns spanned); ``text_columns``: header positions aligned as prose, not numbers."""
+
+    def head_cell(position: int, label: str) -> str:
+        return (
+            f'<th class="text">{_esc(label)}</th>' if position in text_columns else f"<th>{_esc(label)}</th>"
+        )
 
     def cell(cls: str, text: str) -> str:
         return f'<td class="{cls}">{text}</td>' if cls else f"<td>{text}</td>"
 
+    upper = ""
+    if groups:
+        spans = "".join(f'<th colspan="{span}">{_esc(label)}</th>' for label, span in groups)
+        upper = f'<tr class="group">{spans}</tr>'
+    head = "".join(head_cell(i, h) for i, h in enumerate(header))
     body = "".join("<tr>" + "".join(cell(cls, text) for cls, text in row) + "</tr>" for row in rows)
-    return f'<table id="{_esc(table_id)}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+    return f'<table id="{_esc(table_id)}"><thead>{upper}<tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
 def _image(charts: Mapping[str, bytes], name: str, alt: str) -> str:
@@ -508,8 +528,8 @@ def _metrics_section(report: Mapping[str, Any]) -> str:
         f"<h2>Accuracy: the model beside {_esc(report['baseline'])}</h2>"
         '<p class="hint">Mean over evaluated users ± standard error. Full ranking ranks every item the '
         "user has not interacted with in training; the sampled protocol ranks each held-out item among "
-        f"a few random ones (it overstates accuracy). {_esc(report['baseline'])} is computed in the same "
-        "job, over the same users, with the same masks.</p>"
+        f"a few random ones (it overstates accuracy). {_esc(report['baseline'])} is computed alongside, "
+        "over the same users, with the same masks.</p>"
         + _table("metrics", ["metric", "protocol", "model", report["baseline"]], rows)
     )
 
@@ -525,7 +545,10 @@ def _beyond_section(report: Mapping[str, Any]) -> str:
         for row in report["beyond_accuracy"]
     ]
     return "<h2>Coverage, Gini and novelty</h2>" + _table(
-        "beyond-accuracy", ["metric", "model", report["baseline"], "what it measures"], rows
+        "beyond-accuracy",
+        ["metric", "model", report["baseline"], "what it measures"],
+        rows,
+        text_columns=(3,),
     )
 
 
@@ -533,8 +556,9 @@ def _segments_section(report: Mapping[str, Any], charts: Mapping[str, bytes]) ->
     segments = report["segments"]
     names = segments["metric_names"]
     header = ["training interactions", "users", "share"]
-    for name in names:
-        header += [f"{name} model", f"{name} {report['baseline']}"]
+    for _ in names:
+        header += ["model", report["baseline"]]
+    groups = [("", 3), *((name, 2) for name in names)]
     rows = []
     for row in segments["rows"]:
         label = row["label"] + (" (few interactions)" if row["few_interactions"] else "")
@@ -552,7 +576,7 @@ def _segments_section(report: Mapping[str, Any], charts: Mapping[str, bytes]) ->
         f'<p class="hint">Users grouped by their number of training interactions. {few} of {total} '
         f"evaluated users{share} have at most {segments['few_interactions_max']}: the users a recommender "
         "knows least about.</p>"
-        + _table("segments", header, rows)
+        + _table("segments", header, rows, groups=groups)
         + _image(charts, "segments", "metric by user activity, model and baseline")
     )
 
@@ -598,7 +622,9 @@ def _curves_section(report: Mapping[str, Any], charts: Mapping[str, bytes]) -> s
             '<p class="missing">Not part of this evaluation: a saved model does not carry them; the '
             "training job's report (output/data/report.html, learning_curves.json) has them.</p>"
         )
-    names = sorted({name for e in curves["epochs"] for name in e.get("validation", {})})
+    # The plotted metrics only: every metric per epoch would not fit a page (learning_curves.json has them).
+    wanted = {f"{m}@{k}" for m in ("ndcg", "hr") for k in (10, report["k"])}
+    names = sorted({name for e in curves["epochs"] for name in e.get("validation", {})} & wanted)
     header = ["epoch", "training loss", *[f"validation {n}" for n in names], "seconds"]
     rows = []
     for phase, epochs in (("", curves["epochs"]), ("refit ", curves["refit_epochs"])):

@@ -139,6 +139,11 @@ def plot_learning_curves(
             linestyle="--",
             label="refit on all data",
         )
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in (loss_ax, metric_ax):
+        # Epochs are whole numbers: no 1.5 on the axis of a two-epoch run.
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     loss_ax.set_xlabel("epoch")
     loss_ax.set_ylabel("training loss")
     loss_ax.legend()
