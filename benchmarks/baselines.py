@@ -30,6 +30,7 @@ __all__ = [
     "full_ranking_metrics",
     "interaction_matrix",
     "most_popular_scores",
+    "ranked_list_metrics",
     "relevant_items",
 ]
 
@@ -150,6 +151,34 @@ def full_ranking_metrics(
     hits &= torch.isfinite(torch.gather(masked, 1, top))
     for name, metric in zip(names, (hit_rate_at_k, ndcg_at_k, recall_at_k), strict=True):
         out[name], out[f"{name}_se"] = _mean_and_se(metric(hits, counts, cutoff))
+    return out
+
+
+def ranked_list_metrics(
+    lists: Sequence[Sequence[int]], relevant: Sequence[Sequence[int]], k: int = 10
+) -> dict[str, float]:
+    """HR@k, NDCG@k and Recall@k (each with ``_se``) of ready-made ranked lists, one per user.
+
+    For a model scored through its own serving path, which returns lists rather than scores.
+    ``lists[u]`` holds user ``u``'s recommended item indices, best first (it may be shorter than
+    ``k``: the missing ranks are misses); ``relevant`` as in ``full_ranking_metrics``, whose values
+    these equal for the same lists.
+    """
+    if len(lists) != len(relevant):
+        raise ValueError(f"lists has {len(lists)} users, relevant has {len(relevant)}")
+    users = [u for u, items in enumerate(relevant) if len(items) > 0]
+    out: dict[str, float] = {"num_users": float(len(users))}
+    names = (f"hr@{k}", f"ndcg@{k}", f"recall@{k}")
+    if not users:
+        return out | {name: 0.0 for name in names} | {f"{name}_se": 0.0 for name in names}
+    hits = torch.zeros(len(users), k, dtype=torch.bool)
+    for row, user in enumerate(users):
+        wanted = set(relevant[user])
+        for rank, item in enumerate(list(lists[user])[:k]):
+            hits[row, rank] = item in wanted
+    counts = torch.tensor([len(set(relevant[u])) for u in users], dtype=torch.long)
+    for name, metric in zip(names, (hit_rate_at_k, ndcg_at_k, recall_at_k), strict=True):
+        out[name], out[f"{name}_se"] = _mean_and_se(metric(hits, counts, k))
     return out
 
 

@@ -1,32 +1,56 @@
-"""Recommendation quality on MovieLens-100K: the project against EASE and most-popular.
+"""Recommendation quality on MovieLens-100K: the project against sequential and classic references.
 
 Run from the repository root::
 
-    python -m benchmarks.quality                       # both protocols, default hyperparameters
+    python -m benchmarks.quality                        # protocols A, B and cold users, every model
     python -m benchmarks.quality --protocol a --hyperparameters '{"epochs": "5"}'
+    python -m benchmarks.quality --variant 'attention={"history_encoder": "attention"}'
+    python -m benchmarks.quality --json                 # the side-by-side table as JSON on stdout
+    python -m benchmarks.quality --markdown             # ... as a markdown table (for the README)
 
 For each protocol the project is trained exactly as SageMaker would train it: a
 ``$SAGEMAKER_BASE_DIR`` tree with the ``train``, ``items`` and ``users`` channels (no ``validation``
 channel, so the job holds out each user's latest training interaction itself), hyperparameters.json
 holding only the overrides given here, and ``python -m recsys train`` as a child process. The saved
-model is then scored by ``recsys evaluate --json`` on the held-out interactions.
+model is then scored by ``recsys evaluate --json`` on the held-out interactions (protocols A and B),
+or through the serving engine (cold users). Each ``--variant NAME=JSON`` adds a row: the project
+trained with those hyperparameters on top of ``--hyperparameters``.
 
-The baselines see the same training interactions and are scored with the same full-ranking protocol
+The references see the same training interactions and are scored with the same full-ranking protocol
 (every catalogue item ranked, the user's training items excluded, metrics from
 ``recsys.evaluation.metrics``):
 
 * most-popular: items ranked by how many training users interacted with them;
 * EASE (Steck 2019), whose l2 is chosen by validation NDCG@10 (the validation set is carved out of
   the training part the way the test set was carved out of the whole; EASE is fitted on the rest)
-  and then refitted on the whole training part.
+  and then refitted on the whole training part;
+* SASRec and GRU4Rec (``benchmarks.sequential``), full softmax, early-stopped on each user's latest
+  training interaction; the dropout grid is searched on protocol A's validation data and the chosen
+  dropout reused for B and cold users (each still early-stopped on its own validation data). The
+  early-stopped model then ranks from the user's whole training history (validation item included),
+  as the project's default ``final_fit=best_checkpoint`` does: no refit.
 
 Protocols:
 
 * A: leave-one-out by time; each user's latest interaction is the test set.
 * B: each user's latest 5 interactions are the test set (users with more than 5); lower variance.
+* cold: 10% of users (seeded) never seen in training; each one's oldest 80% of interactions (by time)
+  is the request history, the newest 20% are all judged. The project answers real requests
+  ``{"history": [...], "k": 10}`` through ``recsys.serving`` (request validation, then the in-process
+  ``Recommender`` loaded from the saved artifact: the same engine ``recsys serve`` runs, without HTTP);
+  the references rank from the same histories, with the history's items excluded.
 
-The table goes to stdout, progress to stderr, and the same numbers to ``benchmarks/.cache/quality.json``.
-Run directories (channels, model, training log) stay under ``benchmarks/.cache/runs/`` for inspection.
+MovieLens-100K holds each (user, item) pair once, so no test item repeats a training item: ``recsys
+evaluate`` dropping repeats and the references counting them as misses agree (the count is reported).
+
+Training time is the whole fit's wall time (the project: the ``recsys train`` child process, from
+start to exit; a sequential reference: every dropout tried, validation included; EASE: the l2 search
+and the refit); samples/s counts predicted positives per second of optimiser steps (the project's
+``samples_per_second`` log lines; a reference's predicted positions).
+
+Progress goes to stderr; the table to stdout; every figure to ``benchmarks/.cache/quality.json`` and
+the markdown table to ``benchmarks/.cache/quality.md``. Run directories (channels, model, training
+log) stay under ``benchmarks/.cache/runs/`` for inspection.
 """
 
 from __future__ import annotations
@@ -41,7 +65,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -57,9 +81,19 @@ from benchmarks.baselines import (
     full_ranking_metrics,
     interaction_matrix,
     most_popular_scores,
+    ranked_list_metrics,
     relevant_items,
 )
 from benchmarks.movielens import CACHE, MovieLens, fetch, load, split_last
+from benchmarks.sequential import (
+    Architecture,
+    TrainingSettings,
+    TunedReference,
+    Validation,
+    build_sequences,
+    score_next_items,
+    tune_sequence_model,
+)
 from recsys.sagemaker.contract import (
     BASE_DIR_ENV,
     CHANNEL_ITEMS,
@@ -72,6 +106,11 @@ K = 10
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RUNS = CACHE / "runs"
 RESULTS_FILE = CACHE / "quality.json"
+MARKDOWN_FILE = CACHE / "quality.md"
+DEFAULT_LABEL = "recsys default"
+REFERENCE_LABELS: dict[Architecture, str] = {"sasrec": "SASRec ref", "gru4rec": "GRU4Rec ref"}
+# The issue's target: the project's training within this many seconds.
+TARGET_TRAINING_SECONDS = 180.0
 INTERACTION_COLUMNS = ["user_id", "item_id", "rating", "timestamp"]
 # One per-epoch log line of the training job, e.g. "... epoch=3 train_loss=0.41 ... samples_per_second=92162"
 # or "refit_epoch=3 ..." for the refit on all data.
@@ -94,6 +133,36 @@ PROTOCOLS: dict[str, Protocol] = {
     ),
     "b": Protocol("b", "Protocol B: each user's latest 5 interactions are the test (users with > 5)", 5, 5),
 }
+COLD_TITLE = (
+    "Cold users: 10% of users never trained on; oldest 80% of each one's interactions is the request "
+    "history, the newest 20% are judged"
+)
+PROTOCOL_CHOICES = {
+    "a": ("a",),
+    "b": ("b",),
+    "cold": ("cold",),
+    "both": ("a", "b"),
+    "all": ("a", "b", "cold"),
+}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A row of the project: a label and the hyperparameters (as strings) its jobs get."""
+
+    label: str
+    hyperparameters: dict[str, str]
+
+
+@dataclass(frozen=True)
+class ReferenceSettings:
+    """Which sequential references run, and how they are trained and tuned."""
+
+    architectures: tuple[Architecture, ...] = ("sasrec", "gru4rec")
+    dropouts: tuple[float, ...] = (0.2, 0.5)
+    training: TrainingSettings = field(default_factory=TrainingSettings)
+    # Wall-clock seconds of one reference on one protocol, shared by its dropouts (None: no cap).
+    budget_s: float | None = 180.0
 
 
 @dataclass(frozen=True)
@@ -212,137 +281,453 @@ def run_evaluate(model_dir: Path, test_file: Path) -> dict[str, Any]:
     return metrics
 
 
-def baseline_results(
-    train: pd.DataFrame, test: pd.DataFrame, data: MovieLens, protocol: Protocol
-) -> dict[str, Any]:
-    """Most-popular and validation-tuned EASE on ``train``, scored by full ranking on ``test``."""
-    # The same catalogue the job builds: users of the training part; items of the training part
-    # and of the items table.
-    user_index = pd.Index(sorted(train["user_id"].astype(str).unique()))
-    item_index = pd.Index(sorted(set(train["item_id"].astype(str)) | set(data.items["item_id"].astype(str))))
-    X = interaction_matrix(train, user_index, item_index)
-    relevant, skipped = relevant_items(test, user_index, item_index)
+@dataclass(frozen=True)
+class Catalogue:
+    """Row and column order of the references' matrices: the same catalogue the job builds (users of
+    the training part; items of the training part and of the items table)."""
 
-    fit_part, validation = split_last(train, protocol.validation_size)
-    X_fit = interaction_matrix(fit_part, user_index, item_index)
-    validation_relevant, _ = relevant_items(validation, user_index, item_index)
+    users: pd.Index
+    items: pd.Index
+
+    @classmethod
+    def of(cls, train: pd.DataFrame, data: MovieLens) -> Catalogue:
+        users = pd.Index(sorted(train["user_id"].astype(str).unique()))
+        items = pd.Index(sorted(set(train["item_id"].astype(str)) | set(data.items["item_id"].astype(str))))
+        return cls(users, items)
+
+
+@dataclass(frozen=True)
+class ColdSplit:
+    """Cold users held out of training entirely; their histories and judged interactions."""
+
+    train: pd.DataFrame  # every interaction of the other users
+    history: pd.DataFrame  # each cold user's oldest interactions: what a request carries
+    judged: pd.DataFrame  # each cold user's newest interactions: what is scored
+    cold_users: tuple[str, ...]
+
+
+def split_cold_users(
+    interactions: pd.DataFrame, *, fraction: float = 0.1, history_share: float = 0.8, seed: int = 42
+) -> ColdSplit:
+    """``fraction`` of the users (at least one, drawn with ``seed``) leave training entirely.
+
+    Each cold user's interactions are ordered by time (ties by row order, as ``split_last``); the
+    oldest ``floor(history_share * n)`` (at least one) form the request history, the rest are
+    judged. Raises ``ValueError`` for a fraction or share outside (0, 1).
+    """
+    if not 0.0 < fraction < 1.0 or not 0.0 < history_share < 1.0:
+        raise ValueError(f"fraction and history_share must lie in (0, 1); got {fraction}, {history_share}")
+    ordered = interactions.reset_index(drop=True)
+    ordered["_row"] = np.arange(len(ordered))
+    ordered["user_id"] = ordered["user_id"].astype(str)
+    ordered = ordered.sort_values(["user_id", "timestamp", "_row"], kind="stable")
+    users = np.array(sorted(ordered["user_id"].unique()))
+    count = min(len(users) - 1, max(1, round(fraction * len(users))))
+    cold = set(np.random.default_rng(seed).choice(users, size=count, replace=False).tolist())
+    is_cold = ordered["user_id"].isin(cold).to_numpy()
+    rank = ordered.groupby("user_id").cumcount().to_numpy()
+    size = ordered.groupby("user_id")["item_id"].transform("size").to_numpy()
+    history_count = np.maximum(1, np.floor(history_share * size))
+    columns = [c for c in ordered.columns if c != "_row"]
+    return ColdSplit(
+        train=ordered.loc[~is_cold, columns].reset_index(drop=True),
+        history=ordered.loc[is_cold & (rank < history_count), columns].reset_index(drop=True),
+        judged=ordered.loc[is_cold & (rank >= history_count), columns].reset_index(drop=True),
+        cold_users=tuple(sorted(cold)),
+    )
+
+
+def _training_figures(seconds: float, samples_per_second: float | None, **extra: Any) -> dict[str, Any]:
+    return {"wall_seconds": seconds, "samples_per_second": samples_per_second, **extra}
+
+
+def _project_training(run: TrainingRun, base: Path) -> dict[str, Any]:
+    job = run.job_metrics
+    return _training_figures(
+        run.wall_seconds,
+        run.samples_per_second,
+        peak_rss_mib=run.peak_rss_mib,
+        epoch_lines=run.epoch_lines,
+        epochs_run=job.get("epochs_run"),
+        best_epoch=job.get("best_epoch"),
+        run_dir=str(base),
+    )
+
+
+def train_project(
+    base: Path, train: pd.DataFrame, data: MovieLens, variant: Variant, tag: str
+) -> tuple[ContainerPaths, dict[str, Any]]:
+    """One ``recsys train`` job of ``variant`` on ``train``: its paths and training figures."""
+    paths = write_job(base, train, data, variant.hyperparameters)
+    log_file = base / "train.log"
+    _progress(f"[{tag}] training {variant.label} through the contract (log: {log_file})")
+    return paths, _project_training(run_training(paths, log_file), base)
+
+
+def ease_and_popular(
+    X: np.ndarray,
+    fit_part: pd.DataFrame,
+    validation: pd.DataFrame,
+    catalogue: Catalogue,
+    query_rows: np.ndarray,
+    relevant: Sequence[Sequence[int]],
+) -> dict[str, Any]:
+    """Most-popular and validation-tuned EASE fitted on ``X`` [U, N] (the training users), ranking
+    for the users whose interaction rows are ``query_rows`` [Q, N] (seen items there are excluded)."""
+    X_fit = interaction_matrix(fit_part, catalogue.users, catalogue.items)
+    validation_relevant, _ = relevant_items(validation, catalogue.users, catalogue.items)
     start = time.perf_counter()
     l2, validation_ndcg = choose_ease_l2(X_fit, validation_relevant, EASE_L2_GRID, K)
-    search_seconds = time.perf_counter() - start
-
-    start = time.perf_counter()
     weights = ease_fit(X, l2)
-    fit_seconds = time.perf_counter() - start
+    ease_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    popularity = most_popular_scores(X)[:1]
+    popular_seconds = time.perf_counter() - start
     return {
-        "ease": full_ranking_metrics(ease_scores(X, weights), X, relevant, K),
-        "most_popular": full_ranking_metrics(most_popular_scores(X), X, relevant, K),
+        "models": {
+            "most-popular": full_ranking_metrics(
+                np.broadcast_to(popularity, query_rows.shape).copy(), query_rows, relevant, K
+            ),
+            "EASE": full_ranking_metrics(ease_scores(query_rows, weights), query_rows, relevant, K),
+        },
+        "training": {
+            "most-popular": _training_figures(popular_seconds, None),
+            "EASE": _training_figures(ease_seconds, None, l2=l2),
+        },
         "ease_l2": l2,
-        "ease_validation_ndcg@10": {str(key): value for key, value in validation_ndcg.items()},
-        "ease_validation_interactions": len(validation),
-        "ease_search_seconds": search_seconds,
-        "ease_fit_seconds": fit_seconds,
-        "num_users": len(user_index),
-        "num_items": len(item_index),
-        "skipped_test_interactions": skipped,
+        f"ease_validation_ndcg@{K}": {str(key): value for key, value in validation_ndcg.items()},
     }
 
 
-def run_protocol(data: MovieLens, protocol: Protocol, hyperparameters: Mapping[str, str]) -> dict[str, Any]:
+def train_references(
+    train: pd.DataFrame,
+    catalogue: Catalogue,
+    settings: ReferenceSettings,
+    dropouts: Mapping[Architecture, tuple[float, ...]],
+    tag: str,
+) -> dict[Architecture, TunedReference]:
+    """Each reference trained on ``train`` without each user's latest interaction, early-stopped on
+    that interaction; one fit per dropout in ``dropouts[architecture]``, the best kept."""
+    fit_part, validation = split_last(train, 1)
+    sequences = build_sequences(fit_part, catalogue.users, catalogue.items)
+    validation_relevant, _ = relevant_items(validation, catalogue.users, catalogue.items)
+    checked = Validation(
+        sequences, validation_relevant, interaction_matrix(fit_part, catalogue.users, catalogue.items)
+    )
+    tuned: dict[Architecture, TunedReference] = {}
+    for architecture in settings.architectures:
+        grid = dropouts[architecture]
+        _progress(f"[{tag}] training {REFERENCE_LABELS[architecture]} (dropout {list(grid)})")
+        per_fit = settings.budget_s / len(grid) if settings.budget_s is not None else None
+        tuned[architecture] = tune_sequence_model(
+            architecture,
+            len(catalogue.items),
+            sequences,
+            checked,
+            replace(settings.training, time_budget_s=per_fit),
+            grid,
+        )
+        summary = tuned[architecture].summary()
+        _progress(
+            f"  dropout {summary['dropout']}, best epoch {summary['best_epoch']}, validation NDCG@{K} "
+            f"{summary[f'validation_ndcg@{K}']:.4f}, {summary['wall_seconds']:.1f} s"
+        )
+    return tuned
+
+
+def reference_rows(
+    tuned: Mapping[Architecture, TunedReference],
+    histories: Sequence[np.ndarray],
+    seen: np.ndarray,
+    relevant: Sequence[Sequence[int]],
+) -> dict[str, Any]:
+    """The tuned references ranking from ``histories`` (one per row of ``seen`` [Q, N])."""
+    models, training, details = {}, {}, {}
+    for architecture, reference in tuned.items():
+        label = REFERENCE_LABELS[architecture]
+        scores = score_next_items(reference.best.model, histories)
+        models[label] = full_ranking_metrics(scores, seen, relevant, K)
+        training[label] = _training_figures(reference.wall_seconds, reference.samples_per_second)
+        details[label] = reference.summary()
+    return {"models": models, "training": training, "references": details}
+
+
+def run_protocol(
+    data: MovieLens,
+    protocol: Protocol,
+    variants: Sequence[Variant],
+    references: ReferenceSettings,
+    dropouts: Mapping[Architecture, tuple[float, ...]],
+) -> tuple[dict[str, Any], dict[Architecture, TunedReference]]:
+    """Protocol A or B: every model trained on the same training part and scored on the same test."""
+    tag = protocol.key
     train, test = split_last(data.interactions, protocol.test_size)
+    catalogue = Catalogue.of(train, data)
+    X = interaction_matrix(train, catalogue.users, catalogue.items)
+    relevant, skipped = relevant_items(test, catalogue.users, catalogue.items)
+    models: dict[str, Any] = {}
+    training: dict[str, Any] = {}
+    project_details: dict[str, Any] = {}
     base = RUNS / f"protocol_{protocol.key}"
-    paths = write_job(base, train, data, hyperparameters)
-    test_file = base / "test.csv"
-    test[INTERACTION_COLUMNS].to_csv(test_file, index=False)
-    log_file = base / "train.log"
-
-    _progress(f"[{protocol.key}] training the project through the contract (log: {log_file})")
-    training = run_training(paths, log_file)
-    _progress(f"[{protocol.key}] evaluating the saved model on {len(test)} held-out interactions")
-    project = run_evaluate(paths.model_dir, test_file)
-    _progress(f"[{protocol.key}] most-popular and EASE (l2 grid {list(EASE_L2_GRID)})")
-    baselines = baseline_results(train, test, data, protocol)
-
-    ease_ndcg = baselines["ease"][f"ndcg@{K}"]
-    return {
+    for index, variant in enumerate(variants):
+        run_dir = base / f"variant_{index}"
+        paths, training[variant.label] = train_project(run_dir, train, data, variant, tag)
+        test_file = run_dir / "test.csv"
+        test[INTERACTION_COLUMNS].to_csv(test_file, index=False)
+        _progress(f"[{tag}] evaluating {variant.label} on {len(test)} held-out interactions")
+        metrics = run_evaluate(paths.model_dir, test_file)
+        models[variant.label] = metrics
+        project_details[variant.label] = {
+            "hyperparameters": variant.hyperparameters,
+            f"sampled_hr@{K}": metrics.get(f"sampled_hr@{K}"),
+            f"sampled_ndcg@{K}": metrics.get(f"sampled_ndcg@{K}"),
+            "repeat_interactions": metrics.get("repeat_interactions"),
+            "skipped_interactions": metrics.get("skipped_interactions"),
+        }
+    _progress(f"[{tag}] most-popular and EASE (l2 grid {list(EASE_L2_GRID)})")
+    fit_part, validation = split_last(train, protocol.validation_size)
+    baselines = ease_and_popular(X, fit_part, validation, catalogue, X, relevant)
+    tuned = train_references(train, catalogue, references, dropouts, tag)
+    sequences = build_sequences(train, catalogue.users, catalogue.items)
+    seq = reference_rows(tuned, sequences, X, relevant)
+    repeats = int(sum(X[u, i] > 0 for u, items in enumerate(relevant) for i in items))
+    result = {
         "title": protocol.title,
         "test_size": protocol.test_size,
         "ease_validation_size": protocol.validation_size,
+        "num_users": len(catalogue.users),
+        "num_items": len(catalogue.items),
         "train_interactions": len(train),
         "test_interactions": len(test),
-        "project": project,
-        **baselines,
-        f"ratio_ndcg@{K}_project_over_ease": project[f"ndcg@{K}"] / ease_ndcg if ease_ndcg > 0 else None,
-        "training": {
-            "wall_seconds": training.wall_seconds,
-            "peak_rss_mib": training.peak_rss_mib,
-            "samples_per_second": training.samples_per_second,
-            "epoch_lines": training.epoch_lines,
-            "job_metrics": training.job_metrics,
-            "run_dir": str(base),
-        },
+        "skipped_test_interactions": skipped,
+        "repeat_test_interactions": repeats,
+        "models": {**baselines["models"], **seq["models"], **models},
+        "training": {**baselines["training"], **seq["training"], **training},
+        "ease_l2": baselines["ease_l2"],
+        f"ease_validation_ndcg@{K}": baselines[f"ease_validation_ndcg@{K}"],
+        "references": seq["references"],
+        "project": project_details,
+    }
+    return result, tuned
+
+
+def serve_cold_users(model_dir: Path, histories: Sequence[Sequence[str]], k: int) -> dict[str, Any]:
+    """Each history as a real request ``{"history": [...], "k": k}``: validated by the serving
+    schemas, answered by the ``Recommender`` loaded from the saved artifact (in process)."""
+    from recsys.serving.engine import Recommender
+    from recsys.serving.schemas import parse_instances
+
+    start = time.perf_counter()
+    recommender = Recommender.load(model_dir)
+    load_seconds = time.perf_counter() - start
+    queries = parse_instances([{"history": list(history), "k": k} for history in histories])
+    start = time.perf_counter()
+    answers = recommender.recommend(queries)
+    seconds = time.perf_counter() - start
+    return {
+        "lists": [answer.item_ids for answer in answers],
+        "fallbacks": sum(answer.fallback for answer in answers),
+        "load_seconds": load_seconds,
+        "requests_per_second": len(queries) / max(seconds, 1e-9),
     }
 
 
-def _cell(metrics: Mapping[str, Any], name: str) -> str:
-    value, se = metrics.get(name), metrics.get(f"{name}_se")
+def run_cold(
+    data: MovieLens,
+    variants: Sequence[Variant],
+    references: ReferenceSettings,
+    dropouts: Mapping[Architecture, tuple[float, ...]],
+    seed: int,
+) -> dict[str, Any]:
+    """Cold users: every model trained without them, asked with their oldest 80%."""
+    tag = "cold"
+    split = split_cold_users(data.interactions, seed=seed)
+    catalogue = Catalogue.of(split.train, data)
+    cold_index = pd.Index(split.cold_users)
+    history_rows = interaction_matrix(split.history, cold_index, catalogue.items)
+    relevant, skipped = relevant_items(split.judged, cold_index, catalogue.items)
+    histories = build_sequences(split.history, cold_index, catalogue.items)
+    # The users table without the cold users: the job knows nothing about them.
+    warm = replace(data, users=data.users[~data.users["user_id"].astype(str).isin(set(split.cold_users))])
+    models: dict[str, Any] = {}
+    training: dict[str, Any] = {}
+    serving: dict[str, Any] = {}
+    for index, variant in enumerate(variants):
+        paths, training[variant.label] = train_project(
+            RUNS / "protocol_cold" / f"variant_{index}", split.train, warm, variant, tag
+        )
+        _progress(f"[{tag}] {len(histories)} history requests to {variant.label} through recsys.serving")
+        answered = serve_cold_users(paths.model_dir, [catalogue.items[h].tolist() for h in histories], K)
+        lists = [catalogue.items.get_indexer(pd.Index(ids)).tolist() for ids in answered.pop("lists")]
+        models[variant.label] = ranked_list_metrics(lists, relevant, K)
+        serving[variant.label] = answered
+    _progress(f"[{tag}] most-popular and EASE (l2 grid {list(EASE_L2_GRID)})")
+    X = interaction_matrix(split.train, catalogue.users, catalogue.items)
+    fit_part, validation = split_last(split.train, 1)
+    baselines = ease_and_popular(X, fit_part, validation, catalogue, history_rows, relevant)
+    tuned = train_references(split.train, catalogue, references, dropouts, tag)
+    seq = reference_rows(tuned, histories, history_rows, relevant)
+    return {
+        "title": COLD_TITLE,
+        "cold_users": len(split.cold_users),
+        "num_users": len(catalogue.users),
+        "num_items": len(catalogue.items),
+        "train_interactions": len(split.train),
+        "history_interactions": len(split.history),
+        "judged_interactions": len(split.judged),
+        "skipped_judged_interactions": skipped,
+        "models": {**baselines["models"], **seq["models"], **models},
+        "training": {**baselines["training"], **seq["training"], **training},
+        "ease_l2": baselines["ease_l2"],
+        f"ease_validation_ndcg@{K}": baselines[f"ease_validation_ndcg@{K}"],
+        "references": seq["references"],
+        "serving": serving,
+    }
+
+
+# -- the table ----------------------------------------------------------------------------------
+
+# (key, header, protocol, metric, with its standard error)
+COLUMNS: tuple[tuple[str, str, str, str, bool], ...] = (
+    ("a_ndcg", f"A NDCG@{K}", "a", f"ndcg@{K}", True),
+    ("a_hr", f"A HR@{K}", "a", f"hr@{K}", False),
+    ("b_ndcg", f"B NDCG@{K}", "b", f"ndcg@{K}", True),
+    ("cold_ndcg", f"cold NDCG@{K}", "cold", f"ndcg@{K}", True),
+    ("cold_hr", f"cold HR@{K}", "cold", f"hr@{K}", False),
+    ("cold_recall", f"cold Recall@{K}", "cold", f"recall@{K}", False),
+)
+
+
+def table_rows(results: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One row per model: metric values (and standard errors), training seconds and samples/s of the
+    first protocol run (A when run), in the order most-popular, EASE, references, project rows."""
+    protocols: Mapping[str, Any] = results["protocols"]
+    labels: list[str] = []
+    for result in protocols.values():
+        labels += [label for label in result["models"] if label not in labels]
+    fixed = ["most-popular", "EASE", *REFERENCE_LABELS.values()]
+    labels = [label for label in fixed if label in labels] + [label for label in labels if label not in fixed]
+    timed = next(iter(protocols), None)
+    rows = []
+    for label in labels:
+        row: dict[str, Any] = {"model": label}
+        for key, _, protocol, metric, _ in COLUMNS:
+            metrics = protocols.get(protocol, {}).get("models", {}).get(label)
+            row[key] = metrics.get(metric) if metrics else None
+            row[f"{key}_se"] = metrics.get(f"{metric}_se") if metrics else None
+        figures = protocols[timed]["training"].get(label, {}) if timed else {}
+        row["training_protocol"] = timed
+        row["training_seconds"] = figures.get("wall_seconds")
+        row["samples_per_second"] = figures.get("samples_per_second")
+        rows.append(row)
+    return rows
+
+
+def _value(row: Mapping[str, Any], key: str, with_se: bool) -> str:
+    value, se = row.get(key), row.get(f"{key}_se")
     if value is None:
         return "n/a"
-    return f"{value:.4f} ± {se:.4f}" if se is not None else f"{value:.4f}"
+    return f"{value:.4f} ± {se:.4f}" if with_se and se is not None else f"{value:.4f}"
 
 
-def format_protocol(result: Mapping[str, Any]) -> str:
-    names = [f"hr@{K}", f"ndcg@{K}"] + ([f"recall@{K}"] if result["test_size"] > 1 else [])
-    headers = {f"hr@{K}": f"HR@{K}", f"ndcg@{K}": f"NDCG@{K}", f"recall@{K}": f"Recall@{K}"}
-    rows = [
-        ("project", result["project"]),
-        ("EASE", result["ease"]),
-        ("most-popular", result["most_popular"]),
-    ]
-    lines = [
-        result["title"],
-        f"  {result['num_users']} users, {result['num_items']} items, "
-        f"{result['train_interactions']} training and {result['test_interactions']} test interactions",
-        "  " + f"{'model':<14}" + "".join(f"{headers[n]:<19}" for n in names) + "users",
-    ]
-    for label, metrics in rows:
-        cells = "".join(f"{_cell(metrics, n):<19}" for n in names)
-        lines.append(f"  {label:<14}{cells}{int(metrics.get('num_users', 0))}")
-    ratio = result[f"ratio_ndcg@{K}_project_over_ease"]
-    training = result["training"]
-    job = training["job_metrics"]
-    rate = training["samples_per_second"]
-    validation = ", ".join(
-        f"{float(l2):g}: {v:.4f}"
-        for l2, v in sorted(result["ease_validation_ndcg@10"].items(), key=lambda kv: float(kv[0]))
+def _row_cells(row: Mapping[str, Any]) -> list[str]:
+    seconds, rate = row.get("training_seconds"), row.get("samples_per_second")
+    return (
+        [str(row["model"])]
+        + [_value(row, key, with_se) for key, _, _, _, with_se in COLUMNS]
+        + [f"{seconds:.1f}" if seconds is not None else "n/a", f"{rate:,.0f}" if rate else "n/a"]
     )
-    what = (
-        "latest interaction"
-        if result["ease_validation_size"] == 1
-        else (f"latest {result['ease_validation_size']} interactions")
+
+
+def _headers(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    timed = next((row["training_protocol"] for row in rows if row.get("training_protocol")), None)
+    suffix = f" ({timed})" if timed else ""
+    return ["model", *(header for _, header, _, _, _ in COLUMNS), f"train s{suffix}", f"samples/s{suffix}"]
+
+
+def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The side-by-side table as aligned plain text."""
+    cells = [_headers(rows), *(_row_cells(row) for row in rows)]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(cells[0]))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
+        for line in cells
     )
-    lines += [
-        f"  ratio ndcg@{K} project/EASE = {ratio:.2f}" if ratio is not None else "  ratio: EASE NDCG is 0",
-        f"  project training: wall {training['wall_seconds']:.1f} s, "
-        + (
-            f"{rate:.0f} samples/s (mean of {training['epoch_lines']} epoch lines)"
-            if rate
-            else "no epoch lines"
-        )
-        + f", peak RSS {training['peak_rss_mib']:.0f} MiB"
-        + "".join(f", {name} {job[name]}" for name in ("epochs_run", "best_epoch") if name in job),
-        f"  project sampled HR@{K} = {result['project'].get(f'sampled_hr@{K}', float('nan')):.4f}, "
-        f"NDCG@{K} = {result['project'].get(f'sampled_ndcg@{K}', float('nan')):.4f} "
-        "(held-out item vs sampled negatives, as in the NCF literature)",
-        f"  EASE l2 = {result['ease_l2']:g}, chosen by validation NDCG@{K} on each user's {what} of the "
-        f"training part ({validation}); refit on all training data in {result['ease_fit_seconds']:.1f} s",
-    ]
-    if result["skipped_test_interactions"] or result["project"].get("skipped_interactions"):
-        lines.append(
-            "  skipped test interactions (unknown user or item): "
-            f"baselines {result['skipped_test_interactions']}, "
-            f"project {result['project'].get('skipped_interactions')}"
-        )
+
+
+def format_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The side-by-side table as a markdown table (pasteable into the README)."""
+    headers = _headers(rows)
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(_row_cells(row)) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def target_verdicts(results: Mapping[str, Any], labels: Sequence[str]) -> list[str]:
+    """The issue's target per project row: NDCG@10 at least the better reference's on protocol A and
+    on cold users, with training within ``TARGET_TRAINING_SECONDS``."""
+    lines = []
+    protocols = results["protocols"]
+    for label in labels:
+        parts = []
+        for key in ("a", "cold"):
+            result = protocols.get(key)
+            if result is None or label not in result["models"]:
+                continue
+            references = {
+                ref: result["models"][ref][f"ndcg@{K}"]
+                for ref in REFERENCE_LABELS.values()
+                if ref in result["models"]
+            }
+            ours = result["models"][label][f"ndcg@{K}"]
+            seconds = result["training"][label]["wall_seconds"]
+            if references:
+                best = max(references, key=lambda ref: references[ref])
+                met = ours >= references[best] and seconds <= TARGET_TRAINING_SECONDS
+                parts.append(
+                    f"{key}: {ours:.4f} vs {best} {references[best]:.4f}, {seconds:.0f} s training -> "
+                    + ("met" if met else "not met")
+                )
+        if parts:
+            lines.append(f"target ({label}): " + "; ".join(parts))
+    return lines
+
+
+def format_details(results: Mapping[str, Any]) -> str:
+    lines = []
+    for key, result in results["protocols"].items():
+        lines.append(f"{key}: {result['title']}")
+        lines.append(
+            f"  {result['num_users']} training users, {result['num_items']} items, "
+            f"{result['train_interactions']} training interactions, EASE l2 {result['ease_l2']:g}"
+            + (
+                f", {result['repeat_test_interactions']} test repeats"
+                if "repeat_test_interactions" in result
+                else ""
+            )
+        )
+        for label, summary in result["references"].items():
+            grid = ", ".join(
+                f"{dropout}: {point[f'validation_ndcg@{K}']:.4f} "
+                f"(epoch {point['best_epoch']} of {point['epochs_run']})"
+                for dropout, point in summary["grid"].items()
+            )
+            lines.append(f"  {label}: dropout {summary['dropout']} chosen on validation NDCG@{K} ({grid})")
+        for label, figures in result["training"].items():
+            if figures.get("epochs_run") is not None:
+                lines.append(
+                    f"  {label}: {figures['epochs_run']} epochs (best {figures['best_epoch']}), "
+                    f"peak RSS {figures['peak_rss_mib']:.0f} MiB"
+                )
+        for label, served in result.get("serving", {}).items():
+            lines.append(
+                f"  {label} served in process: {served['requests_per_second']:.0f} requests/s, "
+                f"{served['fallbacks']} popular fallbacks, artifact loaded in {served['load_seconds']:.1f} s"
+            )
+    return "\n".join(lines)
+
+
+# -- the command line ---------------------------------------------------------------------------
 
 
 def _parse_overrides(text: str) -> dict[str, str]:
@@ -355,54 +740,185 @@ def _parse_overrides(text: str) -> dict[str, str]:
     return hyperparameter_strings(value)
 
 
+def _parse_variant(text: str) -> tuple[str, dict[str, str]]:
+    label, sep, overrides = text.partition("=")
+    if not sep or not label.strip():
+        raise argparse.ArgumentTypeError(
+            'give NAME=JSON, e.g. \'attention={"history_encoder": "attention"}\''
+        )
+    return label.strip(), _parse_overrides(overrides)
+
+
+def _parse_floats(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of numbers: {text!r}") from exc
+    if not values:
+        raise argparse.ArgumentTypeError("give at least one value")
+    return values
+
+
+def _parse_references(text: str) -> tuple[Architecture, ...]:
+    if text == "none":
+        return ()
+    names = tuple(part.strip() for part in text.split(",") if part.strip())
+    unknown = [name for name in names if name not in REFERENCE_LABELS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown references {unknown}; choose from sasrec, gru4rec or none")
+    return tuple(name for name in REFERENCE_LABELS if name in names)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.quality",
         description="Train the project on MovieLens-100K through the SageMaker contract and compare its "
-        "full-ranking HR@10 / NDCG@10 with EASE and most-popular.",
+        "full-ranking HR@10 / NDCG@10 with SASRec, GRU4Rec, EASE and most-popular.",
     )
     parser.add_argument(
         "--protocol",
-        choices=("a", "b", "both"),
-        default="both",
-        help="a: latest interaction per user; b: latest 5 per user; both (default)",
+        choices=tuple(PROTOCOL_CHOICES),
+        default="all",
+        help="a: latest interaction per user; b: latest 5 per user; cold: unseen users; "
+        "both: a and b; all (default): a, b and cold",
     )
     parser.add_argument(
         "--hyperparameters",
         type=_parse_overrides,
         default={},
-        help='JSON object of hyperparameter overrides, e.g. \'{"epochs": "5"}\'',
+        help=f"JSON object of hyperparameter overrides for the '{DEFAULT_LABEL}' row (and under every "
+        'variant), e.g. \'{"epochs": "5"}\'',
     )
+    parser.add_argument(
+        "--variant",
+        type=_parse_variant,
+        action="append",
+        default=[],
+        metavar="NAME=JSON",
+        help="one more project row, trained with these hyperparameters on top of --hyperparameters, "
+        'e.g. \'attention={"history_encoder": "attention"}\' (repeatable)',
+    )
+    parser.add_argument(
+        "--no-default", action="store_true", help=f"leave out the '{DEFAULT_LABEL}' row (variants only)"
+    )
+    parser.add_argument(
+        "--references",
+        type=_parse_references,
+        default=("sasrec", "gru4rec"),
+        help="sequential references to train: sasrec,gru4rec (default), one of them, or none",
+    )
+    parser.add_argument(
+        "--dropouts",
+        type=_parse_floats,
+        default=(0.2, 0.5),
+        help="the references' dropout grid (default 0.2,0.5)",
+    )
+    parser.add_argument(
+        "--reference-epochs", type=int, default=200, help="a reference's maximum epochs (default 200)"
+    )
+    parser.add_argument(
+        "--reference-budget",
+        type=float,
+        default=180.0,
+        help="wall-clock seconds of one reference on one protocol, shared by its dropouts: a fit starts "
+        "no new epoch once its share is spent (default 180; 0: no cap)",
+    )
+    parser.add_argument("--seed", type=int, default=42, help="the cold users' draw and the references' seed")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="torch threads of the references (default: all)",
+    )
+    output = parser.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="print the side-by-side table as JSON")
+    output.add_argument("--markdown", action="store_true", help="print the side-by-side table as markdown")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    keys = ("a", "b") if args.protocol == "both" else (args.protocol,)
+    started = time.perf_counter()
+    torch.set_num_threads(args.threads)
+    variants = ([] if args.no_default else [Variant(DEFAULT_LABEL, dict(args.hyperparameters))]) + [
+        Variant(label, {**args.hyperparameters, **overrides}) for label, overrides in args.variant
+    ]
+    if len({v.label for v in variants}) != len(variants):
+        raise SystemExit(
+            "every row needs its own name: two variants (or a variant and the default) share one"
+        )
+    references = ReferenceSettings(
+        architectures=args.references,
+        dropouts=args.dropouts,
+        training=TrainingSettings(max_epochs=args.reference_epochs, seed=args.seed),
+        budget_s=args.reference_budget if args.reference_budget > 0 else None,
+    )
+    keys = PROTOCOL_CHOICES[args.protocol]
     data = load(fetch())
     results: dict[str, Any] = {
         "dataset": "MovieLens-100K (recbole 1.2.1 copy)",
         "k": K,
         "hyperparameter_overrides": args.hyperparameters,
+        "variants": {v.label: v.hyperparameters for v in variants},
+        "references": {
+            "architectures": list(references.architectures),
+            "dropout_grid": list(references.dropouts),
+            "training": asdict(references.training),
+            "budget_seconds_per_protocol": references.budget_s,
+        },
         "machine": {
             "python": platform.python_version(),
             "torch": torch.__version__,
             "platform": platform.platform(),
             "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            # Other work on the machine slows every model down; the references' time budget then
+            # buys them fewer epochs.
+            "load_average_at_start": os.getloadavg(),
         },
         "protocols": {},
     }
+    # The dropout grid is searched once, on the first protocol's validation data; later protocols
+    # reuse each reference's choice (still early-stopped on their own validation data).
+    dropouts: dict[Architecture, tuple[float, ...]] = {
+        a: references.dropouts for a in references.architectures
+    }
     for key in keys:
-        results["protocols"][key] = run_protocol(data, PROTOCOLS[key], args.hyperparameters)
+        if key == "cold":
+            results["protocols"][key] = run_cold(data, variants, references, dropouts, args.seed)
+            continue
+        results["protocols"][key], tuned = run_protocol(data, PROTOCOLS[key], variants, references, dropouts)
+        dropouts = {a: (t.best_dropout,) for a, t in tuned.items()}
+    results["wall_seconds"] = time.perf_counter() - started
+    results["machine"]["load_average_at_end"] = os.getloadavg()
+    rows = table_rows(results)
+    results["table"] = rows
+    markdown = format_markdown(rows)
     RESULTS_FILE.parent.mkdir(parents=True, exist_ok=True)
     RESULTS_FILE.write_text(json.dumps(results, indent=1, sort_keys=True))
+    MARKDOWN_FILE.write_text(markdown + "\n")
 
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    if args.markdown:
+        print(markdown)
+        return 0
     overrides = json.dumps(args.hyperparameters) if args.hyperparameters else "defaults"
-    print(f"MovieLens-100K, full ranking at k={K} (training items excluded); hyperparameters: {overrides}")
-    for key in keys:
-        print()
-        print(format_protocol(results["protocols"][key]))
-    print(f"\nJSON: {RESULTS_FILE}")
+    print(
+        f"MovieLens-100K, full ranking at k={K} (seen items excluded); project hyperparameters: {overrides}; "
+        f"± one standard error over users"
+    )
+    print(format_table(rows))
+    print()
+    print(format_details(results))
+    for line in target_verdicts(results, [v.label for v in variants]):
+        print(line)
+    load_average = results["machine"]["load_average_at_end"]
+    print(
+        f"\nwall time {results['wall_seconds']:.0f} s (load average at the end {load_average[0]:.1f} on "
+        f"{os.cpu_count()} CPUs); JSON: {RESULTS_FILE}; markdown: {MARKDOWN_FILE}"
+    )
     return 0
 
 
