@@ -48,6 +48,12 @@ start to exit; a sequential reference: every dropout tried, validation included;
 and the refit); samples/s counts predicted positives per second of optimiser steps (the project's
 ``samples_per_second`` log lines; a reference's predicted positions).
 
+On a machine that other jobs share, threads oversubscribe the cores and every model slows down many
+times over (measured: 150 s instead of 9 s per epoch of the project's job); there run
+``OMP_NUM_THREADS=1 python -m benchmarks.quality --threads 1`` (the job honours OMP_NUM_THREADS).
+The references' time budget is wall-clock, so a slow machine buys them fewer epochs: the epochs run
+are in the details below the table.
+
 Progress goes to stderr; the table to stdout; every figure to ``benchmarks/.cache/quality.json`` and
 the markdown table to ``benchmarks/.cache/quality.md``. Run directories (channels, model, training
 log) stay under ``benchmarks/.cache/runs/`` for inspection.
