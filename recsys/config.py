@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import math
 import re
 from collections.abc import Callable, Mapping
@@ -23,6 +24,7 @@ LossName = Literal["auto", "bce", "softmax", "sampled_softmax"]
 UserRepresentation = Literal["id", "history", "both"]
 FinalFit = Literal["refit", "best_checkpoint"]
 DeviceName = Literal["auto", "cpu", "cuda"]
+HistoryEncoder = Literal["pool", "attention"]
 
 # Full softmax scores every item for every positive: above this catalogue size `loss=auto`
 # switches to the sampled softmax to keep memory at batch_size x num_negatives.
@@ -30,7 +32,10 @@ FULL_SOFTMAX_MAX_ITEMS = 100_000
 
 
 def _param(default: Any, doc: str, check: Callable[[Any], str | None] | None = None) -> Any:
-    return field(default=default, metadata={"doc": doc, "check": check})
+    metadata = {"doc": doc, "check": check}
+    if isinstance(default, dict):  # a mutable default: each config gets its own copy
+        return field(default_factory=lambda: dict(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 def _range(
@@ -49,6 +54,15 @@ def _range(
 def _positive_layers(value: Any) -> str | None:
     if not value or any(v < 1 or v > 8192 for v in value):
         return "must be a non-empty list of layer widths between 1 and 8192"
+    return None
+
+
+def _weights(value: Any) -> str | None:
+    for name, weight in value.items():
+        if weight < 0:
+            return f"must map event types to weights >= 0, but '{name}' has {weight:g}"
+    if value and not any(weight > 0 for weight in value.values()):
+        return "must give at least one event type a positive weight"
     return None
 
 
@@ -80,8 +94,44 @@ class TrainConfig:
         "both",
         "How a user is represented: `id` embedding, pooled `history` of recent items, or `both`.",
     )
-    history_length: int = _param(
-        50, "Most recent items pooled into the history representation.", _range(1, 10_000)
+    history_length: int = _param(50, "Most recent events the history encoder reads.", _range(1, 10_000))
+    history_encoder: HistoryEncoder = _param(
+        "pool",
+        "How the history becomes a vector: `attention` (a causal transformer over the events in order, "
+        "with their time gaps and event types; every position is trained to predict the next item) "
+        "or `pool` (a recency-weighted mean of the items).",
+    )
+    attention_blocks: int = _param(2, "`attention` only: transformer blocks.", _range(1, 16))
+    attention_heads: int = _param(
+        2, "`attention` only: attention heads; must divide `embedding_dim`.", _range(1, 64)
+    )
+    attention_dropout: float = _param(0.2, "`attention` only: dropout in the transformer.", _range(0, 0.95))
+    time_features: bool = _param(
+        True,
+        "With a time column: the hour of day, day of week and time since the user's previous event "
+        "(UTC) of the moment predicted enter the context tower, and the gaps between past events "
+        "enter the history encoder.",
+    )
+    context_columns: tuple[str, ...] = _param(
+        (),
+        "Columns of the interaction table describing the moment of each event, e.g. `device,country`: "
+        "text is categorical, numbers are numeric; a missing or unseen value has its own learnt row.",
+        None,
+    )
+    event_type_column: str = _param(
+        "event_type", "Column of the event type, e.g. click / cart / purchase (optional column)."
+    )
+    event_weights: dict[str, float] = _param(
+        {},
+        'Loss weight of each event type, e.g. `{"purchase": 3, "cart": 2, "click": 1}`; types not named '
+        "weigh 1.",
+        _weights,
+    )
+    target_event_types: tuple[str, ...] = _param(
+        (),
+        "Event types that count as positives to predict (training targets and evaluation), e.g. "
+        "`purchase`; default all. Every event still feeds the history.",
+        None,
     )
     user_id_dropout: float = _param(
         0.2,
@@ -157,6 +207,7 @@ _TYPE_NAMES = {
     "tuple[int, ...]": "a list of integers",
     "tuple[str, ...]": "a list of column names",
     "float | None": "a number",
+    "dict[str, float]": "an object of numbers",
 }
 
 
@@ -207,6 +258,31 @@ def _coerce(name: str, annotation: str, value: Any) -> Any:
         if isinstance(value, int | float) and not isinstance(value, bool):
             return str(value)
         raise fail("a non-empty string")
+    if annotation == "dict[str, float]":
+        mapping = value
+        if isinstance(value, str):
+            text = value.strip()
+            try:
+                mapping = (
+                    json.loads(text)
+                    if text.startswith("{")
+                    else dict(part.split(":", 1) for part in text.split(",") if part.strip())
+                )
+            except ValueError:
+                raise fail('a JSON object of numbers, e.g. {"purchase": 3, "click": 1}') from None
+        if not isinstance(mapping, dict):
+            raise fail('a JSON object of numbers, e.g. {"purchase": 3, "click": 1}')
+        out: dict[str, float] = {}
+        for key, weight in mapping.items():
+            try:
+                number = _coerce(name, "float", weight)
+            except ConfigError:
+                raise ConfigError(
+                    f"hyperparameter '{name}': the weight of event type '{str(key).strip()}' must be a "
+                    f"number; got {weight!r}."
+                ) from None
+            out[str(key).strip()] = number
+        return out
     if annotation.startswith("tuple["):
         items: list[Any]
         if isinstance(value, list | tuple):
@@ -236,6 +312,7 @@ _LITERALS: dict[str, tuple[Any, ...]] = {
     "UserRepresentation": get_args(UserRepresentation),
     "FinalFit": get_args(FinalFit),
     "DeviceName": get_args(DeviceName),
+    "HistoryEncoder": get_args(HistoryEncoder),
 }
 
 
@@ -269,6 +346,11 @@ def resolve_train_config(raw: Mapping[str, Any]) -> TrainConfig:
     config = TrainConfig(**values)
     if config.rating_column == config.timestamp_column:
         raise ConfigError("hyperparameters 'rating_column' and 'timestamp_column' name the same column.")
+    if config.history_encoder == "attention" and config.embedding_dim % config.attention_heads:
+        raise ConfigError(
+            f"hyperparameter 'attention_heads' ({config.attention_heads}) must divide 'embedding_dim' "
+            f"({config.embedding_dim})."
+        )
     if config.user_id_column == config.item_id_column:
         raise ConfigError("hyperparameters 'user_id_column' and 'item_id_column' name the same column.")
     return config
@@ -283,11 +365,13 @@ def hyperparameter_table() -> str:
             kind = " \\| ".join(str(c) for c in _LITERALS[annotation])
         else:
             kind = _TYPE_NAMES.get(annotation, annotation)
-        default = f.default
+        default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
         if isinstance(default, tuple):
             shown = ",".join(map(str, default)) if default else "(none)"
         elif default is None:
             shown = "(unset)"
+        elif isinstance(default, dict):
+            shown = json.dumps(default) if default else "(none)"
         elif isinstance(default, bool):
             shown = str(default).lower()
         else:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
+from recsys.data.context import NumericContext, RowEncoding, standardise, value_codes
 from recsys.data.io import DEFAULT_BATCH_ROWS, open_channel
 from recsys.data.vocab import Vocabulary
 from recsys.errors import DataError
@@ -52,6 +53,26 @@ class InteractionColumns:
     item: str = "item_id"
     rating: str = "rating"
     timestamp: str = "timestamp"
+    event_type: str = "event_type"  # optional: used when present
+    context: tuple[str, ...] = ()  # declared context columns: each must be present
+
+
+@dataclass(frozen=True)
+class RowValues:
+    """One channel's per-row event types and context values, rows as in ``EncodedInteractions``."""
+
+    categorical: dict[str, tuple[np.ndarray, pa.StringArray]]  # column -> (codes, -1 missing; values)
+    numeric: dict[str, np.ndarray]  # column -> float64 values, NaN missing
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.categorical and not self.numeric
+
+    def take(self, rows: np.ndarray) -> RowValues:
+        return RowValues(
+            {name: (codes[rows], values) for name, (codes, values) in self.categorical.items()},
+            {name: values[rows] for name, values in self.numeric.items()},
+        )
 
 
 @dataclass(frozen=True)
@@ -81,6 +102,7 @@ class EncodedInteractions:
     user_values: pa.StringArray
     item_values: pa.StringArray
     has_timestamp: bool
+    rows: RowValues = field(default_factory=lambda: RowValues({}, {}))
 
     @property
     def num_rows(self) -> int:
@@ -322,6 +344,13 @@ class _Encoder:
                 f"channel '{channel}': min_rating is set but the rating column '{columns.rating}' was not "
                 f"found; columns present: {', '.join(names)}. Set rating_column or unset min_rating."
             )
+        missing_context = [name for name in columns.context if name not in names]
+        if missing_context:
+            raise DataError(
+                f"channel '{channel}': the context column(s) {', '.join(map(repr, missing_context))} "
+                f"named by the hyperparameter context_columns were not found; columns present: "
+                f"{', '.join(names)}."
+            )
         self.columns, self.channel, self.min_rating = columns, channel, min_rating
         self.has_timestamp = columns.timestamp in names
         self.needed = [columns.user, columns.item]
@@ -329,6 +358,15 @@ class _Encoder:
             self.needed.append(columns.rating)
         if self.has_timestamp:
             self.needed.append(columns.timestamp)
+        # The event type is optional: a table without the column simply has no event types.
+        self.row_columns = ([columns.event_type] if columns.event_type in names else []) + [
+            name for name in columns.context if name not in self.needed
+        ]
+        self.needed += [name for name in self.row_columns if name not in self.needed]
+        self._row_kinds: dict[str, str] = {}  # column -> "categorical" | "numeric", from its first batch
+        self._row_codes: dict[str, list[pa.DictionaryArray]] = {}
+        self._row_missing: dict[str, list[np.ndarray]] = {}
+        self._row_numbers: dict[str, list[np.ndarray]] = {}
         self._users: list[pa.DictionaryArray] = []
         self._items: list[pa.DictionaryArray] = []
         self._stamps: list[np.ndarray] = []
@@ -382,6 +420,49 @@ class _Encoder:
         self._users.append(pa.DictionaryArray.from_arrays(pa.array(user_codes[valid]), user_values))
         self._items.append(pa.DictionaryArray.from_arrays(pa.array(item_codes[valid]), item_values))
         self._stamps.append(stamps)
+        for name in self.row_columns:
+            self._add_row_column(name, batch.column(name).filter(pa.array(valid)), source)
+
+    def _add_row_column(self, name: str, array: pa.Array, source: Path | None) -> None:
+        """One batch of an event-type or context column: text as codes, numbers as float64."""
+        array = _decoded(array)
+        kind = self._row_kinds.get(name)
+        if kind is None:
+            # The event type is a label whatever its type; a context column is numeric when its
+            # first batch holds numbers.
+            numeric = (
+                name != self.columns.event_type
+                and _is_number(array.type)
+                and not pa.types.is_null(array.type)
+            )
+            kind = self._row_kinds[name] = "numeric" if numeric else "categorical"
+        if kind == "numeric":
+            if _is_number(array.type):
+                values = _numbers(array)
+            else:
+                values = pd.to_numeric(
+                    pd.Series(array.to_pandas()).replace("", None), errors="coerce"
+                ).to_numpy(np.float64)
+                bad = np.isnan(values) & ~np.asarray(
+                    pc.fill_null(pc.equal(pc.cast(array, pa.string()), ""), True).to_numpy(
+                        zero_copy_only=False
+                    ),
+                    dtype=bool,
+                )
+                if bad.any():
+                    value = array.slice(int(np.argmax(bad)), 1).to_pylist()[0]
+                    raise DataError(
+                        f"channel '{self.channel}': context column '{name}'{_where(source)} is numeric in "
+                        f"its first rows but has the value {value!r}. Make every value a number (or "
+                        f"empty), or write the column as text to treat it as categorical."
+                    )
+            self._row_numbers.setdefault(name, []).append(values)
+            return
+        codes, missing, dictionary = _id_codes(array, column=name, channel=self.channel, source=source)
+        self._row_codes.setdefault(name, []).append(
+            pa.DictionaryArray.from_arrays(pa.array(codes), dictionary)
+        )
+        self._row_missing.setdefault(name, []).append(missing)
 
     def finish(self) -> EncodedInteractions:
         channel, columns = self.channel, self.columns
@@ -409,8 +490,21 @@ class _Encoder:
         item_codes, item_values = _unify(self._items)
         stamps = np.concatenate(self._stamps)
         self._users, self._items, self._stamps = [], [], []
+        categorical: dict[str, tuple[np.ndarray, pa.StringArray]] = {}
+        for name, chunks in self._row_codes.items():
+            codes, values = _unify(chunks)
+            codes[np.concatenate(self._row_missing[name])] = -1
+            categorical[name] = (codes, values)
+        numeric = {name: np.concatenate(parts) for name, parts in self._row_numbers.items()}
         return EncodedInteractions(
-            channel, user_codes, item_codes, stamps, user_values, item_values, self.has_timestamp
+            channel,
+            user_codes,
+            item_codes,
+            stamps,
+            user_values,
+            item_values,
+            self.has_timestamp,
+            RowValues(categorical, numeric),
         )
 
 
@@ -508,6 +602,9 @@ class IndexedInteractions:
     indptr: np.ndarray  # [U+1] int64
     num_users: int
     num_items: int
+    events: np.ndarray | None = None  # [P] int16 event-type codes (RowEncoding), 0 unknown
+    context: np.ndarray | None = None  # [P, C] int32 codes of the categorical context columns
+    context_numeric: np.ndarray | None = None  # [P, Cn] float32 standardised, NaN missing
 
     @property
     def num_interactions(self) -> int:
@@ -564,6 +661,21 @@ def _order_positives(
     user. A stable sort keeps the previous order among ties, so equal times stay in item order.
     Returns (users, items, times, rows merged away).
     """
+    users, items, stamps, _, merged = _order_rows(users, items, stamps, num_items, merge=merge, rows=False)
+    return users, items, stamps, merged
+
+
+def _order_rows(
+    users: np.ndarray, items: np.ndarray, stamps: np.ndarray, num_items: int, *, merge: bool, rows: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None, int]:
+    """``_order_positives``, also returning (with ``rows``) each kept row's index in the input.
+
+    With ``rows``, the rows are put in time order first, so that the row a merged pair keeps is
+    its latest one (whose event type and context then describe the positive)."""
+    pre: np.ndarray | None = None
+    if rows and merge:
+        pre = _stable_sort(_time_keys(stamps))[1]
+        users, items, stamps = users[pre], items[pre], stamps[pre]
     # Arrays are deleted as soon as they are used: at 50M rows each one is 200-400 MB.
     pairs, by_pair = _stable_sort(users.astype(np.int64) * max(num_items, 1) + items)
     stamps = stamps[by_pair]
@@ -579,11 +691,17 @@ def _order_positives(
             by_pair = by_pair[last]
     del pairs
     users, items = users[by_pair], items[by_pair]
-    del by_pair
+    if not rows:
+        del by_pair
     by_time = _stable_sort(_time_keys(stamps))[1]
     order = by_time[_stable_sort(users[by_time])[1]]
     del by_time
-    return users[order], items[order], stamps[order], merged
+    kept: np.ndarray | None = None
+    if rows:
+        kept = by_pair[order]
+        if pre is not None:
+            kept = pre[kept]
+    return users[order], items[order], stamps[order], kept, merged
 
 
 def _positions(values: pa.StringArray, vocabulary: Vocabulary) -> np.ndarray:
@@ -599,15 +717,22 @@ def _positions(values: pa.StringArray, vocabulary: Vocabulary) -> np.ndarray:
 
 
 def index_encoded(
-    encoded: EncodedInteractions, users: Vocabulary, items: Vocabulary
+    encoded: EncodedInteractions,
+    users: Vocabulary,
+    items: Vocabulary,
+    row_encoding: RowEncoding | None = None,
 ) -> tuple[IndexedInteractions, int]:
-    """Merge repeats, index, order. Pairs with an id outside the vocabularies are dropped and counted."""
+    """Merge repeats, index, order. Pairs with an id outside the vocabularies are dropped and counted.
+
+    With ``row_encoding`` (learnt from the training channel by ``fit_row_encoding``), each positive
+    carries the event type and context codes of its latest row."""
     dtype = index_dtype(max(len(users), len(items)) + max(len(encoded.user_values), len(encoded.item_values)))
     user_index = _positions(encoded.user_values, users).astype(dtype, copy=False)[encoded.user_codes]
     item_index = _positions(encoded.item_values, items).astype(dtype, copy=False)[encoded.item_codes]
     num_item_positions = len(items) + len(encoded.item_values)
-    user_index, item_index, stamps, merged = _order_positives(
-        user_index, item_index, encoded.timestamps, num_item_positions, merge=True
+    with_rows = row_encoding is not None and not encoded.rows.is_empty
+    user_index, item_index, stamps, rows, merged = _order_rows(
+        user_index, item_index, encoded.timestamps, num_item_positions, merge=True, rows=with_rows
     )
     if merged:
         logger.info("channel '%s': merged %d duplicate user-item pairs", encoded.channel, merged)
@@ -615,7 +740,75 @@ def index_encoded(
     dropped = len(keep) - int(keep.sum())
     if dropped:
         user_index, item_index, stamps = user_index[keep], item_index[keep], stamps[keep]
-    return _indexed(user_index, item_index, stamps, len(users), len(items)), dropped
+        if rows is not None:
+            rows = rows[keep]
+    indexed = _indexed(user_index, item_index, stamps, len(users), len(items))
+    if rows is not None and row_encoding is not None:
+        indexed = _with_row_codes(indexed, encoded.rows.take(rows), row_encoding)
+    return indexed, dropped
+
+
+def fit_row_encoding(
+    encoded: EncodedInteractions, columns: InteractionColumns, *, time_features: bool
+) -> RowEncoding:
+    """The event-type and context codes of the training channel's values (sorted, so stable)."""
+    rows = encoded.rows
+    event_types: tuple[str, ...] = ()
+    event_column = None
+    if columns.event_type in rows.categorical:
+        codes, values = rows.categorical[columns.event_type]
+        event_column = columns.event_type
+        event_types = tuple(sorted(str(v) for v in _used(values, codes[codes >= 0]).to_pylist()))
+    categorical = []
+    numeric = []
+    for name in columns.context:
+        if name in rows.categorical:
+            codes, values = rows.categorical[name]
+            categorical.append(
+                (name, tuple(sorted(str(v) for v in _used(values, codes[codes >= 0]).to_pylist())))
+            )
+        else:
+            values = rows.numeric.get(name, np.zeros(0))
+            finite = values[np.isfinite(values)]
+            mean = float(finite.mean()) if len(finite) else 0.0
+            std = float(finite.std()) if len(finite) > 1 else 0.0
+            numeric.append(NumericContext(name, mean, std if std > 0 else 1.0))
+    return RowEncoding(event_column, event_types, tuple(categorical), tuple(numeric), time_features)
+
+
+def _with_row_codes(data: IndexedInteractions, rows: RowValues, encoding: RowEncoding) -> IndexedInteractions:
+    events = None
+    if encoding.event_column is not None and encoding.event_column in rows.categorical:
+        codes, values = rows.categorical[encoding.event_column]
+        events = value_codes(codes, values, Vocabulary(encoding.event_types)).astype(np.int16)
+    context = None
+    if encoding.categorical:
+        columns = []
+        for name, known in encoding.categorical:
+            if name in rows.categorical:
+                codes, values = rows.categorical[name]
+                columns.append(value_codes(codes, values, Vocabulary(known)))
+            else:  # a channel that wrote the column as numbers: looked up as text
+                numbers = rows.numeric[name]
+                text = pa.array([None if np.isnan(v) else f"{v:g}" for v in numbers], pa.string())
+                columns.append(value_codes(np.arange(len(text), dtype=np.int32), text, Vocabulary(known)))
+                columns[-1][np.isnan(numbers)] = 0
+        context = np.stack(columns, axis=1).astype(np.int32)
+    context_numeric = None
+    if encoding.numeric:
+        columns_numeric = []
+        for column in encoding.numeric:
+            if column.name in rows.numeric:
+                values = rows.numeric[column.name]
+            else:
+                codes, texts = rows.categorical[column.name]
+                parsed = pd.to_numeric(pd.Series(texts.to_pylist(), dtype=object), errors="coerce").to_numpy(
+                    np.float64
+                )
+                values = np.where(codes >= 0, parsed[np.maximum(codes, 0)] if len(parsed) else np.nan, np.nan)
+            columns_numeric.append(standardise(values, column))
+        context_numeric = np.stack(columns_numeric, axis=1).astype(np.float32)
+    return replace(data, events=events, context=context, context_numeric=context_numeric)
 
 
 def _indexed(
@@ -669,4 +862,12 @@ def _subset(data: IndexedInteractions, mask: np.ndarray) -> IndexedInteractions:
         _indptr(users, data.num_users),
         data.num_users,
         data.num_items,
+        None if data.events is None else data.events[mask],
+        None if data.context is None else data.context[mask],
+        None if data.context_numeric is None else data.context_numeric[mask],
     )
+
+
+def subset(data: IndexedInteractions, mask: np.ndarray) -> IndexedInteractions:
+    """The rows of ``data`` where ``mask`` holds, over the same vocabularies and in the same order."""
+    return _subset(data, mask)

@@ -17,10 +17,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from recsys.data.interactions import IndexedInteractions
+from recsys.data.interactions import IndexedInteractions, subset
 from recsys.evaluation import metrics
 from recsys.models.ncf import NCF
-from recsys.training.batches import DeviceInteractions, user_histories
+from recsys.training.batches import DeviceInteractions, user_inputs
 
 ACCURACY_METRICS: dict[str, Callable[[Tensor, Tensor, int], Tensor]] = {
     "hr": metrics.hit_rate_at_k,
@@ -38,6 +38,9 @@ class HeldOut:
 
     indptr: Tensor  # [U+1]
     items: Tensor  # [R]
+    # The moment each user is asked about (their first held-out event): context codes and numbers.
+    context: Tensor | None = None  # [U, C]
+    context_numeric: Tensor | None = None  # [U, Cn]
 
     @property
     def counts(self) -> Tensor:
@@ -76,13 +79,23 @@ def rank_top_k(
     *,
     history_length: int,
     batch_size: int = 512,
+    context: Tensor | None = None,
+    context_numeric: Tensor | None = None,
 ) -> Tensor:
-    """The top ``k`` unseen items of each user: [len(users), k] item indices, best first."""
+    """The top ``k`` unseen items of each user: [len(users), k] item indices, best first.
+
+    ``context`` [U, C] / ``context_numeric`` [U, Cn], indexed by user, describe the moment asked about."""
     items = model.all_items(users.device)
 
     def score(chunk: Tensor) -> Tensor:
-        history, mask = user_histories(train, chunk, history_length)
-        return model.score_all(model.encode_users(chunk, history, mask), items)
+        history, mask, extras = user_inputs(
+            train,
+            chunk,
+            history_length,
+            context=context[chunk] if context is not None else None,
+            context_numeric=context_numeric[chunk] if context_numeric is not None else None,
+        )
+        return model.score_all(model.encode_users(chunk, history, mask, extras), items)
 
     return _masked_top_k(score, train, users, k, batch_size)
 
@@ -156,7 +169,15 @@ def full_ranking(
     ``users``, a subset of them, e.g. one data-parallel rank's share)."""
     users = _held_out_users(held_out, users)
     max_k = min(max(ks), model.config.num_items)
-    top = rank_top_k(model, train, users, max_k, history_length=history_length)
+    top = rank_top_k(
+        model,
+        train,
+        users,
+        max_k,
+        history_length=history_length,
+        context=held_out.context,
+        context_numeric=held_out.context_numeric,
+    )
     return report_from_top(top, held_out, users, ks, num_items=model.config.num_items)
 
 
@@ -222,17 +243,7 @@ def drop_repeats(held_out: IndexedInteractions, seen: IndexedInteractions) -> tu
     repeats = int(fresh.size - fresh.sum())
     if not repeats:
         return held_out, 0
-    users = held_out.users[fresh]
-    indptr = np.zeros(held_out.num_users + 1, dtype=np.int64)
-    np.cumsum(np.bincount(users, minlength=held_out.num_users), out=indptr[1:])
-    kept = IndexedInteractions(
-        users,
-        held_out.items[fresh],
-        held_out.timestamps[fresh],
-        indptr,
-        held_out.num_users,
-        held_out.num_items,
-    )
+    kept = subset(held_out, fresh)
     return kept, repeats
 
 
@@ -275,9 +286,15 @@ def sampled_ranking(
             redraw = torch.randint(num_items, negatives.shape, device=device, generator=generator)
             negatives = torch.where(clash, redraw, negatives)
             clash = clashes(negatives)
-        history, mask = user_histories(train, users, history_length)
+        history, mask, extras = user_inputs(
+            train,
+            users,
+            history_length,
+            context=held_out.context[users] if held_out.context is not None else None,
+            context_numeric=held_out.context_numeric[users] if held_out.context_numeric is not None else None,
+        )
         candidates = torch.cat([positives.unsqueeze(1), negatives], dim=1)
-        logits = model(users, history, mask, candidates).float()
+        logits = model(users, history, mask, candidates, extras).float()
         # On a tiny catalogue some users have fewer unseen items than negatives asked for: a
         # negative the user did touch must not count against the held-out item.
         logits = torch.cat([logits[:, :1], logits[:, 1:].masked_fill(clash, float("-inf"))], dim=1)

@@ -21,7 +21,10 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal, NamedTuple, cast
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+
+from recsys.data.context import NUM_GAP_CODES
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,17 @@ class ModelConfig:
     history_length: int = 50
     item_features: FeatureSpec = FeatureSpec()
     user_features: FeatureSpec = FeatureSpec()
+    history_encoder: Literal["pool", "attention"] = "pool"
+    attention_blocks: int = 2
+    attention_heads: int = 2
+    attention_dropout: float = 0.2
+    num_event_types: int = 0  # event-type codes including 0 (unknown); 0: no event types
+    use_gaps: bool = False  # history events carry the bucketised time since the one before
+    context_cardinalities: tuple[int, ...] = ()  # codes per context slot, each including 0 (unknown)
+    num_context_numeric: int = 0
+    # Training hides attributes, context values and the history's gaps and event types at random
+    # with this probability (per user and column), so that each part also works when absent.
+    feature_dropout: float = 0.0
 
     def __post_init__(self) -> None:
         if self.kind not in ("gmf", "mlp", "neumf"):
@@ -64,6 +78,16 @@ class ModelConfig:
             raise ValueError("a user needs an id embedding, a history, or both")
         if self.kind != "gmf" and not self.mlp_layers:
             raise ValueError("mlp_layers must not be empty for mlp and neumf")
+        if self.history_encoder not in ("pool", "attention"):
+            raise ValueError(f"history_encoder must be pool or attention, got {self.history_encoder!r}")
+        if self.history_encoder == "attention" and self.embedding_dim % self.attention_heads:
+            raise ValueError(
+                f"attention_heads ({self.attention_heads}) must divide embedding_dim ({self.embedding_dim})"
+            )
+
+    @property
+    def has_context(self) -> bool:
+        return bool(self.context_cardinalities) or self.num_context_numeric > 0
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -77,6 +101,7 @@ class ModelConfig:
                 spec["num_rows"], tuple(tuple(c) for c in spec["categorical"]), spec["num_numeric"]
             )
         raw["mlp_layers"] = tuple(raw["mlp_layers"])
+        raw["context_cardinalities"] = tuple(raw.get("context_cardinalities", ()))
         return cls(**raw)
 
     def dumps(self) -> str:
@@ -114,20 +139,216 @@ class AttributeTower(nn.Module):
             self._buffer(f"codes_{c}").copy_(codes)
         self._buffer("numeric").copy_(numeric)
 
-    def forward(self, index: Tensor) -> Tensor:
-        """index [*] -> [*, D]."""
+    def lookup(self, index: Tensor) -> AttributeValues:
+        """The stored attribute values of rows ``index`` [B]."""
+        categorical = tuple(self._buffer(f"codes_{c}")[index] for c in range(len(self.embeddings)))
+        return AttributeValues(categorical, self._buffer("numeric")[index])
+
+    def forward(self, index: Tensor, *, hide: float = 0.0) -> Tensor:
+        """index [B] -> [B, D]; with ``hide``, each column of each row is hidden with that probability."""
+        return self.embed(self.lookup(index), hide=hide)
+
+    def embed(self, values: AttributeValues, *, hide: float = 0.0) -> Tensor:
+        """Attribute values (stored or given by a request) -> [B, D]; code 0 and numeric 0 are missing."""
         out: Tensor | None = None
-        for c, emb in enumerate(self._tables()):
-            codes = self._buffer(f"codes_{c}")[index]  # [*, W]
+        for emb, codes in zip(self._tables(), values.categorical, strict=True):
+            if hide > 0:
+                codes = codes * (torch.rand(codes.shape[0], 1, device=codes.device) >= hide)
             present = (codes > 0).to(emb.weight.dtype)
             pooled = (emb(codes) * present.unsqueeze(-1)).sum(-2) / present.sum(-1, keepdim=True).clamp(min=1)
             out = pooled if out is None else out + pooled
         if self.numeric_proj is not None:
-            projected = self.numeric_proj(self._buffer("numeric")[index])
+            numeric = values.numeric
+            if hide > 0:
+                numeric = numeric * (torch.rand(numeric.shape, device=numeric.device) >= hide)
+            projected = self.numeric_proj(numeric)
             out = projected if out is None else out + projected
         if out is None:
             raise RuntimeError("AttributeTower called without attribute columns")
         return out
+
+
+class AttributeValues(NamedTuple):
+    """One entity table's attribute values for B rows, encoded as the tower's buffers are."""
+
+    categorical: tuple[Tensor, ...]  # per column [B, W] codes, 0 missing
+    numeric: Tensor  # [B, n] standardised, 0 missing
+
+
+class UserExtras(NamedTuple):
+    """What is known about a user besides id and item history; every part is optional.
+
+    A part that is absent (None) uses the learnt "unknown" rows, as a missing value does.
+    """
+
+    history_gaps: Tensor | None = None  # [B, L] gap codes of the history events (most recent first)
+    history_events: Tensor | None = None  # [B, L] event-type codes of the history events
+    context: Tensor | None = None  # [B, C] context codes of the moment predicted
+    context_numeric: Tensor | None = None  # [B, Cn] standardised, NaN missing
+    attribute_rows: Tensor | None = None  # [B] rows of the user attribute table (default: the ids)
+    attributes: AttributeValues | None = None  # given attribute values (they win over the rows)
+
+
+@dataclass(frozen=True)
+class SequenceBatch:
+    """Windows of users' event sequences in time order, every position a training target.
+
+    Position 0 holds the start token; position t (1..T-1) holds the t-th event of the window,
+    and the output at position t - 1 predicts the event at t - 1 from those before it:
+    ``targets[:, t]`` is the item the model must predict after reading positions 0..t.
+    """
+
+    users: Tensor  # [W] id rows (hidden ids are num_users)
+    attribute_rows: Tensor  # [W] true user rows, for the attribute tower
+    tokens: Tensor  # [W, T] item codes (position 0 unused)
+    token_gaps: Tensor | None  # [W, T]
+    token_events: Tensor | None  # [W, T]
+    lengths: Tensor  # [W] valid tokens, the start token included
+    targets: Tensor  # [W, T] the item each position predicts
+    target_mask: Tensor  # [W, T] bool: a target to learn
+    context: Tensor | None  # [W, T, C] codes of each target's moment
+    context_numeric: Tensor | None  # [W, T, Cn]
+    weights: Tensor | None  # [W, T] loss weight of each target
+
+
+class ContextTower(nn.Module):
+    """Sum of the embeddings of the moment's context: time codes, categorical and numeric columns.
+
+    Code 0 of each slot is a learnt "unknown" row, and each numeric column has a learnt vector
+    used where its value is missing (NaN).
+    """
+
+    def __init__(self, cardinalities: tuple[int, ...], num_numeric: int, dim: int) -> None:
+        super().__init__()
+        self.slots = nn.ModuleList(nn.Embedding(size, dim) for size in cardinalities)
+        for emb in self.slots:
+            nn.init.normal_(cast(nn.Embedding, emb).weight, std=0.01)
+        self.numeric_proj = nn.Linear(num_numeric, dim, bias=False) if num_numeric else None
+        self.numeric_unknown = nn.Parameter(torch.zeros(num_numeric, dim)) if num_numeric else None
+        self.num_numeric = num_numeric
+
+    def forward(
+        self, codes: Tensor | None, numeric: Tensor | None, shape: tuple[int, ...], *, hide: float = 0.0
+    ) -> Tensor:
+        """codes [*, C] (None: all unknown), numeric [*, Cn] -> [*, D] over leading ``shape``."""
+        out: Tensor | None = None
+        for c, emb in enumerate(self.slots):
+            embedding = cast(nn.Embedding, emb)
+            if codes is None:
+                part = embedding.weight[0].expand(*shape, -1)
+            else:
+                slot = codes[..., c]
+                if hide > 0:
+                    slot = slot * (torch.rand(slot.shape, device=slot.device) >= hide)
+                part = embedding(slot)
+            out = part if out is None else out + part
+        if self.numeric_proj is not None and self.numeric_unknown is not None:
+            if numeric is None:
+                part = self.numeric_unknown.sum(0).expand(*shape, -1)
+            else:
+                missing = torch.isnan(numeric)
+                if hide > 0:
+                    missing = missing | (torch.rand(missing.shape, device=missing.device) < hide)
+                values = torch.where(missing, torch.zeros_like(numeric), numeric)
+                part = self.numeric_proj(values) + missing.to(values.dtype) @ self.numeric_unknown
+            out = part if out is None else out + part
+        if out is None:
+            raise RuntimeError("ContextTower called without context slots")
+        return out
+
+
+class EventEmbedding(nn.Module):
+    """Embeddings of a history event's type and of the gap since the event before it."""
+
+    def __init__(self, num_event_types: int, use_gaps: bool, num_gap_codes: int, dim: int) -> None:
+        super().__init__()
+        self.events = nn.Embedding(num_event_types, dim) if num_event_types else None
+        self.gaps = nn.Embedding(num_gap_codes, dim) if use_gaps else None
+        for emb in (self.events, self.gaps):
+            if emb is not None:
+                nn.init.normal_(emb.weight, std=0.01)
+
+    @property
+    def is_empty(self) -> bool:
+        return self.events is None and self.gaps is None
+
+    def forward(
+        self, events: Tensor | None, gaps: Tensor | None, shape: tuple[int, ...], *, hide: float = 0.0
+    ) -> Tensor | None:
+        """[*, L] codes (None: unknown) -> [*, L, D], or None when the model has neither."""
+        out: Tensor | None = None
+        for table, codes in ((self.events, events), (self.gaps, gaps)):
+            if table is None:
+                continue
+            if codes is None:
+                part = table.weight[0].expand(*shape, -1)
+            else:
+                if hide > 0:  # per sequence: the model also learns to read a history without them
+                    codes = codes * (torch.rand(codes.shape[0], 1, device=codes.device) >= hide)
+                part = table(codes)
+            out = part if out is None else out + part
+        return out
+
+
+class CausalBlock(nn.Module):
+    """A pre-norm transformer block whose position t attends to positions 0..t only."""
+
+    def __init__(self, dim: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.heads = heads
+        self.norm_attention = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.out = nn.Linear(dim, dim)
+        self.norm_ffn = nn.LayerNorm(dim)
+        self.ffn = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(dim, dim))
+        self.dropout = nn.Dropout(dropout)
+        self.attention_dropout = dropout
+
+    def forward(self, x: Tensor) -> Tensor:
+        batch, length, dim = x.shape
+        q, k, v = self.qkv(self.norm_attention(x)).view(batch, length, 3, self.heads, -1).unbind(2)
+        attended = F.scaled_dot_product_attention(
+            q.transpose(1, 2),
+            k.transpose(1, 2),
+            v.transpose(1, 2),
+            is_causal=True,
+            dropout_p=self.attention_dropout if self.training else 0.0,
+        )
+        x = x + self.dropout(self.out(attended.transpose(1, 2).reshape(batch, length, dim)))
+        return cast(Tensor, x + self.dropout(self.ffn(self.norm_ffn(x))))
+
+
+class HistoryAttention(nn.Module):
+    """A causal transformer over the start token and the user's latest events, oldest first.
+
+    Padding sits only after a sequence's valid tokens, so the causal mask alone keeps every
+    valid position from seeing it: no key mask, and the fused attention kernels apply.
+    """
+
+    def __init__(self, dim: int, length: int, blocks: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.start = nn.Parameter(torch.randn(dim) * 0.01)
+        self.positions = nn.Embedding(length + 1, dim)
+        nn.init.normal_(self.positions.weight, std=0.01)
+        self.blocks = nn.ModuleList(CausalBlock(dim, heads, dropout) for _ in range(blocks))
+        self.norm = nn.LayerNorm(dim)
+        # A layer-normed vector has norm sqrt(dim), a hundred times the id and item embeddings at
+        # their initialisation: started at that scale it drowns the user's id and attributes,
+        # and training stalls at popularity. Started at unit norm, every part of the user counts.
+        nn.init.constant_(self.norm.weight, dim**-0.5)
+        self.dropout = nn.Dropout(dropout)
+        self.length = length
+
+    def forward(self, tokens: Tensor, lengths: Tensor) -> Tensor:
+        """tokens [B, T, D] (position 0 is overwritten by the start token), lengths [B] -> [B, T, D]."""
+        steps = tokens.shape[1]
+        position = torch.arange(steps, device=tokens.device)
+        valid = (position.unsqueeze(0) < lengths.unsqueeze(1)).unsqueeze(-1)
+        x = torch.where(position.view(1, -1, 1) == 0, self.start.to(tokens.dtype), tokens)
+        x = self.dropout((x + self.positions(position)) * valid)
+        for block in self.blocks:
+            x = block(x)
+        return cast(Tensor, self.norm(x))
 
 
 class HistoryPool(nn.Module):
@@ -144,17 +365,25 @@ class HistoryPool(nn.Module):
         self.recency_logits = nn.Parameter(-0.05 * torch.arange(length, dtype=torch.float32))
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, history: Tensor, mask: Tensor) -> Tensor:
-        """history [B, L] item indices (most recent first), mask [B, L] bool -> [B, D]."""
+    def forward(self, history: Tensor, mask: Tensor, extra: Tensor | None = None) -> Tensor:
+        """history [B, L] item indices (most recent first), mask [B, L] bool, extra [B, L, D]
+        (event and gap embeddings added to each item) -> [B, D]."""
         length = history.shape[1]
         weights = self.recency_logits[:length].exp() * mask.to(self.recency_logits.dtype)  # [B, L]
         weights = weights / weights.sum(-1, keepdim=True).clamp(min=1e-6)
-        pooled = torch.einsum("bl,bld->bd", weights, self.items(history))
+        vectors = self.items(history)
+        if extra is not None:
+            vectors = vectors + extra
+        pooled = torch.einsum("bl,bld->bd", weights, vectors)
         return cast(Tensor, self.dropout(pooled))
 
 
 class EntityEncoder(nn.Module):
-    """One embedding space for users and items: id, attributes and (users) history."""
+    """One embedding space for users and items.
+
+    An item is its id and attribute embeddings. A user is the sum of their id embedding, their
+    attribute embeddings, the history vector and the context of the moment predicted.
+    """
 
     def __init__(self, config: ModelConfig, dim: int) -> None:
         super().__init__()
@@ -163,9 +392,27 @@ class EntityEncoder(nn.Module):
         self.user_attributes = (
             AttributeTower(config.user_features, dim) if not config.user_features.is_empty else None
         )
-        self.history = (
-            HistoryPool(config.num_items, dim, config.history_length, config.dropout)
-            if config.use_history
+        self.history: HistoryPool | None = None
+        self.attention: HistoryAttention | None = None
+        if config.use_history and config.history_encoder == "pool":
+            self.history = HistoryPool(config.num_items, dim, config.history_length, config.dropout)
+        elif config.use_history:
+            # The sequence encoder reads items through the item side's own embeddings.
+            self.attention = HistoryAttention(
+                dim,
+                config.history_length,
+                config.attention_blocks,
+                config.attention_heads,
+                config.attention_dropout,
+            )
+        self.event_embedding = (
+            EventEmbedding(config.num_event_types, config.use_gaps, NUM_GAP_CODES, dim)
+            if config.use_history and (config.num_event_types or config.use_gaps)
+            else None
+        )
+        self.context = (
+            ContextTower(config.context_cardinalities, config.num_context_numeric, dim)
+            if config.has_context
             else None
         )
         self.item_ids = nn.Embedding(config.num_items, dim)
@@ -176,20 +423,93 @@ class EntityEncoder(nn.Module):
             if emb is not None:
                 nn.init.normal_(emb.weight, std=0.01)
         self.num_users = config.num_users
+        self.feature_dropout = config.feature_dropout
 
-    def users(self, users: Tensor, history: Tensor, history_mask: Tensor) -> Tensor:
-        """users [B] (num_users = unknown), history [B, L], history_mask [B, L] -> [B, D]."""
+    def _hide(self) -> float:
+        return self.feature_dropout if self.training else 0.0
+
+    def _profile(self, users: Tensor, extras: UserExtras) -> Tensor | None:
+        """Id and attribute embeddings [B, D] (None when the model has neither)."""
         parts: list[Tensor] = []
         if self.user_ids is not None:
             parts.append(self.user_ids(users))
         if self.user_attributes is not None:
-            # The unknown user has no attributes; clamp keeps the lookup in range, the mask zeroes it.
-            known = (users < self.num_users).unsqueeze(-1)
-            attrs = self.user_attributes(users.clamp(max=self.num_users - 1))
-            parts.append(attrs * known.to(attrs.dtype))
+            if extras.attributes is not None:
+                parts.append(self.user_attributes.embed(extras.attributes, hide=self._hide()))
+            else:
+                rows = extras.attribute_rows if extras.attribute_rows is not None else users
+                # The unknown user has no stored attributes: the lookup is clamped, the mask zeroes it.
+                known = (rows < self.num_users).unsqueeze(-1)
+                attrs = self.user_attributes(rows.clamp(max=self.num_users - 1), hide=self._hide())
+                parts.append(attrs * known.to(attrs.dtype))
+        return torch.stack(parts).sum(0) if parts else None
+
+    def _events(self, events: Tensor | None, gaps: Tensor | None, shape: tuple[int, ...]) -> Tensor | None:
+        if self.event_embedding is None:
+            return None
+        return cast(Tensor | None, self.event_embedding(events, gaps, shape, hide=self._hide()))
+
+    def users(
+        self, users: Tensor, history: Tensor, history_mask: Tensor, extras: UserExtras | None = None
+    ) -> Tensor:
+        """users [B] (num_users = unknown), history [B, L] most recent first, mask [B, L] -> [B, D]."""
+        extras = extras or UserExtras()
+        parts: list[Tensor] = []
+        profile = self._profile(users, extras)
+        if profile is not None:
+            parts.append(profile)
+        shape = tuple(history.shape)
         if self.history is not None:
-            parts.append(self.history(history, history_mask))
+            parts.append(
+                self.history(
+                    history, history_mask, self._events(extras.history_events, extras.history_gaps, shape)
+                )
+            )
+        elif self.attention is not None:
+            parts.append(self._attend_history(history, history_mask, extras))
+        if self.context is not None:
+            parts.append(
+                self.context(extras.context, extras.context_numeric, (users.shape[0],), hide=self._hide())
+            )
         return torch.stack(parts).sum(0)
+
+    def _attend_history(self, history: Tensor, mask: Tensor, extras: UserExtras) -> Tensor:
+        """The output of the start token and the latest L events, in time order, at the last one."""
+        assert self.attention is not None
+        batch, length = history.shape
+        count = mask.sum(1)  # [B]
+        steps = torch.arange(length + 1, device=history.device)
+        # Token t (1..n) is the history's entry n - t: the oldest kept event first.
+        source = (count.unsqueeze(1) - steps.unsqueeze(0)).clamp(min=0, max=length - 1)  # [B, L+1]
+        valid = (steps.unsqueeze(0) >= 1) & (steps.unsqueeze(0) <= count.unsqueeze(1))
+
+        def chronological(codes: Tensor | None) -> Tensor | None:
+            return None if codes is None else codes.gather(1, source) * valid
+
+        tokens = self.items(chronological(history))  # type: ignore[arg-type]
+        extra = self._events(
+            chronological(extras.history_events), chronological(extras.history_gaps), (batch, length + 1)
+        )
+        if extra is not None:
+            tokens = tokens + extra
+        hidden: Tensor = self.attention(tokens, count + 1)
+        return hidden[torch.arange(batch, device=history.device), count]
+
+    def windows(self, batch: SequenceBatch) -> Tensor:
+        """The user vector at every target of a ``SequenceBatch``: [number of targets, D]."""
+        assert self.attention is not None
+        shape = tuple(batch.tokens.shape)
+        tokens = self.items(batch.tokens)
+        extra = self._events(batch.token_events, batch.token_gaps, shape)
+        if extra is not None:
+            tokens = tokens + extra
+        hidden: Tensor = self.attention(tokens, batch.lengths)  # [W, T, D]
+        profile = self._profile(batch.users, UserExtras(attribute_rows=batch.attribute_rows))
+        if profile is not None:
+            hidden = hidden + profile.unsqueeze(1)
+        if self.context is not None:
+            hidden = hidden + self.context(batch.context, batch.context_numeric, shape, hide=self._hide())
+        return hidden[batch.target_mask]
 
     def items(self, items: Tensor) -> Tensor:
         """items [*] -> [*, D]."""
@@ -246,13 +566,35 @@ class NCF(nn.Module):
         self.gmf_out = nn.Parameter(torch.ones(dim) / dim**0.5) if has_gmf else None
         self.mlp_out = nn.Linear(last_mlp, 1, bias=False) if has_mlp else None
 
-    def encode_users(self, users: Tensor, history: Tensor, history_mask: Tensor) -> UserState:
+    def encode_users(
+        self, users: Tensor, history: Tensor, history_mask: Tensor, extras: UserExtras | None = None
+    ) -> UserState:
         gmf = mlp = None
         if self.gmf_encoder is not None and self.gmf_out is not None:
-            gmf = self.gmf_encoder.users(users, history, history_mask) * self.gmf_out
+            gmf = self.gmf_encoder.users(users, history, history_mask, extras) * self.gmf_out
         if self.mlp_encoder is not None and self.mlp_user_in is not None:
-            mlp = self.mlp_user_in(self.mlp_encoder.users(users, history, history_mask))
+            mlp = self.mlp_user_in(self.mlp_encoder.users(users, history, history_mask, extras))
         return UserState(gmf, mlp)
+
+    def encode_windows(self, batch: SequenceBatch) -> UserState:
+        """The user side at every target of ``batch`` (attention models): [number of targets, *]."""
+        gmf = mlp = None
+        if self.gmf_encoder is not None and self.gmf_out is not None:
+            gmf = self.gmf_encoder.windows(batch) * self.gmf_out
+        if self.mlp_encoder is not None and self.mlp_user_in is not None:
+            mlp = self.mlp_user_in(self.mlp_encoder.windows(batch))
+        return UserState(gmf, mlp)
+
+    def load_attributes(
+        self, item: tuple[list[Tensor], Tensor] | None, user: tuple[list[Tensor], Tensor] | None
+    ) -> None:
+        """Copy attribute tables (categorical codes per column, numeric) into every tower."""
+        for encoder in (self.gmf_encoder, self.mlp_encoder):
+            if encoder is None:
+                continue
+            for tower, arrays in ((encoder.item_attributes, item), (encoder.user_attributes, user)):
+                if tower is not None and arrays is not None:
+                    tower.load_arrays(*arrays)
 
     def encode_items(self, items: Tensor) -> ItemState:
         gmf = mlp = None
@@ -297,10 +639,17 @@ class NCF(nn.Module):
             logits = logits + torch.cat(parts, dim=1)
         return logits
 
-    def forward(self, users: Tensor, history: Tensor, history_mask: Tensor, candidates: Tensor) -> Tensor:
+    def forward(
+        self,
+        users: Tensor,
+        history: Tensor,
+        history_mask: Tensor,
+        candidates: Tensor,
+        extras: UserExtras | None = None,
+    ) -> Tensor:
         """users [B], history [B, L], history_mask [B, L], candidates [B, M] -> logits [B, M]."""
         return self.score_candidates(
-            self.encode_users(users, history, history_mask), self.encode_items(candidates)
+            self.encode_users(users, history, history_mask, extras), self.encode_items(candidates)
         )
 
 

@@ -10,7 +10,7 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ import pyarrow as pa
 import torch
 
 from recsys.config import ModelName, TrainConfig, config_to_json
+from recsys.data.context import RowEncoding, time_context
 from recsys.data.features import (
     FeatureArrays,
     FeatureDeclaration,
@@ -33,9 +34,11 @@ from recsys.data.features import (
 from recsys.data.interactions import (
     IndexedInteractions,
     InteractionColumns,
+    fit_row_encoding,
     index_encoded,
     read_interactions,
     split_last_out,
+    subset,
 )
 from recsys.data.io import list_data_files, read_table
 from recsys.data.vocab import Vocabulary
@@ -54,7 +57,7 @@ from recsys.evaluation.protocols import (
 from recsys.evaluation.summary import side_by_side, verdict
 from recsys.models.ncf import NCF, FeatureSpec, ModelConfig
 from recsys.training.artifact import Artifact, save_artifact, sha256_file
-from recsys.training.batches import DeviceInteractions
+from recsys.training.batches import DeviceInteractions, RowArrays, row_arrays
 from recsys.training.checkpoints import Checkpointer, StopRequest
 from recsys.training.distributed import SINGLE_PROCESS, DistContext, barrier
 from recsys.training.loop import EpochRecord, FitResult, FitSettings, fit
@@ -85,6 +88,7 @@ class PreparedData:
     user_arrays: FeatureArrays
     fingerprint: dict[str, Any]
     item_labels: pa.Table | None = None  # text the model does not use (titles), for display
+    row_encoding: RowEncoding = field(default_factory=RowEncoding.empty)  # event types, context columns
 
 
 @dataclass(frozen=True)
@@ -153,9 +157,18 @@ def prepare_data(channels: Channels, config: TrainConfig) -> PreparedData:
     grows with the interactions' arrays (16 bytes a row), not with their text.
     """
     columns = InteractionColumns(
-        config.user_id_column, config.item_id_column, config.rating_column, config.timestamp_column
+        config.user_id_column,
+        config.item_id_column,
+        config.rating_column,
+        config.timestamp_column,
+        config.event_type_column,
+        config.context_columns,
     )
     train = read_interactions(channels.train, columns, channel="train", min_rating=config.min_rating)
+    row_encoding = fit_row_encoding(
+        train, columns, time_features=config.time_features and train.has_timestamp
+    )
+    check_event_settings(config, row_encoding)
     declaration = FeatureDeclaration(
         config.categorical_columns,
         config.multi_valued_columns,
@@ -175,7 +188,7 @@ def prepare_data(channels: Channels, config: TrainConfig) -> PreparedData:
         item_ids = pa.chunked_array([item_ids, *item_table.column(config.item_id_column).chunks])
     users = Vocabulary.from_arrow(train.user_ids())
     items = Vocabulary.from_arrow(item_ids)
-    interactions, _ = index_encoded(train, users, items)
+    interactions, _ = index_encoded(train, users, items, row_encoding)
     del train
     user_table = (
         read_table(channels.users, channel="users", string_columns=(config.user_id_column,))
@@ -189,7 +202,7 @@ def prepare_data(channels: Channels, config: TrainConfig) -> PreparedData:
         held = read_interactions(
             channels.validation, columns, channel="validation", min_rating=config.min_rating
         )
-        validation, dropped = index_encoded(held, users, items)
+        validation, dropped = index_encoded(held, users, items, row_encoding)
         if dropped:
             logger.warning(
                 "channel 'validation': %d of %d interactions name a user or item absent from 'train' "
@@ -221,7 +234,99 @@ def prepare_data(channels: Channels, config: TrainConfig) -> PreparedData:
         user_arrays,
         _fingerprint(channels, counts),
         labels,
+        row_encoding,
     )
+
+
+def check_event_settings(config: TrainConfig, encoding: RowEncoding) -> None:
+    """event_weights and target_event_types must name event types the data has."""
+    named = {"event_weights": tuple(config.event_weights), "target_event_types": config.target_event_types}
+    for setting, types in named.items():
+        if not types:
+            continue
+        if encoding.event_column is None:
+            raise DataError(
+                f"hyperparameter {setting} names event types ({', '.join(types)}), but channel 'train' "
+                f"has no event type column '{config.event_type_column}'. Add the column or set "
+                f"event_type_column to the column that holds the event types."
+            )
+        unknown = [t for t in types if t not in encoding.event_types]
+        if unknown:
+            raise DataError(
+                f"hyperparameter {setting} names the event type(s) {', '.join(map(repr, unknown))}, which "
+                f"column '{encoding.event_column}' of channel 'train' never has; its event types are: "
+                f"{', '.join(encoding.event_types)}."
+            )
+
+
+def event_code_arrays(
+    config: TrainConfig, encoding: RowEncoding
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(loss weight, is a target) per event code, or None where every event is alike."""
+    if encoding.event_column is None:
+        return None, None
+    weights = None
+    if config.event_weights:
+        weights = np.ones(encoding.num_event_codes, dtype=np.float32)
+        for name, weight in config.event_weights.items():
+            weights[encoding.event_code(name)] = weight
+    targets = None
+    if config.target_event_types:
+        targets = np.zeros(encoding.num_event_codes, dtype=bool)
+        for name in config.target_event_types:
+            targets[encoding.event_code(name)] = True
+    return weights, targets
+
+
+def training_rows(config: TrainConfig, data: PreparedData, interactions: IndexedInteractions) -> RowArrays:
+    weights, targets = event_code_arrays(config, data.row_encoding)
+    return row_arrays(
+        interactions,
+        data.row_encoding,
+        use_gaps=data.row_encoding.time_features,
+        event_weights=weights,
+        target_codes=targets,
+    )
+
+
+def only_targets(config: TrainConfig, data: PreparedData, held: IndexedInteractions) -> IndexedInteractions:
+    """Held-out interactions of the target event types only (all of them without any)."""
+    _, targets = event_code_arrays(config, data.row_encoding)
+    if targets is None or held.events is None:
+        return held
+    return subset(held, targets[held.events])
+
+
+def query_context(
+    held: IndexedInteractions, seen: IndexedInteractions, encoding: RowEncoding
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The context of the moment each user is asked about: their first held-out event's.
+
+    Its time since the user's previous event is measured from their latest ``seen`` one."""
+    users = np.flatnonzero(np.diff(held.indptr) > 0)
+    first = held.indptr[:-1][users]
+    cardinalities = encoding.context_cardinalities
+    codes = None
+    if cardinalities:
+        codes = np.zeros((held.num_users, len(cardinalities)), dtype=np.int64)
+        parts = []
+        if encoding.time_features:
+            stamps = held.timestamps[first]
+            counts = np.diff(seen.indptr)[users]
+            last = (
+                seen.timestamps[np.maximum(seen.indptr[1:][users] - 1, 0)] if len(seen.timestamps) else stamps
+            )
+            gaps = np.where(counts > 0, stamps - last, np.nan)
+            parts.append(time_context(stamps, gaps))
+        if held.context is not None:
+            parts.append(held.context[first])
+        if parts:
+            codes[users] = np.concatenate(parts, axis=1)
+    numeric = None
+    if encoding.numeric and held.context_numeric is not None:
+        numeric = np.full((held.num_users, len(encoding.numeric)), np.nan, dtype=np.float32)
+        numeric[users] = held.context_numeric[first]
+    return codes, numeric
 
 
 def build_model_config(config: TrainConfig, data: PreparedData, kind: ModelName | None = None) -> ModelConfig:
@@ -235,6 +340,15 @@ def build_model_config(config: TrainConfig, data: PreparedData, kind: ModelName 
         use_user_id=config.user_representation in ("id", "both"),
         use_history=config.user_representation in ("history", "both"),
         history_length=config.history_length,
+        history_encoder=config.history_encoder,
+        attention_blocks=config.attention_blocks,
+        attention_heads=config.attention_heads,
+        attention_dropout=config.attention_dropout,
+        num_event_types=data.row_encoding.num_event_codes,
+        use_gaps=data.row_encoding.time_features,
+        context_cardinalities=data.row_encoding.context_cardinalities,
+        num_context_numeric=len(data.row_encoding.numeric),
+        feature_dropout=config.user_id_dropout if config.user_representation == "both" else 0.0,
         item_features=FeatureSpec(
             len(data.items), feature_cardinalities(data.item_encoding), len(data.item_encoding.numeric)
         ),
@@ -247,22 +361,31 @@ def build_model_config(config: TrainConfig, data: PreparedData, kind: ModelName 
 def new_model(model_config: ModelConfig, data: PreparedData, seed: int, device: torch.device) -> NCF:
     torch.manual_seed(seed)
     model = NCF(model_config)
-    for encoder in (model.gmf_encoder, model.mlp_encoder):
-        if encoder is None:
-            continue
-        for tower, arrays in (
-            (encoder.item_attributes, data.item_arrays),
-            (encoder.user_attributes, data.user_arrays),
-        ):
-            if tower is not None:
-                tower.load_arrays(
-                    [torch.from_numpy(a) for a in arrays.categorical], torch.from_numpy(arrays.numeric)
-                )
+    model.load_attributes(
+        (
+            [torch.from_numpy(a) for a in data.item_arrays.categorical],
+            torch.from_numpy(data.item_arrays.numeric),
+        ),
+        (
+            [torch.from_numpy(a) for a in data.user_arrays.categorical],
+            torch.from_numpy(data.user_arrays.numeric),
+        ),
+    )
     return model.to(device)
 
 
-def held_out_tensors(data: IndexedInteractions, device: torch.device) -> HeldOut:
-    return HeldOut(torch.from_numpy(data.indptr).to(device), torch.from_numpy(data.items).to(device))
+def held_out_tensors(
+    data: IndexedInteractions,
+    device: torch.device,
+    context: tuple[np.ndarray | None, np.ndarray | None] = (None, None),
+) -> HeldOut:
+    codes, numeric = context
+    return HeldOut(
+        torch.from_numpy(data.indptr).to(device),
+        torch.from_numpy(data.items).to(device),
+        torch.from_numpy(codes).to(device) if codes is not None else None,
+        torch.from_numpy(numeric).to(device) if numeric is not None else None,
+    )
 
 
 @dataclass(frozen=True)
@@ -441,6 +564,8 @@ def build_artifact(model: NCF, data: PreparedData, config: TrainConfig, metrics:
         metrics=metrics,
         fingerprint=data.fingerprint,
         item_labels=data.item_labels,
+        # Serving encodes a request's event types and context with the codes training used.
+        feature_encodings={"rows": data.row_encoding.to_json()},
     )
 
 
@@ -522,8 +647,15 @@ def run_training(
         else None,
         resilience.stop,
     )
-    train_device = DeviceInteractions.from_indexed(fit_data, device)
-    held = held_out_tensors(held_data, device)
+    held_data = only_targets(config, data, held_data)
+    if held_data.num_interactions == 0:
+        raise DataError(
+            "no held-out interaction has one of the target_event_types "
+            f"({', '.join(config.target_event_types)}), so nothing can be validated. "
+            "Widen target_event_types or provide a validation channel with them."
+        )
+    train_device = DeviceInteractions.from_indexed(fit_data, device, training_rows(config, data, fit_data))
+    held = held_out_tensors(held_data, device, query_context(held_data, fit_data, data.row_encoding))
     if config.model == "neumf" and config.pretrain:
         model = _pretrained_neumf(config, data, settings, train_device, held, device, run)
     else:
@@ -549,7 +681,9 @@ def run_training(
                 data.interactions.num_interactions,
                 result.best_epoch,
             )
-        all_device = DeviceInteractions.from_indexed(data.interactions, device)
+        all_device = DeviceInteractions.from_indexed(
+            data.interactions, device, training_rows(config, data, data.interactions)
+        )
         final_model = new_model(build_model_config(config, data), data, config.seed, device)
         refit = fit(
             final_model,

@@ -17,7 +17,7 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,8 +26,15 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from recsys.evaluation.protocols import HeldOut, full_ranking
-from recsys.models.ncf import NCF
-from recsys.training.batches import DeviceInteractions, epoch_order, iterate_batches
+from recsys.models.ncf import NCF, SequenceBatch
+from recsys.training.batches import (
+    Batch,
+    DeviceInteractions,
+    epoch_order,
+    iterate_batches,
+    iterate_windows,
+    sequence_windows,
+)
 from recsys.training.checkpoints import DONE, Checkpointer, StopRequest, TrainingInterrupted
 from recsys.training.distributed import (
     SINGLE_PROCESS,
@@ -229,6 +236,12 @@ def fit(
         )
     use_amp = settings.amp and device.type == "cuda"
     ks = tuple(sorted({10, settings.eval_k}))
+    targets = train.target_positions()
+    windows = (
+        sequence_windows(train, settings.history_length)
+        if model.config.use_history and model.config.history_encoder == "attention"
+        else None
+    )
 
     def save(epoch: int, step: int) -> None:
         if checkpointer is None:
@@ -248,22 +261,39 @@ def fit(
         if state.order_state is not None:  # a resumed run replays this epoch's shuffle
             order_generator.set_state(state.order_state)
         state.order_state = order_generator.get_state()
-        positions = shard(epoch_order(train.num_interactions, order_generator), ctx)
-        num_steps = math.ceil(positions.shape[0] / per_rank_batch)
-        batches = iterate_batches(
-            train,
-            positions[state.step * per_rank_batch :],
-            batch_size=per_rank_batch,
-            history_length=settings.history_length,
-            user_id_dropout=settings.user_id_dropout,
-            generator=sample_generator,
-        )
+        batches: Iterator[Batch | SequenceBatch]
+        if windows is not None:
+            # Attention models: every event of a window is a target, in one forward pass.
+            positions = shard(epoch_order(windows.count, order_generator), ctx)
+            per_step = max(1, per_rank_batch // (settings.history_length + 1))
+            num_steps = math.ceil(positions.shape[0] / per_step)
+            batches = iterate_windows(
+                train,
+                windows,
+                positions[state.step * per_step :],
+                windows_per_step=per_step,
+                history_length=settings.history_length,
+                user_id_dropout=settings.user_id_dropout,
+                generator=sample_generator,
+            )
+        else:
+            order = epoch_order(targets.shape[0], order_generator)
+            positions = shard(targets[order] if train.targets is not None else order, ctx)
+            num_steps = math.ceil(positions.shape[0] / per_rank_batch)
+            batches = iterate_batches(
+                train,
+                positions[state.step * per_rank_batch :],
+                batch_size=per_rank_batch,
+                history_length=settings.history_length,
+                user_id_dropout=settings.user_id_dropout,
+                generator=sample_generator,
+            )
         progress = _Progress(num_steps, f"{prefix} {epoch}")
         started = time.perf_counter() - state.elapsed
         for batch in batches:
             negatives = sample_negatives(
                 settings.loss,
-                batch_size=batch.positives.shape[0],
+                batch_size=per_rank_batch if isinstance(batch, SequenceBatch) else batch.positives.shape[0],
                 num_items=model.config.num_items,
                 num_negatives=settings.num_negatives,
                 generator=sample_generator,
@@ -275,7 +305,9 @@ def fit(
             loss.backward()
             for optimizer in optimizers:
                 optimizer.step()
-            loss_sum += loss.detach() * batch.positives.shape[0]
+            loss_sum += loss.detach() * (
+                batch.target_mask.sum() if isinstance(batch, SequenceBatch) else batch.positives.shape[0]
+            )
             state.step += 1
             progress.update(state.step)
             if state.step == num_steps:
@@ -294,7 +326,8 @@ def fit(
                 save(epoch, state.step)  # host sync
         progress.close()
         total = all_reduce_sum(loss_sum.clone(), ctx)
-        samples = positions.shape[0] * ctx.world_size
+        # Targets, not windows: samples/s means the same for both encoders.
+        samples = targets.shape[0]
         train_loss = float(total) / max(samples, 1)  # host sync: once per epoch
         seconds = time.perf_counter() - started
         record = EpochRecord(epoch, train_loss, seconds, samples / max(seconds, 1e-9))

@@ -215,7 +215,11 @@ def test_sampled_negatives_never_include_a_known_item(monkeypatch: pytest.Monkey
     seen: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def reveal(
-        users: torch.Tensor, history: torch.Tensor, mask: torch.Tensor, candidates: torch.Tensor
+        users: torch.Tensor,
+        history: torch.Tensor,
+        mask: torch.Tensor,
+        candidates: torch.Tensor,
+        extras: object = None,
     ) -> torch.Tensor:
         seen.append((users.clone(), candidates.clone()))
         return (

@@ -41,6 +41,7 @@ def no_plot(monkeypatch: pytest.MonkeyPatch) -> None:
         path.touch()
 
     monkeypatch.setattr("recsys.training.report.plot_learning_curves", touch)
+    monkeypatch.setattr("recsys.training.report.draw_charts", lambda report: {})
 
 
 def _number(ids: pd.Series) -> pd.Series:

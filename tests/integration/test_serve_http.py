@@ -714,9 +714,9 @@ def _no_manifest(model: Path) -> str:
 
 
 def _corrupt_weights(model: Path) -> str:
-    with (model / "model.pt").open("ab") as weights:
+    with (model / "model.safetensors").open("ab") as weights:
         weights.write(b"\0garbage")
-    return "model.pt does not match its checksum"
+    return "model.safetensors does not match its checksum"
 
 
 def _missing_file(model: Path) -> str:

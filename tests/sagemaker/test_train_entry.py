@@ -43,6 +43,7 @@ def no_plot(monkeypatch: pytest.MonkeyPatch) -> None:
         path.touch()
 
     monkeypatch.setattr("recsys.training.report.plot_learning_curves", touch)
+    monkeypatch.setattr("recsys.training.report.draw_charts", lambda report: {})
 
 
 def _paths(base: Path) -> ContainerPaths:
@@ -106,9 +107,14 @@ def test_success_writes_a_complete_artifact(trained: tuple[Path, int], tiny_data
     manifest = verify_artifact(model_dir)
     artifact = load_artifact(model_dir)
 
-    assert {"model.pt", "model_config.json", "users.json", "items.json", "metrics.json"} <= set(
-        manifest["files"]
-    )
+    assert {
+        "model.safetensors",
+        "model_config.json",
+        "users.json",
+        "items.json",
+        "metrics.json",
+        "encodings.json",
+    } <= set(manifest["files"])
     assert not list(model_dir.glob(".staging-*"))
     assert len(artifact.users) == tiny_data.interactions["user_id"].nunique()
     assert len(artifact.items) == len(tiny_data.items)

@@ -1,0 +1,182 @@
+"""The history encoder reads order, the context tower reads the moment, event types are checked."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from recsys.config import resolve_train_config
+from recsys.data.context import RowEncoding, gap_codes, hour_codes, weekday_codes
+from recsys.data.interactions import (
+    IndexedInteractions,
+    InteractionColumns,
+    encode_batches,
+    fit_row_encoding,
+    index_encoded,
+)
+from recsys.data.vocab import Vocabulary
+from recsys.errors import ConfigError, DataError
+from recsys.models.ncf import NCF, ModelConfig, UserExtras
+from recsys.training.batches import DeviceInteractions, RowArrays
+from recsys.training.job import check_event_settings
+from recsys.training.loop import FitSettings, fit
+
+NUM_ITEMS = 12
+
+
+def _settings(epochs: int, history_length: int) -> FitSettings:
+    return FitSettings(
+        epochs=epochs,
+        batch_size=256,
+        learning_rate=0.01,
+        weight_decay=0.0,
+        loss="softmax",
+        num_negatives=8,
+        history_length=history_length,
+        user_id_dropout=0.0,
+        patience=100,
+        amp=False,
+        seed=0,
+        eval_k=10,
+    )
+
+
+def _indexed(sequences: list[list[int]]) -> IndexedInteractions:
+    users = np.concatenate([np.full(len(s), u) for u, s in enumerate(sequences)]).astype(np.int32)
+    items = np.concatenate(sequences).astype(np.int32)
+    indptr = np.zeros(len(sequences) + 1, dtype=np.int64)
+    np.cumsum([len(s) for s in sequences], out=indptr[1:])
+    return IndexedInteractions(
+        users, items, np.arange(len(items), dtype=np.float64), indptr, len(sequences), NUM_ITEMS
+    )
+
+
+def _top(model: NCF, history: list[int], extras: UserExtras | None = None) -> int:
+    model.eval()
+    recent_first = torch.tensor([history[::-1]])
+    mask = torch.ones_like(recent_first, dtype=torch.bool)
+    with torch.no_grad():
+        state = model.encode_users(torch.tensor([model.config.num_users]), recent_first, mask, extras)
+        return int(model.score_all(state, model.all_items(torch.device("cpu"))).argmax())
+
+
+def test_attention_predicts_the_successor_of_the_last_item_only() -> None:
+    # Each sequence walks i -> i + 1: the next item depends on the last one, not on the bag.
+    rng = np.random.default_rng(0)
+    sequences = [[(start + t) % NUM_ITEMS for t in range(10)] for start in rng.integers(0, NUM_ITEMS, 200)]
+    config = ModelConfig(
+        "gmf",
+        num_users=len(sequences),
+        num_items=NUM_ITEMS,
+        embedding_dim=16,
+        dropout=0.0,
+        use_user_id=False,
+        history_length=6,
+        history_encoder="attention",
+        attention_dropout=0.0,
+    )
+    torch.manual_seed(0)
+    model = NCF(config)
+    train = DeviceInteractions.from_indexed(_indexed(sequences), torch.device("cpu"))
+    fit(model, train, None, _settings(40, 6), device=torch.device("cpu"))
+    a = 5
+    assert _top(model, [2, 3, 4, a]) == a + 1
+    # The same items, a no longer last: the answer follows the last item instead.
+    assert _top(model, [a, 9, 10]) == 11
+    assert _top(model, [a, 9, 10]) != a + 1
+
+
+def test_context_moves_the_ranking_the_way_the_data_does() -> None:
+    # Users pick items 0-5 on device 1 and items 6-11 on device 2, whatever their history.
+    rng = np.random.default_rng(1)
+    sequences, devices = [], []
+    for _ in range(150):
+        device = rng.integers(1, 3, 8)
+        sequences.append([int(rng.integers(0, 6) + 6 * (d - 1)) for d in device])
+        devices.append(device)
+    data = _indexed(sequences)
+    context = np.concatenate(devices).reshape(-1, 1)
+    config = ModelConfig(
+        "gmf",
+        num_users=len(sequences),
+        num_items=NUM_ITEMS,
+        embedding_dim=16,
+        dropout=0.0,
+        use_user_id=False,
+        history_length=4,
+        context_cardinalities=(3,),
+    )
+    torch.manual_seed(0)
+    model = NCF(config)
+    train = DeviceInteractions.from_indexed(data, torch.device("cpu"), RowArrays(context=context))
+    fit(model, train, None, _settings(30, 4), device=torch.device("cpu"))
+    history = [0, 7, 2, 9]
+    on_first = _top(model, history, UserExtras(context=torch.tensor([[1]])))
+    on_second = _top(model, history, UserExtras(context=torch.tensor([[2]])))
+    assert on_first < 6 <= on_second
+
+
+def test_event_types_and_context_travel_with_the_latest_row_of_a_pair() -> None:
+    table = pa.table(
+        {
+            "user_id": ["u1", "u1", "u2", "u1"],
+            "item_id": ["a", "b", "a", "a"],
+            "timestamp": [1, 2, 3, 5],
+            "event_type": ["click", "cart", None, "purchase"],
+            "device": ["tv", "", "mobile", "tv"],
+            "price": [1.0, None, 3.0, 2.0],
+        }
+    )
+    columns = InteractionColumns(context=("device", "price"))
+    encoded = encode_batches(
+        table.column_names, table.to_batches(), columns, channel="train", min_rating=None
+    )
+    encoding = fit_row_encoding(encoded, columns, time_features=True)
+    assert encoding.event_types == ("cart", "click", "purchase")
+    assert encoding.categorical == (("device", ("mobile", "tv")),)
+    indexed, _ = index_encoded(
+        encoded,
+        Vocabulary.from_arrow(encoded.user_ids()),
+        Vocabulary.from_arrow(encoded.item_ids()),
+        encoding,
+    )
+    # u1: b (cart, device empty -> unknown 0, price missing), then a merged at its latest row (purchase, tv).
+    assert indexed.items.tolist() == [1, 0, 0]
+    assert indexed.events is not None and indexed.events.tolist() == [1, 3, 0]
+    assert indexed.context is not None and indexed.context[:, 0].tolist() == [0, 2, 1]
+    assert indexed.context_numeric is not None and np.isnan(indexed.context_numeric[0, 0])
+    assert RowEncoding.from_json(encoding.to_json()) == encoding
+
+
+def test_time_codes() -> None:
+    monday_noon = 1_700_481_600.0  # 2023-11-20 12:00 UTC, a Monday
+    assert hour_codes(np.array([monday_noon, np.nan])).tolist() == [13, 0]
+    assert weekday_codes(np.array([monday_noon, monday_noon + 6 * 86400])).tolist() == [1, 7]
+    assert gap_codes(np.array([np.nan, 0.0, 1.0, 30 * 86400.0])).tolist() == [0, 1, 2, 22]
+
+
+def test_event_weights_that_name_no_event_type_of_the_data_are_refused() -> None:
+    encoding = RowEncoding("event_type", ("cart", "click"), (), (), False)
+    config = resolve_train_config({"event_weights": '{"purchase": 3, "click": 1}'})
+    with pytest.raises(DataError, match=r"'purchase'.*event types are: cart, click"):
+        check_event_settings(config, encoding)
+    with pytest.raises(DataError, match="no event type column 'event_type'"):
+        check_event_settings(config, RowEncoding.empty())
+    with pytest.raises(DataError, match="'buy'"):
+        check_event_settings(resolve_train_config({"target_event_types": "buy"}), encoding)
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ('{"purchase": -1}', "'purchase' has -1"),
+        ('{"purchase": "lots"}', "'purchase' must be a number; got 'lots'"),
+        ('{"purchase": NaN}', "'purchase' must be a number"),
+        ("[1, 2]", "a JSON object of numbers"),
+    ],
+)
+def test_bad_event_weights_name_the_value(raw: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        resolve_train_config({"event_weights": raw})
