@@ -1,30 +1,56 @@
 """A deterministic synthetic data set written as ordinary SageMaker channel files.
 
-The generative model, in order:
+Small (1,000 users, 400 items, ~30,000 events by default), ours, and built so that every kind of
+signal a recommender here can use is really in it. The generative model, in order:
 
-- users and items get latent taste vectors (D = ``num_factors``), scaled so that a dot product
-  (the *affinity*) has unit variance;
+- each user gets an age group and a country (fixed shares), then a latent taste vector
+  (D = ``num_factors``) that is the sum of an age-group vector, a country vector and a personal
+  part (``_AGE_TASTE_SHARE`` and ``_COUNTRY_TASTE_SHARE`` of its variance): users of a group
+  share a taste, so a new user described only by attributes can be scored better than by
+  popularity. Items get taste vectors too; both are scaled so that a dot product (the
+  *affinity*) has unit variance;
 - each item gets 1-3 genres chosen from its latent vector (so genres carry signal), a release
-  year (1950-2025, skewed recent) and a price;
+  year (1950-2025, skewed recent), a price, and one fixed *successor*: a random other item that
+  shares one of its genres (any other item when none does);
 - item popularity follows a Zipf-like power law over a random ranking of the items;
-- each user's taste drifts linearly along a random direction over their history. The history is
-  cut into ``_NUM_PERIODS`` periods; in each period the user picks items without replacement with
-  probability proportional to ``popularity * exp(affinity / temperature)`` under the taste of that
-  period (Gumbel top-k), so recent items predict the next one better than old ones;
-- the number of interactions per user is lognormal around the mean (at least 5);
-- ratings 1-5 come from the affinity at the time of the interaction plus user, item and noise
-  terms, cut at fixed quantiles so their histogram resembles MovieLens;
-- timestamps increase strictly per user; user attributes (age group, country) are noisy
-  functions of the user's taste, so they carry a little signal.
+- context genres: a random permutation of the genres assigns ``_BOOSTED_PER_CONTEXT`` genres to
+  each of night (UTC hours 22-05), the weekend (Saturday, Sunday) and each device ("mobile",
+  "desktop", "tv"); an item with one of a context's genres is ``exp(_CONTEXT_BOOST)`` times as
+  likely to be picked in that context;
+- the number of events per user is lognormal around the mean (at least 5, at most the catalogue);
+- timestamps (epoch seconds, UTC): each user joins at a uniform time, then events follow in
+  sessions (a gap of minutes continues a session, ``_SESSION_CONTINUE`` of the time, else a gap
+  of days starts a new one), laid out in *activity time*, which a weekly profile of hour-of-day
+  and weekend intensity maps to clock time: events cluster in the evening and at weekends,
+  rarely at 4 a.m.; strictly increasing per user;
+- each user has their own mix of devices (a Dirichlet draw around 50/30/20 % mobile, desktop,
+  tv); each session's device is drawn from it and holds for the session's events;
+- each user's taste drifts linearly along a random direction over their history. Events are
+  drawn in order: with probability ``SUCCESSOR_PROBABILITY`` the next item is the successor of
+  the previous one (when the user has not had it yet), else it is picked among the user's
+  unseen items with probability proportional to
+  ``popularity * exp(affinity / temperature) * context boosts`` under the taste of that moment
+  (Gumbel max), so order matters, recent items predict the next one better than old ones, and the
+  hour, weekday and device shift the genres;
+- ratings 1-5 come from the affinity at the time of the event plus user, item and noise terms,
+  cut at fixed quantiles so that their histogram resembles MovieLens;
+- event types: affinity plus noise, cut at fixed quantiles into 70 % "click", 20 % "cart" and
+  10 % "purchase", so purchases are of the items the user likes most;
+- ``_MISSING_DEVICE_SHARE`` of the events lose their device (null in the table; the true
+  device still shaped the pick), as real logs do.
 
-Everything is drawn from one ``numpy.random.Generator`` seeded by ``SyntheticSpec.seed``.
+Everything is drawn from one ``numpy.random.Generator`` seeded by ``SyntheticSpec.seed``. The
+ground truth that tests elsewhere check a model against (successors, boosted genres, per-event
+affinity, taste vectors) is kept on ``SyntheticData``.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 
 import numpy as np
 import numpy.typing as npt
@@ -36,11 +62,16 @@ from recsys.data.io import SUPPORTED_EXTENSIONS, write_table
 __all__ = [
     "AGE_GROUPS",
     "COUNTRIES",
+    "DEVICES",
+    "EVENT_TYPES",
     "GENRE_NAMES",
     "ITEMS_CHANNEL",
     "MIN_INTERACTIONS_PER_USER",
+    "NIGHT_HOURS",
+    "SUCCESSOR_PROBABILITY",
     "TRAIN_CHANNEL",
     "USERS_CHANNEL",
+    "WEEKEND_DAYS",
     "ScaledSpec",
     "ScaledSummary",
     "SyntheticData",
@@ -54,6 +85,7 @@ logger = logging.getLogger(__name__)
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
+BoolArray = npt.NDArray[np.bool_]
 
 GENRE_NAMES: tuple[str, ...] = (
     "Action",
@@ -77,7 +109,12 @@ GENRE_NAMES: tuple[str, ...] = (
 )
 AGE_GROUPS: tuple[str, ...] = ("18-24", "25-34", "35-44", "45-54", "55+")
 COUNTRIES: tuple[str, ...] = ("US", "GB", "DE", "FR", "BR", "IN", "JP", "CA")
+DEVICES: tuple[str, ...] = ("mobile", "desktop", "tv")
+EVENT_TYPES: tuple[str, ...] = ("click", "cart", "purchase")  # in increasing order of affinity
+NIGHT_HOURS: frozenset[int] = frozenset({22, 23, 0, 1, 2, 3, 4, 5})  # UTC hours whose genres are boosted
+WEEKEND_DAYS: frozenset[int] = frozenset({5, 6})  # Saturday, Sunday (Monday = 0)
 MIN_INTERACTIONS_PER_USER = 5
+SUCCESSOR_PROBABILITY = 0.35  # chance that the next event is the previous item's successor
 
 TRAIN_CHANNEL = "train"
 ITEMS_CHANNEL = "items"
@@ -87,17 +124,36 @@ USERS_CHANNEL = "users"
 _POPULARITY_EXPONENT = 1.0  # Zipf exponent of item popularity
 _TEMPERATURE = 0.5  # lower: choices follow taste more closely
 _DRIFT_STRENGTH = 1.5  # length of a user's taste drift over their history, in units of taste norm
-_NUM_PERIODS = 8  # taste is re-evaluated this many times along a user's history
 _COUNT_SIGMA = 0.6  # lognormal sigma of interactions per user
 _GENRE_COUNT_PROBS = (0.45, 0.35, 0.20)  # P(1, 2, 3 genres)
 _GENRE_NOISE = 0.5  # Gumbel noise scale in genre assignment
 _AGE_GROUP_CDF = (0.18, 0.50, 0.75, 0.90)  # cumulative shares of the first four age groups
 _COUNTRY_SHARES = (0.35, 0.12, 0.10, 0.08, 0.10, 0.12, 0.07, 0.06)
-_ATTRIBUTE_SIGNAL = 0.6  # weight of taste (vs noise) in user attributes
+_AGE_TASTE_SHARE = 0.4  # share of a user's taste variance that their age group explains
+_COUNTRY_TASTE_SHARE = 0.25  # ... and their country
 _RATING_CDF = (0.06, 0.17, 0.44, 0.78)  # cumulative shares of ratings 1-4 (MovieLens-like)
+_EVENT_TYPE_CDF = (0.70, 0.90)  # cumulative shares of click, cart (purchase takes the rest)
+_EVENT_NOISE = 0.5  # noise added to the affinity before it is cut into event types
+_BOOSTED_PER_CONTEXT = 2  # genres boosted by each context (night, weekend, each device)
+_CONTEXT_BOOST = 1.0  # log of the pick-probability factor of an item of a boosted genre
+_DEVICE_SHARES = (0.5, 0.3, 0.2)  # mean mix of mobile, desktop, tv
+_DEVICE_CONCENTRATION = 2.0  # Dirichlet concentration of a user's device mix (lower: more personal)
+_MISSING_DEVICE_SHARE = 0.02  # events whose device is not recorded
 _MEAN_GAP_SECONDS = 86_400.0  # mean time between two interactions of a user
+_SESSION_CONTINUE = 0.6  # chance that the next event continues the session
+_SESSION_GAP_SECONDS = 240.0  # mean gap between two events of a session
 _START_SPREAD_SECONDS = 2 * 365 * 86_400  # users join uniformly over this span
-_BLOCK_ELEMENTS = 2_000_000  # users are processed in blocks of about this many (user, item) scores
+# Relative activity per UTC hour: quiet before dawn, a peak in the evening; more at weekends.
+_HOUR_INTENSITY = (
+    0.60, 0.40, 0.25, 0.15, 0.12, 0.12, 0.20, 0.40, 0.60, 0.70, 0.75, 0.80,
+    0.90, 0.85, 0.80, 0.80, 0.90, 1.00, 1.20, 1.50, 1.80, 1.90, 1.60, 1.00,
+)  # fmt: skip
+_WEEKEND_INTENSITY = 1.4
+_BLOCK_ELEMENTS = 2_000_000  # users (and items, for successors) are processed in blocks of this many scores
+_DAY_SECONDS = 86_400
+_TINY = float(np.finfo(np.float64).tiny)
+_WEEK_SECONDS = 7 * _DAY_SECONDS
+_FIRST_MONDAY = 4 * _DAY_SECONDS  # 1970-01-05 00:00 UTC, the first Monday of the epoch
 
 
 @dataclass(frozen=True)
@@ -132,18 +188,44 @@ class SyntheticSpec:
             raise ValueError(f"start_timestamp must be non-negative, got {self.start_timestamp}")
 
 
+def _empty_ints() -> IntArray:
+    return np.zeros(0, dtype=np.int64)
+
+
+def _empty_floats() -> FloatArray:
+    return np.zeros(0, dtype=np.float64)
+
+
 @dataclass(frozen=True, eq=False)
 class SyntheticData:
-    """The three tables of a synthetic data set.
+    """The three tables of a synthetic data set, and the ground truth that generated them.
 
-    ``interactions``: user_id, item_id, rating (int 1-5), timestamp (int seconds), sorted by
-    user then time. ``items``: item_id, genres ("A|B"), release_year, price.
-    ``users``: user_id, age_group, country.
+    ``interactions``: user_id, item_id, rating (int 1-5), timestamp (int epoch seconds, UTC,
+    strictly increasing per user), event_type ("click", "cart", "purchase"), device ("mobile",
+    "desktop", "tv", or None where not recorded); sorted by user then time.
+    ``items``: item_id, genres ("A|B"), release_year, price. ``users``: user_id, age_group, country.
+
+    The ground truth (empty when a caller builds ``SyntheticData`` from its own tables); items and
+    users are indexed by their row in ``items`` and ``users``:
+
+    - ``successor``: [N] the item index that follows each item with ``SUCCESSOR_PROBABILITY``;
+    - ``hour_genres``: 24 tuples, the genre names boosted at each UTC hour (night hours' genres);
+    - ``weekday_genres``: 7 tuples (Monday = 0), the genre names boosted on each day (weekend's);
+    - ``device_genres``: device -> the genre names it boosts;
+    - ``affinity``: [len(interactions)] the user's taste (at that time) dot the item's vector;
+    - ``user_factors`` [U, D] (mean taste; drift aside) and ``item_factors`` [N, D].
     """
 
     interactions: pd.DataFrame
     items: pd.DataFrame
     users: pd.DataFrame
+    successor: IntArray = field(default_factory=_empty_ints)
+    hour_genres: tuple[tuple[str, ...], ...] = ()
+    weekday_genres: tuple[tuple[str, ...], ...] = ()
+    device_genres: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: MappingProxyType({}))
+    affinity: FloatArray = field(default_factory=_empty_floats)
+    user_factors: FloatArray = field(default_factory=_empty_floats)
+    item_factors: FloatArray = field(default_factory=_empty_floats)
 
 
 def _make_ids(prefix: str, count: int) -> npt.NDArray[np.object_]:
@@ -152,26 +234,39 @@ def _make_ids(prefix: str, count: int) -> npt.NDArray[np.object_]:
     return np.array([f"{prefix}{number:0{width}d}" for number in range(1, count + 1)], dtype=object)
 
 
-def _standardise(values: FloatArray) -> FloatArray:
-    std = float(values.std())
-    centred: FloatArray = values - values.mean()
-    return centred / (std if std > 0 else 1.0)
-
-
-def _assign_genres(item_factors: FloatArray, num_genres: int, rng: np.random.Generator) -> list[str]:
-    """1-3 genres per item, the ones whose prototype best matches the item's taste vector."""
+def _assign_genres(item_factors: FloatArray, num_genres: int, rng: np.random.Generator) -> BoolArray:
+    """[N, G] membership: 1-3 genres per item, those whose prototype best matches its taste vector."""
     num_items, num_factors = item_factors.shape
     prototypes = rng.normal(0.0, num_factors**-0.25, size=(num_genres, num_factors))
     scores = item_factors @ prototypes.T + _GENRE_NOISE * rng.gumbel(size=(num_items, num_genres))
     counts = rng.choice(np.arange(1, len(_GENRE_COUNT_PROBS) + 1), p=_GENRE_COUNT_PROBS, size=num_items)
     counts = np.minimum(counts, num_genres)
-    ranked = np.argsort(-scores, axis=1)
-    names = GENRE_NAMES[:num_genres]
-    return ["|".join(names[g] for g in sorted(ranked[i, : counts[i]])) for i in range(num_items)]
+    ranks = np.argsort(np.argsort(-scores, axis=1), axis=1)
+    membership: BoolArray = ranks < counts[:, None]
+    return membership
 
 
-def _build_items(spec: SyntheticSpec, item_factors: FloatArray, rng: np.random.Generator) -> pd.DataFrame:
-    genres = _assign_genres(item_factors, spec.num_genres, rng)
+def _genre_strings(membership: BoolArray) -> list[str]:
+    names = GENRE_NAMES[: membership.shape[1]]
+    return ["|".join(names[g] for g in np.flatnonzero(row)) for row in membership]
+
+
+def _assign_successors(membership: BoolArray, rng: np.random.Generator) -> IntArray:
+    """[N] a random other item per item, one sharing a genre where any does."""
+    num_items = membership.shape[0]
+    as_float = membership.astype(np.float64)
+    successor = np.empty(num_items, dtype=np.int64)
+    block = max(1, _BLOCK_ELEMENTS // num_items)
+    for start in range(0, num_items, block):
+        stop = min(start + block, num_items)
+        # Uniform keys in [0, 1), plus one for a shared genre: the argmax is a uniform shared-genre item.
+        keys = rng.random((stop - start, num_items)) + (as_float[start:stop] @ as_float.T > 0)
+        keys[np.arange(stop - start), np.arange(start, stop)] = -np.inf
+        successor[start:stop] = keys.argmax(axis=1)
+    return successor
+
+
+def _build_items(spec: SyntheticSpec, membership: BoolArray, rng: np.random.Generator) -> pd.DataFrame:
     age_years = np.rint(rng.gamma(shape=2.0, scale=9.0, size=spec.num_items))
     release_years = np.clip(2025 - age_years, 1950, 2025).astype(np.int64)
     # Prices like 4.99, 9.99, 14.99: lognormal around ten.
@@ -179,94 +274,155 @@ def _build_items(spec: SyntheticSpec, item_factors: FloatArray, rng: np.random.G
     return pd.DataFrame(
         {
             "item_id": _make_ids("i", spec.num_items),
-            "genres": genres,
+            "genres": _genre_strings(membership),
             "release_year": release_years,
             "price": np.round(prices, 2),
         }
     )
 
 
-def _build_users(spec: SyntheticSpec, user_factors: FloatArray, rng: np.random.Generator) -> pd.DataFrame:
-    num_users, num_factors = user_factors.shape
+def _build_users(spec: SyntheticSpec, rng: np.random.Generator) -> tuple[pd.DataFrame, FloatArray]:
+    """The users table and [U, D] taste vectors: age-group and country vectors plus a personal part."""
+    num_users, num_factors = spec.num_users, spec.num_factors
     scale = num_factors**-0.25
-    age_direction = rng.normal(0.0, scale, size=num_factors)
-    age_score = _ATTRIBUTE_SIGNAL * _standardise(user_factors @ age_direction) + np.sqrt(
-        1 - _ATTRIBUTE_SIGNAL**2
-    ) * rng.normal(size=num_users)
-    thresholds = np.quantile(age_score, _AGE_GROUP_CDF)
-    age_index = np.searchsorted(thresholds, age_score)
-
-    country_directions = rng.normal(0.0, scale, size=(num_factors, len(COUNTRIES)))
-    country_logits = (
-        np.log(np.asarray(_COUNTRY_SHARES))
-        + _ATTRIBUTE_SIGNAL * _standardise(user_factors @ country_directions)
-        + rng.gumbel(size=(num_users, len(COUNTRIES)))
+    age_shares = np.diff(np.concatenate(([0.0], _AGE_GROUP_CDF, [1.0])))
+    age_index = rng.choice(len(AGE_GROUPS), size=num_users, p=age_shares)
+    country_index = rng.choice(len(COUNTRIES), size=num_users, p=_COUNTRY_SHARES)
+    age_taste = rng.normal(0.0, scale, size=(len(AGE_GROUPS), num_factors))
+    country_taste = rng.normal(0.0, scale, size=(len(COUNTRIES), num_factors))
+    personal = rng.normal(0.0, scale, size=(num_users, num_factors))
+    personal_share = 1.0 - _AGE_TASTE_SHARE - _COUNTRY_TASTE_SHARE
+    user_factors = (
+        np.sqrt(_AGE_TASTE_SHARE) * age_taste[age_index]
+        + np.sqrt(_COUNTRY_TASTE_SHARE) * country_taste[country_index]
+        + np.sqrt(personal_share) * personal
     )
-    country_index = country_logits.argmax(axis=1)
-    return pd.DataFrame(
+    users = pd.DataFrame(
         {
-            "user_id": _make_ids("u", spec.num_users),
+            "user_id": _make_ids("u", num_users),
             "age_group": np.asarray(AGE_GROUPS, dtype=object)[age_index],
             "country": np.asarray(COUNTRIES, dtype=object)[country_index],
         }
     )
+    return users, user_factors
 
 
-def _period_quotas(counts: IntArray) -> IntArray:
-    """(U, P) number of interactions of each user in each period; rows sum to ``counts``."""
-    bounds = np.rint(counts[:, None] * np.arange(_NUM_PERIODS + 1)[None, :] / _NUM_PERIODS).astype(np.int64)
-    return np.diff(bounds, axis=1)
+def _weekly_activity() -> tuple[FloatArray, FloatArray]:
+    """(seconds into the week, activity time elapsed) at each hour edge of a Monday-based week.
+
+    Activity runs at the hour's intensity, normalised so that a week of activity time is a week.
+    """
+    weekend = np.isin(np.arange(7), sorted(WEEKEND_DAYS))
+    hourly = np.tile(np.asarray(_HOUR_INTENSITY), 7) * np.repeat(
+        np.where(weekend, _WEEKEND_INTENSITY, 1.0), 24
+    )
+    hourly *= hourly.size / hourly.sum()
+    edges = np.arange(hourly.size + 1, dtype=np.float64) * 3600.0
+    activity = np.concatenate(([0.0], np.cumsum(hourly) * 3600.0))
+    return edges, activity
 
 
-def _sample_choices(
+def _clock_to_activity(seconds: FloatArray, edges: FloatArray, activity: FloatArray) -> FloatArray:
+    weeks, into_week = np.divmod(seconds - _FIRST_MONDAY, _WEEK_SECONDS)
+    out: FloatArray = weeks * _WEEK_SECONDS + np.interp(into_week, edges, activity)
+    return out
+
+
+def _activity_to_clock(activity_time: FloatArray, edges: FloatArray, activity: FloatArray) -> FloatArray:
+    weeks, into_week = np.divmod(activity_time, _WEEK_SECONDS)
+    out: FloatArray = _FIRST_MONDAY + weeks * _WEEK_SECONDS + np.interp(into_week, activity, edges)
+    return out
+
+
+def _build_timeline(
+    spec: SyntheticSpec, user_index: IntArray, first_row: IntArray, rng: np.random.Generator
+) -> tuple[IntArray, BoolArray]:
+    """Per event (rows grouped by user, in order): int timestamps, and whether it starts a session."""
+    size = user_index.size
+    new_session = rng.random(size) >= _SESSION_CONTINUE
+    new_session[first_row] = True
+    session_mean = (_MEAN_GAP_SECONDS - _SESSION_CONTINUE * _SESSION_GAP_SECONDS) / (1 - _SESSION_CONTINUE)
+    gaps = rng.exponential(np.where(new_session, session_mean, _SESSION_GAP_SECONDS))
+    gaps[first_row] = 0.0
+    elapsed = np.cumsum(gaps)
+    edges, activity = _weekly_activity()
+    join_times = spec.start_timestamp + rng.integers(0, _START_SPREAD_SECONDS, size=spec.num_users)
+    start = _clock_to_activity(join_times.astype(np.float64), edges, activity)
+    clock = _activity_to_clock(start[user_index] + elapsed - elapsed[first_row][user_index], edges, activity)
+    clock = np.maximum(clock, join_times[user_index])  # the round trip may lose a rounding error
+    # Whole seconds, then at least one second apart: a running maximum of (time - position) per
+    # user (users offset far apart so that one running maximum serves all of them).
+    position = np.arange(size) - first_row[user_index]
+    offset = user_index * (1 << 40)
+    lifted = np.maximum.accumulate(np.floor(clock).astype(np.int64) - position + offset)
+    timestamps: IntArray = lifted - offset + position
+    return timestamps, new_session
+
+
+def _context_genres(num_genres: int, rng: np.random.Generator) -> list[IntArray]:
+    """Boosted genre indices of each context (night, weekend, then each device), disjoint while
+    there are genres enough, wrapping around the permutation when there are not."""
+    order = rng.permutation(num_genres)
+    num_contexts = 2 + len(DEVICES)
+    slots = np.arange(num_contexts * _BOOSTED_PER_CONTEXT).reshape(num_contexts, _BOOSTED_PER_CONTEXT)
+    return [np.unique(order[row % num_genres]) for row in slots]
+
+
+def _sample_events(
     user_factors: FloatArray,
     drift: FloatArray,
     item_factors: FloatArray,
-    log_popularity: FloatArray,
+    successor: IntArray,
+    context_logits: FloatArray,
+    event_context: IntArray,
+    history_time: FloatArray,
     counts: IntArray,
+    first_row: IntArray,
     rng: np.random.Generator,
-) -> tuple[IntArray, IntArray, IntArray]:
-    """Pick each user's items, period by period, without replacement.
+) -> IntArray:
+    """[P] the item of each event (rows grouped by user, in time order), drawn step by step.
 
-    Returns flat (user, item, period) index arrays, one entry per interaction.
+    ``context_logits`` [K, N] holds the log popularity plus the context boosts of each item in
+    each of K combinations of contexts, ``event_context`` [P] the combination of each event.
+    Users are processed in blocks; within a block, step t draws every user's t-th event at once.
     """
-    num_users = user_factors.shape[0]
-    num_items = item_factors.shape[0]
-    quotas = _period_quotas(counts)
-    period_times = (np.arange(_NUM_PERIODS) + 0.5) / _NUM_PERIODS - 0.5  # centred: mean taste = user_factors
+    num_users, num_items = user_factors.shape[0], item_factors.shape[0]
+    items_out = np.empty(history_time.size, dtype=np.int64)
     block_size = max(1, _BLOCK_ELEMENTS // num_items)
-    users_out: list[IntArray] = []
-    items_out: list[IntArray] = []
-    periods_out: list[IntArray] = []
+    scaled_items = item_factors.T / _TEMPERATURE
     for start in range(0, num_users, block_size):
         stop = min(start + block_size, num_users)
         chosen = np.zeros((stop - start, num_items), dtype=bool)
-        for period in range(_NUM_PERIODS):
-            quota = quotas[start:stop, period]
-            max_quota = int(quota.max())
-            if max_quota == 0:
-                continue
-            taste = user_factors[start:stop] + period_times[period] * drift[start:stop]
-            # Gumbel top-k: the k largest keys are a sample without replacement, weights exp(logits).
-            keys = log_popularity[None, :] + (taste @ item_factors.T) / _TEMPERATURE
-            keys += rng.gumbel(size=keys.shape)
-            keys[chosen] = -np.inf
-            top = np.argpartition(-keys, max_quota - 1, axis=1)[:, :max_quota]
-            top = np.take_along_axis(top, np.argsort(-np.take_along_axis(keys, top, axis=1), axis=1), axis=1)
-            # Every user has at least `quota` unchosen items left, so -inf keys are never taken.
-            rows, slots = np.nonzero(np.arange(max_quota)[None, :] < quota[:, None])
-            picked = top[rows, slots]
-            chosen[rows, picked] = True
-            users_out.append((rows + start).astype(np.int64))
-            items_out.append(picked.astype(np.int64))
-            periods_out.append(np.full(rows.size, period, dtype=np.int64))
-    return np.concatenate(users_out), np.concatenate(items_out), np.concatenate(periods_out)
+        block_counts = counts[start:stop]
+        for step in range(int(block_counts.max())):
+            local = np.flatnonzero(block_counts > step)
+            users = local + start
+            rows = first_row[users] + step
+            taste = user_factors[users] + history_time[rows, None] * drift[users]
+            # einsum, not @: products this small run 10-20x faster outside BLAS and its threads.
+            logits = np.einsum("ad,dn->an", taste, scaled_items)
+            logits += context_logits[event_context[rows]]
+            weights = np.exp(logits, out=logits)
+            weights[chosen[local]] = 0.0
+            # Exponential race: the largest of w_i / E_i (E_i ~ Exp(1)) is item i with
+            # probability w_i / sum(w) (the Gumbel-max trick without the logarithms); seen items
+            # have weight zero and never win while an unseen one is left.
+            race = rng.standard_exponential(size=weights.shape)
+            race += _TINY  # an exact zero draw must not make 0 / 0
+            picked = np.argmax(np.divide(weights, race, out=race), axis=1)
+            if step > 0:
+                follower = successor[items_out[rows - 1]]
+                follow = (rng.random(local.size) < SUCCESSOR_PROBABILITY) & ~chosen[local, follower]
+                picked = np.where(follow, follower, picked)
+            chosen[local, picked] = True
+            items_out[rows] = picked
+    return items_out
 
 
-def _ratings_from_scores(scores: FloatArray) -> IntArray:
-    """Integer ratings 1-5, cutting ``scores`` at fixed quantiles."""
-    thresholds = np.quantile(scores, _RATING_CDF)
-    return (np.searchsorted(thresholds, scores) + 1).astype(np.int64)
+def _cut_at_quantiles(scores: FloatArray, cdf: tuple[float, ...]) -> IntArray:
+    """0-based class of each score, cutting ``scores`` at the fixed quantiles ``cdf``."""
+    thresholds = np.quantile(scores, cdf)
+    return np.searchsorted(thresholds, scores).astype(np.int64)
 
 
 def generate(spec: SyntheticSpec | None = None) -> SyntheticData:
@@ -277,61 +433,87 @@ def generate(spec: SyntheticSpec | None = None) -> SyntheticData:
 
     # Entries of scale D^-1/4 give dot products (affinities) of unit variance.
     scale = num_factors**-0.25
-    user_factors = rng.normal(0.0, scale, size=(num_users, num_factors))
+    users, user_factors = _build_users(spec, rng)
     item_factors = rng.normal(0.0, scale, size=(num_items, num_factors))
     drift = _DRIFT_STRENGTH * rng.normal(0.0, scale, size=(num_users, num_factors))
-
-    items = _build_items(spec, item_factors, rng)
-    users = _build_users(spec, user_factors, rng)
+    membership = _assign_genres(item_factors, spec.num_genres, rng)
+    items = _build_items(spec, membership, rng)
+    successor = _assign_successors(membership, rng)
 
     popularity_rank = rng.permutation(num_items)
     log_popularity = -_POPULARITY_EXPONENT * np.log1p(popularity_rank).astype(np.float64)
+
+    # Contexts: night, weekend, mobile, desktop, tv; [C, N] whether an item has a boosted genre.
+    boosted = _context_genres(spec.num_genres, rng)
+    item_in_context = np.stack([membership[:, genres].any(axis=1) for genres in boosted]).astype(np.float64)
 
     mu = np.log(spec.mean_interactions_per_user) - _COUNT_SIGMA**2 / 2  # lognormal with that mean
     counts = np.clip(
         np.rint(rng.lognormal(mu, _COUNT_SIGMA, size=num_users)), MIN_INTERACTIONS_PER_USER, num_items
     ).astype(np.int64)
-
-    user_index, item_index, period = _sample_choices(
-        user_factors, drift, item_factors, log_popularity, counts, rng
-    )
-
-    # Time order: by user, by period, and within a period along the drift (items that suit the
-    # drifted taste come later), with noise.
-    drift_alignment = np.einsum("nd,nd->n", item_factors[item_index], drift[user_index])
-    within_period = drift_alignment + rng.normal(0.0, 0.5, size=user_index.size)
-    order = np.lexsort((within_period, period, user_index))
-    user_index, item_index = user_index[order], item_index[order]
-
-    # Position of each interaction in its user's history, as a time in (-0.5, 0.5).
+    user_index = np.repeat(np.arange(num_users), counts)
     first_row = np.concatenate(([0], np.cumsum(counts)[:-1]))
-    position = np.arange(user_index.size) - first_row[user_index]
+    size = user_index.size
+
+    timestamps, new_session = _build_timeline(spec, user_index, first_row, rng)
+    hours = (timestamps // 3600) % 24
+    weekdays = (timestamps // _DAY_SECONDS + 3) % 7  # 1970-01-01 was a Thursday
+    # Each session's device, from the user's own mix, holds for the session.
+    device_mix = rng.dirichlet(_DEVICE_CONCENTRATION * np.asarray(_DEVICE_SHARES), size=num_users)
+    session_device = (rng.random(size)[:, None] > np.cumsum(device_mix, axis=1)[user_index]).sum(axis=1)
+    session_start = np.maximum.accumulate(np.where(new_session, np.arange(size), 0))
+    device = np.minimum(session_device[session_start], len(DEVICES) - 1)
+    # The 2 x 2 x 3 combinations of (night, weekend, device): [K, C] which contexts hold in each,
+    # [K, N] the pick logits' popularity and context terms, [P] each event's combination.
+    night_flags, weekend_flags, device_codes = np.meshgrid(
+        [0, 1], [0, 1], np.arange(len(DEVICES)), indexing="ij"
+    )
+    combinations = np.zeros((night_flags.size, 2 + len(DEVICES)))
+    combinations[:, 0], combinations[:, 1] = night_flags.ravel(), weekend_flags.ravel()
+    combinations[np.arange(night_flags.size), 2 + device_codes.ravel()] = 1.0
+    context_logits = log_popularity + _CONTEXT_BOOST * (combinations @ item_in_context)
+    is_night = np.isin(hours, sorted(NIGHT_HOURS)).astype(np.int64)
+    is_weekend = np.isin(weekdays, sorted(WEEKEND_DAYS)).astype(np.int64)
+    event_context = (is_night * 2 + is_weekend) * len(DEVICES) + device
+
+    # Position of each event in its user's history, as a time in (-0.5, 0.5).
+    position = np.arange(size) - first_row[user_index]
     history_time = (position + 0.5) / counts[user_index] - 0.5
+    item_index = _sample_events(
+        user_factors,
+        drift,
+        item_factors,
+        successor,
+        context_logits,
+        event_context,
+        history_time,
+        counts,
+        first_row,
+        rng,
+    )
 
     taste = user_factors[user_index] + history_time[:, None] * drift[user_index]
     affinity = np.einsum("nd,nd->n", taste, item_factors[item_index])
     user_bias = rng.normal(0.0, 0.4, size=num_users)
     item_bias = rng.normal(0.0, 0.4, size=num_items)
-    rating_scores = (
-        affinity + user_bias[user_index] + item_bias[item_index] + rng.normal(0.0, 0.5, size=affinity.size)
-    )
-    ratings = _ratings_from_scores(rating_scores)
-
-    # Strictly increasing timestamps: each user joins at a random time, then gaps of >= 1 second.
-    join_times = spec.start_timestamp + rng.integers(0, _START_SPREAD_SECONDS, size=num_users)
-    gaps = 1 + np.floor(rng.exponential(_MEAN_GAP_SECONDS, size=user_index.size)).astype(np.int64)
-    gaps[first_row] = 0
-    elapsed = np.cumsum(gaps)
-    timestamps = join_times[user_index] + elapsed - elapsed[first_row][user_index]
+    rating_scores = affinity + user_bias[user_index] + item_bias[item_index] + rng.normal(0.0, 0.5, size=size)
+    ratings = _cut_at_quantiles(rating_scores, _RATING_CDF) + 1
+    event_class = _cut_at_quantiles(affinity + rng.normal(0.0, _EVENT_NOISE, size=size), _EVENT_TYPE_CDF)
+    devices = np.asarray(DEVICES, dtype=object)[device]
+    devices[rng.random(size) < _MISSING_DEVICE_SHARE] = None
 
     interactions = pd.DataFrame(
         {
             "user_id": users["user_id"].to_numpy()[user_index],
             "item_id": items["item_id"].to_numpy()[item_index],
             "rating": ratings,
-            "timestamp": timestamps.astype(np.int64),
+            "timestamp": timestamps,
+            "event_type": np.asarray(EVENT_TYPES, dtype=object)[event_class],
+            "device": devices,
         }
     )
+    genre_names = GENRE_NAMES[: spec.num_genres]
+    night, weekend, *by_device = (tuple(genre_names[g] for g in genres) for genres in boosted)
     logger.info(
         "synthetic data: %d users, %d items, %d interactions (seed %d)",
         num_users,
@@ -339,7 +521,18 @@ def generate(spec: SyntheticSpec | None = None) -> SyntheticData:
         len(interactions),
         spec.seed,
     )
-    return SyntheticData(interactions=interactions, items=items, users=users)
+    return SyntheticData(
+        interactions=interactions,
+        items=items,
+        users=users,
+        successor=successor,
+        hour_genres=tuple(night if hour in NIGHT_HOURS else () for hour in range(24)),
+        weekday_genres=tuple(weekend if day in WEEKEND_DAYS else () for day in range(7)),
+        device_genres=MappingProxyType(dict(zip(DEVICES, by_device, strict=True))),
+        affinity=affinity,
+        user_factors=user_factors,
+        item_factors=item_factors,
+    )
 
 
 def write_channels(data: SyntheticData, data_dir: Path, *, fmt: str = "csv") -> None:

@@ -1,4 +1,8 @@
-"""Tests for recsys.data.synthetic: determinism, shapes, referential integrity and structure."""
+"""Tests for recsys.data.synthetic: determinism, shapes, referential integrity and structure.
+
+The statistical tests check each effect of the generative model in the default data set (seed
+0) against a baseline that lacks it, with margins wide enough for any seed.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -16,8 +21,13 @@ from recsys.data.io import read_table
 from recsys.data.synthetic import (
     AGE_GROUPS,
     COUNTRIES,
+    DEVICES,
+    EVENT_TYPES,
     GENRE_NAMES,
     MIN_INTERACTIONS_PER_USER,
+    NIGHT_HOURS,
+    SUCCESSOR_PROBABILITY,
+    WEEKEND_DAYS,
     ScaledSpec,
     ScaledSummary,
     SyntheticData,
@@ -41,6 +51,11 @@ def test_same_seed_gives_identical_frames() -> None:
     pd.testing.assert_frame_equal(first.interactions, second.interactions)
     pd.testing.assert_frame_equal(first.items, second.items)
     pd.testing.assert_frame_equal(first.users, second.users)
+    np.testing.assert_array_equal(first.successor, second.successor)
+    np.testing.assert_array_equal(first.affinity, second.affinity)
+    assert first.hour_genres == second.hour_genres
+    assert first.weekday_genres == second.weekday_genres
+    assert dict(first.device_genres) == dict(second.device_genres)
 
 
 def test_different_seed_gives_different_frames() -> None:
@@ -55,7 +70,14 @@ def test_different_seed_gives_different_frames() -> None:
 def test_columns_and_shapes(data: SyntheticData) -> None:
     spec = SyntheticSpec()
 
-    assert list(data.interactions.columns) == ["user_id", "item_id", "rating", "timestamp"]
+    assert list(data.interactions.columns) == [
+        "user_id",
+        "item_id",
+        "rating",
+        "timestamp",
+        "event_type",
+        "device",
+    ]
     assert list(data.items.columns) == ["item_id", "genres", "release_year", "price"]
     assert list(data.users.columns) == ["user_id", "age_group", "country"]
     assert len(data.items) == spec.num_items
@@ -120,6 +142,10 @@ def test_timestamps_strictly_increasing_per_user(data: SyntheticData) -> None:
     assert (frame["timestamp"] >= SyntheticSpec().start_timestamp).all()
 
 
+def test_timestamps_are_integer_epoch_seconds(data: SyntheticData) -> None:
+    assert data.interactions["timestamp"].dtype == np.int64
+
+
 def test_popularity_is_skewed(data: SyntheticData) -> None:
     counts = data.interactions["item_id"].value_counts()
     top_share = counts.iloc[: len(data.items) // 10].sum() / len(data.interactions)
@@ -171,11 +197,218 @@ def test_write_channels_round_trip(tmp_path: Path, fmt: str) -> None:
     assert interactions.column("user_id").to_pylist() == data.interactions["user_id"].tolist()
     assert interactions.column("rating").to_pylist() == data.interactions["rating"].tolist()
     assert items.column("genres").to_pylist() == data.items["genres"].tolist()
+    assert interactions.column("event_type").to_pylist() == data.interactions["event_type"].tolist()
+    # A missing device is written as a null (Parquet, JSON) or an empty field (CSV, read back as "").
+    devices = pd.Series(interactions.column("device").to_pylist(), dtype=object)
+    missing = data.interactions["device"].isna().to_numpy()
+    assert missing.any()
+    assert devices[missing].map(lambda value: value in (None, "")).all()
+    assert devices[~missing].tolist() == data.interactions["device"][~missing].tolist()
 
 
 def test_write_channels_rejects_unknown_format(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="xlsx"):
         write_channels(generate(SMALL), tmp_path, fmt="xlsx")
+
+
+# The generative model's effects, each measured in the default data set.
+
+
+def _item_index(data: SyntheticData) -> npt.NDArray[np.int64]:
+    """Each interaction's item as its row in ``data.items`` (the index of the ground truth)."""
+    index: npt.NDArray[np.int64] = pd.Index(data.items["item_id"]).get_indexer(data.interactions["item_id"])
+    return index
+
+
+def _has_genre(data: SyntheticData, genres: tuple[str, ...]) -> npt.NDArray[np.bool_]:
+    """Whether each interaction's item has one of ``genres``."""
+    wanted = set(genres)
+    per_item = data.items["genres"].str.split("|").map(lambda names: bool(wanted & set(names)))
+    return per_item.to_numpy(dtype=bool)[_item_index(data)]
+
+
+def _hours_and_weekdays(data: SyntheticData) -> tuple[pd.Series, pd.Series]:
+    when = pd.to_datetime(data.interactions["timestamp"], unit="s", utc=True)
+    return when.dt.hour, when.dt.day_of_week
+
+
+def _consecutive_pairs(data: SyntheticData, lag: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """(earlier item, later item) of every two events ``lag`` apart in one user's history."""
+    items = _item_index(data)
+    users = data.interactions["user_id"].to_numpy()
+    same_user = users[lag:] == users[:-lag]
+    return items[:-lag][same_user], items[lag:][same_user]
+
+
+def test_successors_are_other_items_of_a_shared_genre(data: SyntheticData) -> None:
+    genre_sets = data.items["genres"].str.split("|").map(set).tolist()
+    successor = data.successor
+
+    assert successor.shape == (len(data.items),)
+    assert successor.dtype == np.int64
+    assert ((successor >= 0) & (successor < len(data.items))).all()
+    assert (successor != np.arange(len(data.items))).all()
+    assert all(genre_sets[item] & genre_sets[int(next_item)] for item, next_item in enumerate(successor))
+
+
+def test_the_next_item_is_often_the_successor_of_the_last(data: SyntheticData) -> None:
+    previous, following = _consecutive_pairs(data)
+    follows = np.mean(data.successor[previous] == following)
+    # Chance level: the successor of some other event's item.
+    shuffled = np.random.default_rng(0).permutation(previous)
+    by_chance = np.mean(data.successor[shuffled] == following)
+    # Order matters: the successor of the item two events back is rarely next.
+    two_back, after_next = _consecutive_pairs(data, lag=2)
+    skipped = np.mean(data.successor[two_back] == after_next)
+
+    assert 0.7 * SUCCESSOR_PROBABILITY < follows <= SUCCESSOR_PROBABILITY + 0.02
+    assert follows > 20 * by_chance
+    assert follows > 5 * skipped
+
+
+def test_timestamps_follow_a_daily_and_weekly_rhythm(data: SyntheticData) -> None:
+    hours, weekdays = _hours_and_weekdays(data)
+    per_hour = hours.value_counts(normalize=True).reindex(range(24), fill_value=0.0)
+    per_day = weekdays.value_counts(normalize=True).reindex(range(7), fill_value=0.0)
+
+    assert per_hour.loc[[19, 20, 21]].mean() > 4 * per_hour.loc[[3, 4, 5]].mean()  # evenings, not 4 a.m.
+    assert per_day.loc[sorted(WEEKEND_DAYS)].mean() > 1.2 * per_day.drop(sorted(WEEKEND_DAYS)).mean()
+    # Sessions: many gaps of minutes, many of days.
+    gaps = data.interactions.groupby("user_id")["timestamp"].diff().dropna()
+    assert (gaps < 3600).mean() > 0.4
+    assert (gaps > 86_400).mean() > 0.2
+
+
+def test_boosted_genres_are_exposed_per_hour_weekday_and_device(data: SyntheticData) -> None:
+    known = set(GENRE_NAMES[: SyntheticSpec().num_genres])
+
+    assert len(data.hour_genres) == 24 and len(data.weekday_genres) == 7
+    assert {hour for hour, genres in enumerate(data.hour_genres) if genres} == NIGHT_HOURS
+    assert {day for day, genres in enumerate(data.weekday_genres) if genres} == WEEKEND_DAYS
+    assert len(set(data.hour_genres) - {()}) == len(set(data.weekday_genres) - {()}) == 1
+    assert tuple(data.device_genres) == DEVICES
+    boosted = [data.hour_genres[0], data.weekday_genres[6], *data.device_genres.values()]
+    assert all(genres and set(genres) <= known for genres in boosted)
+    # Twelve genres are enough for every context to boost its own.
+    assert len({name for genres in boosted for name in genres}) == sum(len(genres) for genres in boosted)
+
+
+def test_night_and_weekend_boost_their_genres(data: SyntheticData) -> None:
+    hours, weekdays = _hours_and_weekdays(data)
+    night = hours.isin(NIGHT_HOURS).to_numpy()
+    weekend = weekdays.isin(WEEKEND_DAYS).to_numpy()
+    night_genres = _has_genre(data, data.hour_genres[0])
+    weekend_genres = _has_genre(data, data.weekday_genres[6])
+
+    assert night_genres[night].mean() > 1.2 * night_genres[~night].mean()
+    assert weekend_genres[weekend].mean() > 1.2 * weekend_genres[~weekend].mean()
+    # The night's genres do not follow the weekend, nor the weekend's the night, as much.
+    assert night_genres[weekend].mean() < 1.1 * night_genres[~weekend].mean()
+    assert weekend_genres[night].mean() < 1.1 * weekend_genres[~night].mean()
+
+
+def test_each_device_boosts_its_genres(data: SyntheticData) -> None:
+    device = data.interactions["device"]
+    known = device.notna().to_numpy()
+
+    for name, genres in data.device_genres.items():
+        on_device = (device == name).to_numpy()
+        boosted = _has_genre(data, genres)
+        assert boosted[on_device].mean() > 1.2 * boosted[known & ~on_device].mean(), name
+
+
+def test_devices_cover_all_with_two_percent_missing(data: SyntheticData) -> None:
+    device = data.interactions["device"]
+    shares = device.value_counts(normalize=True, dropna=False)
+
+    assert set(device.dropna()) == set(DEVICES)
+    assert 0.01 < device.isna().mean() < 0.03
+    assert shares["mobile"] > shares["desktop"] > shares["tv"] > 0.1
+    # A user's devices vary, and a session keeps its device: consecutive events a minute apart
+    # share it far more often than events a week apart.
+    frame = data.interactions.dropna(subset=["device"])
+    same_user = frame["user_id"].eq(frame["user_id"].shift())
+    gap = frame["timestamp"].diff()
+    same_device = frame["device"].eq(frame["device"].shift())
+    assert same_device[same_user & (gap < 600)].mean() > 0.95
+    assert same_device[same_user & (gap > 7 * 86_400)].mean() < 0.8
+
+
+def test_event_types_follow_affinity(data: SyntheticData) -> None:
+    event_type = data.interactions["event_type"]
+    shares = event_type.value_counts(normalize=True)
+    affinity = pd.Series(data.affinity).groupby(event_type.to_numpy()).mean()
+
+    assert set(event_type) == set(EVENT_TYPES)
+    assert shares["click"] == pytest.approx(0.7, abs=0.01)
+    assert shares["cart"] == pytest.approx(0.2, abs=0.01)
+    assert shares["purchase"] == pytest.approx(0.1, abs=0.01)
+    assert affinity["purchase"] > affinity["cart"] + 0.5 > affinity["click"] + 1.0
+    # Among the items a user takes, purchases are of the ones they like most.
+    top_quarter = data.affinity > np.quantile(data.affinity, 0.75)
+    purchase = (event_type == "purchase").to_numpy()
+    assert purchase[top_quarter].mean() > 5 * purchase[~top_quarter].mean()
+
+
+def test_affinity_is_the_taste_of_the_moment(data: SyntheticData) -> None:
+    users = pd.Index(data.users["user_id"]).get_indexer(data.interactions["user_id"])
+    mean_taste = np.einsum("nd,nd->n", data.user_factors[users], data.item_factors[_item_index(data)])
+
+    assert data.affinity.shape == (len(data.interactions),)
+    assert np.corrcoef(mean_taste, data.affinity)[0, 1] > 0.7  # the same, up to the drift
+
+
+def _genre_shares(frame: pd.DataFrame, items: pd.DataFrame, by: str) -> pd.DataFrame:
+    """Share of each genre among each group's interactions (an item counts once per genre)."""
+    genres = items.set_index("item_id")["genres"].str.split("|").rename("genre")
+    exploded = frame[[by, "item_id"]].join(genres, on="item_id").explode("genre")
+    return pd.crosstab(exploded[by], exploded["genre"], normalize="index")
+
+
+def _spread(shares: pd.DataFrame) -> float:
+    """Largest total-variation distance between one group's genre shares and the mean's."""
+    return float((shares - shares.mean()).abs().sum(axis=1).max() / 2)
+
+
+@pytest.mark.parametrize("attribute", ["age_group", "country"])
+def test_user_attributes_shift_the_genres(data: SyntheticData, attribute: str) -> None:
+    frame = data.interactions.join(data.users.set_index("user_id"), on="user_id")
+    shuffled = data.users.assign(**{attribute: np.random.default_rng(0).permutation(data.users[attribute])})
+    baseline = data.interactions.join(shuffled.set_index("user_id"), on="user_id")
+
+    spread = _spread(_genre_shares(frame, data.items, attribute))
+    shuffled_spread = _spread(_genre_shares(baseline, data.items, attribute))
+    assert spread > 0.05
+    assert spread > 2 * shuffled_spread
+
+
+def test_attributes_alone_beat_popularity_for_new_users(data: SyntheticData) -> None:
+    """The most popular items of a user's age group and country, from other users, against the
+    most popular overall: recall@20 of held-out users' items."""
+    frame = data.interactions.join(data.users.set_index("user_id"), on="user_id")
+    held_out = set(np.random.default_rng(0).choice(data.users["user_id"], size=300, replace=False))
+    test = frame["user_id"].isin(held_out)
+    train = frame[~test]
+    overall = set(train["item_id"].value_counts().index[:20])
+    by_group = {
+        group: set(rows["item_id"].value_counts().index[:20])
+        for group, rows in train.groupby(["age_group", "country"])
+    }
+    recall_group, recall_popular = [], []
+    for (age_group, country), rows in frame[test].groupby(["age_group", "country"]):
+        top = by_group.get((age_group, country), overall)
+        for items in rows.groupby("user_id")["item_id"]:
+            taken, size = set(items[1]), min(20, len(items[1]))
+            recall_group.append(len(taken & top) / size)
+            recall_popular.append(len(taken & overall) / size)
+
+    assert np.mean(recall_group) > 1.05 * np.mean(recall_popular)
+
+
+def test_default_size_stays_small(data: SyntheticData) -> None:
+    # `make run` trains on the default data set in well under two minutes: keep it so.
+    assert len(data.interactions) < 1.1 * 30_270  # the default's size before events had context
+    assert len(data.interactions) > 0.9 * 30_270
 
 
 # The scaled generator: O(interactions) work, written as time-sliced parts.
