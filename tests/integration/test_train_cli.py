@@ -143,7 +143,9 @@ def test_evaluate_prints_json_metrics(job: Job) -> None:
 def test_evaluate_json_stays_parseable_when_rows_are_skipped(job: Job, tmp_path: Path) -> None:
     """The warning about skipped rows is a log line: it must not land in the JSON on stdout."""
     test_file = tmp_path / "with_ghost.csv"
-    test_file.write_text(job.test_file.read_text() + "ghost-user,i0001,5,1700000000\n")
+    test = pd.read_csv(job.test_file, dtype=str, keep_default_na=False)
+    ghost = test.iloc[[0]].assign(user_id="ghost-user")
+    pd.concat([test, ghost]).to_csv(test_file, index=False)
 
     result = _recsys(["evaluate", "--model-dir", str(job.model_dir), "--test", str(test_file), "--json"])
 
