@@ -5,6 +5,7 @@ Run from the repository root::
     python -m benchmarks.quality                        # protocols A, B and cold users, every model
     python -m benchmarks.quality --protocol a --hyperparameters '{"epochs": "5"}'
     python -m benchmarks.quality --variant 'attention={"history_encoder": "attention"}'
+    python -m benchmarks.quality --protocol a --references none --variant 'no time={"time_features": "false"}'
     python -m benchmarks.quality --json                 # the side-by-side table as JSON on stdout
     python -m benchmarks.quality --markdown             # ... as a markdown table (for the README)
 
@@ -699,6 +700,28 @@ def target_verdicts(results: Mapping[str, Any], labels: Sequence[str]) -> list[s
     return lines
 
 
+def variant_deltas(results: Mapping[str, Any], labels: Sequence[str]) -> list[str]:
+    """Each variant's NDCG@10 against the default row's, per protocol, also in units of the default's
+    standard error: a feature that costs more than one standard error is a cost, not noise."""
+    lines = []
+    for key, result in results["protocols"].items():
+        models = result["models"]
+        base = models.get(DEFAULT_LABEL)
+        if base is None:
+            continue
+        for label in labels:
+            if label == DEFAULT_LABEL or label not in models:
+                continue
+            difference = models[label][f"ndcg@{K}"] - base[f"ndcg@{K}"]
+            se = base[f"ndcg@{K}_se"]
+            units = difference / se if se > 0 else 0.0
+            verdict = "within one standard error" if abs(units) <= 1.0 else "more than one standard error"
+            lines.append(
+                f"{key}: {label} - {DEFAULT_LABEL} = {difference:+.4f} NDCG@{K} ({units:+.2f} SE): {verdict}"
+            )
+    return lines
+
+
 def format_details(results: Mapping[str, Any]) -> str:
     lines = []
     for key, result in results["protocols"].items():
@@ -919,6 +942,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print(format_details(results))
     for line in target_verdicts(results, [v.label for v in variants]):
+        print(line)
+    for line in variant_deltas(results, [v.label for v in variants]):
         print(line)
     load_average = results["machine"]["load_average_at_end"]
     print(

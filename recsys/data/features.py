@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -372,3 +372,66 @@ def feature_cardinalities(encoding: FeatureEncoding) -> tuple[tuple[int, int], .
 
 def column_names(encoding: FeatureEncoding) -> Sequence[str]:
     return [c.name for c in encoding.categorical] + [n.name for n in encoding.numeric]
+
+
+@dataclass(frozen=True)
+class EncodedValues:
+    """Attribute values given for entities outside the table (a request's new user), encoded as the
+    table was: ``categorical[c]`` [B, max_values_c] codes, ``numeric`` [B, F] standardised."""
+
+    categorical: tuple[np.ndarray, ...]
+    numeric: np.ndarray
+    unknown: tuple[tuple[str, str], ...]  # (column, value) pairs no training row had: code 0
+
+
+def encode_values(encoding: FeatureEncoding, records: Sequence[Mapping[str, Any]]) -> EncodedValues:
+    """Encode one mapping of column -> value per entity with the table's ``encoding``.
+
+    A column left out, or a null, is missing (code 0, numeric 0: the learnt "unknown" embedding);
+    a categorical value no training row had is missing too, and is listed in ``unknown``. Raises
+    ``ValueError`` naming a column the table never had (with the ones it has), or a numeric column
+    given a value that is not a number.
+    """
+    known = set(column_names(encoding))
+    for record in records:
+        extra = sorted(set(record) - known)
+        if extra:
+            raise ValueError(
+                f"unknown attribute column(s): {', '.join(map(repr, extra))}; the model's attribute "
+                f"columns: {', '.join(column_names(encoding)) or '(none)'}"
+            )
+    unknown: list[tuple[str, str]] = []
+    categorical = []
+    for column in encoding.categorical:
+        index = {value: i + 1 for i, value in enumerate(column.values)}
+        codes = np.zeros((len(records), column.max_values), dtype=np.int64)
+        for row, record in enumerate(records):
+            raw = record.get(column.name)
+            # As in training: a multi-valued column splits on the separator (or takes a list); a
+            # single value is matched as written.
+            if column.multi_valued:
+                values = _split_values(raw, encoding.separator)
+            else:
+                values = [] if raw is None or raw == "" else [str(raw)]
+            for slot, value in enumerate(values):
+                if slot >= column.max_values:
+                    break
+                code = index.get(value, 0)
+                if code == 0:
+                    unknown.append((column.name, value))
+                codes[row, slot] = code
+        categorical.append(codes)
+    numeric = np.zeros((len(records), len(encoding.numeric)), dtype=np.float32)
+    for f, spec in enumerate(encoding.numeric):
+        for row, record in enumerate(records):
+            raw = record.get(spec.name)
+            if raw is None:
+                continue
+            try:
+                number = float(raw)
+            except (TypeError, ValueError):
+                raise ValueError(f"attribute column {spec.name!r} is numeric; got {raw!r}") from None
+            if not np.isfinite(number):
+                raise ValueError(f"attribute column {spec.name!r} is numeric; got {raw!r}")
+            numeric[row, f] = (number - spec.mean) / spec.std
+    return EncodedValues(tuple(categorical), numeric, tuple(unknown))

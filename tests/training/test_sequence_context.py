@@ -9,6 +9,12 @@ import torch
 
 from recsys.config import resolve_train_config
 from recsys.data.context import RowEncoding, gap_codes, hour_codes, weekday_codes
+from recsys.data.features import (
+    FeatureDeclaration,
+    encode_attributes,
+    encode_values,
+    feature_cardinalities,
+)
 from recsys.data.interactions import (
     IndexedInteractions,
     InteractionColumns,
@@ -18,7 +24,7 @@ from recsys.data.interactions import (
 )
 from recsys.data.vocab import Vocabulary
 from recsys.errors import ConfigError, DataError
-from recsys.models.ncf import NCF, ModelConfig, UserExtras
+from recsys.models.ncf import NCF, AttributeValues, FeatureSpec, ModelConfig, UserExtras
 from recsys.training.batches import DeviceInteractions, RowArrays
 from recsys.training.job import check_event_settings
 from recsys.training.loop import FitSettings, fit
@@ -180,3 +186,105 @@ def test_event_weights_that_name_no_event_type_of_the_data_are_refused() -> None
 def test_bad_event_weights_name_the_value(raw: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         resolve_train_config({"event_weights": raw})
+
+
+def test_event_types_move_the_ranking_the_way_the_data_does() -> None:
+    # After buying item 0 users take item 1 (its accessory); after only clicking it, item 2 (an
+    # alternative). The same history of items, with another event type on item 0, must flip the answer.
+    click, purchase = 1, 2
+    rng = np.random.default_rng(3)
+    sequences, events = [], []
+    for _ in range(300):
+        fillers = [int(i) for i in rng.choice(np.arange(3, NUM_ITEMS), 2, replace=False)]
+        bought = bool(rng.random() < 0.5)
+        sequences.append([*fillers, 0, 1 if bought else 2])
+        events.append([click, click, purchase if bought else click, click])
+    config = ModelConfig(
+        "gmf",
+        num_users=len(sequences),
+        num_items=NUM_ITEMS,
+        embedding_dim=16,
+        dropout=0.0,
+        use_user_id=False,
+        history_length=4,
+        num_event_types=3,
+    )
+    torch.manual_seed(0)
+    model = NCF(config)
+    rows = RowArrays(events=np.concatenate(events).astype(np.int64))
+    train = DeviceInteractions.from_indexed(_indexed(sequences), torch.device("cpu"), rows)
+    fit(model, train, None, _settings(30, 4), device=torch.device("cpu"))
+
+    history = [5, 0]
+    after_purchase = _top(model, history, UserExtras(history_events=torch.tensor([[purchase, click]])))
+    after_click = _top(model, history, UserExtras(history_events=torch.tensor([[click, click]])))
+    assert (after_purchase, after_click) == (1, 2)
+
+
+def test_a_new_user_described_only_by_attributes_is_scored_from_them() -> None:
+    # Segment "a" picks items 0-5, segment "b" items 6-11. A user who was never in training, with a
+    # history that says nothing (one item of each half), is ranked by the segment a request gives.
+    rng = np.random.default_rng(4)
+    segments = rng.integers(0, 2, 200)
+    sequences = [[int(i) for i in rng.choice(6, 4, replace=False) + 6 * s] for s in segments]
+    ids = [f"u{i:03d}" for i in range(len(sequences))]
+    vocabulary = Vocabulary(ids)
+    users = pa.table({"user_id": ids, "segment": np.where(segments == 0, "a", "b").tolist()})
+    encoding, arrays = encode_attributes(
+        users,
+        id_column="user_id",
+        vocabulary=vocabulary,
+        declaration=FeatureDeclaration(categorical=("segment",)),
+        channel="users",
+    )
+    config = ModelConfig(
+        "gmf",
+        num_users=len(ids),
+        num_items=NUM_ITEMS,
+        embedding_dim=16,
+        dropout=0.0,
+        use_user_id=False,
+        history_length=4,
+        user_features=FeatureSpec(len(ids), feature_cardinalities(encoding), 0),
+        # Training hides attributes at random, as serving meets users without them.
+        feature_dropout=0.2,
+    )
+    torch.manual_seed(0)
+    model = NCF(config)
+    model.load_attributes(
+        None, ([torch.from_numpy(a) for a in arrays.categorical], torch.from_numpy(arrays.numeric))
+    )
+    train = DeviceInteractions.from_indexed(_indexed(sequences), torch.device("cpu"))
+    fit(model, train, None, _settings(30, 4), device=torch.device("cpu"))
+
+    def top_for(attributes: dict[str, object]) -> int:
+        values = encode_values(encoding, [attributes])
+        given = AttributeValues(
+            tuple(torch.from_numpy(c) for c in values.categorical), torch.from_numpy(values.numeric)
+        )
+        return _top(model, [0, 7], UserExtras(attributes=given))
+
+    assert top_for({"segment": "a"}) < 6 <= top_for({"segment": "b"})
+
+
+def test_attribute_values_are_encoded_as_the_table_was_and_bad_ones_are_named() -> None:
+    ids = ["u1", "u2", "u3"]
+    users = pa.table({"user_id": ids, "age": [20.0, 30.0, 40.0], "genres": ["x|y", "y", "z"]})
+    encoding, _ = encode_attributes(
+        users,
+        id_column="user_id",
+        vocabulary=Vocabulary(ids),
+        declaration=FeatureDeclaration(multi_valued=("genres",), numeric=("age",)),
+        channel="users",
+    )
+
+    values = encode_values(encoding, [{"age": 30, "genres": "z|w"}, {}])
+
+    assert values.categorical[0].tolist() == [[3, 0], [0, 0]]
+    assert values.numeric[:, 0].tolist() == [0.0, 0.0]
+    assert values.unknown == (("genres", "w"),)
+    assert encode_values(encoding, [{"age": 40}]).numeric[0, 0] == pytest.approx(1.2247, abs=1e-4)
+    with pytest.raises(ValueError, match=r"unknown attribute column\(s\): 'agegroup'.*columns: genres, age"):
+        encode_values(encoding, [{"agegroup": "25-34"}])
+    with pytest.raises(ValueError, match="'age' is numeric; got 'old'"):
+        encode_values(encoding, [{"age": "old"}])
