@@ -24,6 +24,7 @@ from recsys.errors import UserError
 from recsys.sagemaker.contract import ContainerPaths
 from recsys.sagemaker.train import train
 from recsys.serving.engine import MAX_K, Query, Recommendation, Recommender
+from tests.conftest import FAST_HYPERPARAMETERS, build_tree
 from tests.serving.trained_model import trained_tree
 
 
@@ -580,3 +581,64 @@ def test_known_users_rank_the_same_with_or_without_a_history_row_in_the_batch(
     )
     assert mixed[-1].kind == "history"
     assert [r.item_ids for r in alone] == [r.item_ids for r in mixed[:10]]
+
+
+# --- the newer model parts, served -------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def attention_pair_recommender(tmp_path_factory: pytest.TempPathFactory) -> Recommender:
+    base = tmp_path_factory.mktemp("attention_pairs_opt_ml")
+    hyperparameters = {**PAIR_HYPERPARAMETERS, "history_encoder": "attention", "epochs": "12"}
+    (base / "input" / "config").mkdir(parents=True)
+    (base / "input" / "config" / "hyperparameters.json").write_text(json.dumps(hyperparameters))
+    train_dir = base / "input" / "data" / "train"
+    train_dir.mkdir(parents=True)
+    write_table(_pair_interactions(), train_dir / "interactions.csv")
+
+    code = train(ContainerPaths(base))
+
+    failure = base / "output" / "failure"
+    assert code == 0, failure.read_text() if failure.exists() else code
+    return Recommender.load(base / "model")
+
+
+def test_a_served_attention_model_ranks_b_first_after_a(attention_pair_recommender: Recommender) -> None:
+    assert attention_pair_recommender.artifact.model_config.history_encoder == "attention"
+    results = attention_pair_recommender.recommend(
+        [Query(history=(f"a{j:02d}",), k=3) for j in range(NUM_PAIRS)]
+    )
+
+    firsts = [r.item_ids[0] for r in results]
+    assert sum(first == f"b{j:02d}" for j, first in enumerate(firsts)) >= 0.8 * NUM_PAIRS, firsts
+    # Known users: their stored history ends with some b_j, and what they have seen never returns.
+    known = attention_pair_recommender.recommend([Query(user_id="p0000", k=5)])[0]
+    assert known.kind == "user" and not known.fallback
+    seen = set(_pair_interactions().query("user_id == 'p0000'")["item_id"])
+    assert not seen & set(known.item_ids)
+
+
+def test_a_model_with_device_context_and_event_types_serves_every_kind_of_query(
+    tmp_path_factory: pytest.TempPathFactory, tiny_data: SyntheticData
+) -> None:
+    base = build_tree(
+        tmp_path_factory.mktemp("context_opt_ml"),
+        tiny_data,
+        hyperparameters={**FAST_HYPERPARAMETERS, "context_columns": "device"},
+    )
+    assert train(ContainerPaths(base)) == 0
+    served = Recommender.load(base / "model")
+    encodings = json.loads((base / "model" / "encodings.json").read_text())["rows"]
+    assert encodings["event_types"] == ["cart", "click", "purchase"]
+    assert [name for name, _ in encodings["categorical"]] == ["device"]
+    user = str(tiny_data.interactions["user_id"].iloc[0])
+    item = str(tiny_data.items["item_id"].iloc[0])
+
+    results = served.recommend(
+        [Query(user_id=user, k=5), Query(history=(item,), k=5), Query(item_id=item, k=5)]
+    )
+
+    assert [r.kind for r in results] == ["user", "history", "similar"]
+    assert all(len(r.item_ids) == 5 and not r.fallback for r in results)
+    seen = set(tiny_data.interactions.loc[tiny_data.interactions["user_id"] == user, "item_id"])
+    assert not seen & set(results[0].item_ids)
