@@ -94,13 +94,14 @@ run: $(RUNTIME)
 	@rm -rf $(LOCAL_ML) || { echo "cannot remove $(LOCAL_ML): an earlier container wrote it as root; remove it with sudo rm -rf $(LOCAL_ML)"; exit 1; }
 	@rm -rf $(LOCAL_DATA)
 	$(BIN)/recsys generate-data --output $(LOCAL_DATA)
-	$(BIN)/recsys train --base-dir $(LOCAL_ML) --train $(LOCAL_DATA)/train --items $(LOCAL_DATA)/items --users $(LOCAL_DATA)/users
+	$(BIN)/recsys train --base-dir $(LOCAL_ML) --train $(LOCAL_DATA)/train --items $(LOCAL_DATA)/items --users $(LOCAL_DATA)/users \
+		-H context_columns=device
 	@echo
 	@echo "== example recommendations (top 5) =="
 	$(BIN)/recsys recommend --model-dir $(LOCAL_ML)/model --user u0001 --user u0002 \
 		--history i0003,i0017,i0042 --k 5
 	@echo
-	@echo "model: $(LOCAL_ML)/model   report: $(LOCAL_ML)/output/data (metrics.json, learning_curves.png)"
+	@echo "model: $(LOCAL_ML)/model   report: $(LOCAL_ML)/output/data/report.html (and metrics.json)"
 
 serve: $(RUNTIME)
 	SAGEMAKER_BASE_DIR=$(LOCAL_ML) SAGEMAKER_BIND_TO_PORT=$(PORT) $(BIN)/recsys serve

@@ -205,7 +205,7 @@ _TYPE_NAMES = {
     "bool": "true or false",
     "str": "a string",
     "tuple[int, ...]": "a list of integers",
-    "tuple[str, ...]": "a list of column names",
+    "tuple[str, ...]": "a comma-separated list of names",
     "float | None": "a number",
     "dict[str, float]": "an object of numbers",
 }

@@ -15,8 +15,8 @@ signal a recommender here can use is really in it. The generative model, in orde
 - item popularity follows a Zipf-like power law over a random ranking of the items;
 - context genres: a random permutation of the genres assigns ``_BOOSTED_PER_CONTEXT`` genres to
   each of night (UTC hours 22-05), the weekend (Saturday, Sunday) and each device ("mobile",
-  "desktop", "tv"); an item with one of a context's genres is ``exp(_CONTEXT_BOOST)`` times as
-  likely to be picked in that context;
+  "desktop", "tv"); an item with one of a context's genres is ``exp(_CONTEXT_BOOST)`` (about 7)
+  times as likely to be picked in that context;
 - the number of events per user is lognormal around the mean (at least 5, at most the catalogue);
 - timestamps (epoch seconds, UTC): each user joins at a uniform time, then events follow in
   sessions (a gap of minutes continues a session, ``_SESSION_CONTINUE`` of the time, else a gap
@@ -26,16 +26,19 @@ signal a recommender here can use is really in it. The generative model, in orde
 - each user has their own mix of devices (a Dirichlet draw around 50/30/20 % mobile, desktop,
   tv); each session's device is drawn from it and holds for the session's events;
 - each user's taste drifts linearly along a random direction over their history. Events are
-  drawn in order: with probability ``SUCCESSOR_PROBABILITY`` the next item is the successor of
-  the previous one (when the user has not had it yet), else it is picked among the user's
+  drawn in order: with a probability that depends on the previous event's type
+  (``SUCCESSOR_PROBABILITIES``: 0.2 after a click, 0.5 after a cart, 0.9 after a purchase, as a
+  purchase leads to its accessory) the next item is the successor of the previous one (when the
+  user has not had it yet), else it is picked among the user's
   unseen items with probability proportional to
   ``popularity * exp(affinity / temperature) * context boosts`` under the taste of that moment
   (Gumbel max), so order matters, recent items predict the next one better than old ones, and the
   hour, weekday and device shift the genres;
 - ratings 1-5 come from the affinity at the time of the event plus user, item and noise terms,
   cut at fixed quantiles so that their histogram resembles MovieLens;
-- event types: affinity plus noise, cut at fixed quantiles into 70 % "click", 20 % "cart" and
-  10 % "purchase", so purchases are of the items the user likes most;
+- event types: the picked item's affinity plus noise, cut at each step's quantiles into 70 %
+  "click", 20 % "cart" and 10 % "purchase", so purchases are of the items the user likes most
+  (and they make the successor likely next);
 - ``_MISSING_DEVICE_SHARE`` of the events lose their device (null in the table; the true
   device still shaped the pick), as real logs do.
 
@@ -68,7 +71,7 @@ __all__ = [
     "ITEMS_CHANNEL",
     "MIN_INTERACTIONS_PER_USER",
     "NIGHT_HOURS",
-    "SUCCESSOR_PROBABILITY",
+    "SUCCESSOR_PROBABILITIES",
     "TRAIN_CHANNEL",
     "USERS_CHANNEL",
     "WEEKEND_DAYS",
@@ -114,7 +117,8 @@ EVENT_TYPES: tuple[str, ...] = ("click", "cart", "purchase")  # in increasing or
 NIGHT_HOURS: frozenset[int] = frozenset({22, 23, 0, 1, 2, 3, 4, 5})  # UTC hours whose genres are boosted
 WEEKEND_DAYS: frozenset[int] = frozenset({5, 6})  # Saturday, Sunday (Monday = 0)
 MIN_INTERACTIONS_PER_USER = 5
-SUCCESSOR_PROBABILITY = 0.35  # chance that the next event is the previous item's successor
+# Chance that the next event is the previous item's successor, by the previous event's type.
+SUCCESSOR_PROBABILITIES: Mapping[str, float] = MappingProxyType({"click": 0.2, "cart": 0.5, "purchase": 0.9})
 
 TRAIN_CHANNEL = "train"
 ITEMS_CHANNEL = "items"
@@ -134,8 +138,9 @@ _COUNTRY_TASTE_SHARE = 0.25  # ... and their country
 _RATING_CDF = (0.06, 0.17, 0.44, 0.78)  # cumulative shares of ratings 1-4 (MovieLens-like)
 _EVENT_TYPE_CDF = (0.70, 0.90)  # cumulative shares of click, cart (purchase takes the rest)
 _EVENT_NOISE = 0.5  # noise added to the affinity before it is cut into event types
+_MIN_QUANTILE_SAMPLE = 200  # a step with fewer events reuses the previous step's event-type cut points
 _BOOSTED_PER_CONTEXT = 2  # genres boosted by each context (night, weekend, each device)
-_CONTEXT_BOOST = 1.0  # log of the pick-probability factor of an item of a boosted genre
+_CONTEXT_BOOST = 2.0  # log of the pick-probability factor of an item of a boosted genre
 _DEVICE_SHARES = (0.5, 0.3, 0.2)  # mean mix of mobile, desktop, tv
 _DEVICE_CONCENTRATION = 2.0  # Dirichlet concentration of a user's device mix (lower: more personal)
 _MISSING_DEVICE_SHARE = 0.02  # events whose device is not recorded
@@ -208,7 +213,7 @@ class SyntheticData:
     The ground truth (empty when a caller builds ``SyntheticData`` from its own tables); items and
     users are indexed by their row in ``items`` and ``users``:
 
-    - ``successor``: [N] the item index that follows each item with ``SUCCESSOR_PROBABILITY``;
+    - ``successor``: [N] the item index that follows each item (``SUCCESSOR_PROBABILITIES``);
     - ``hour_genres``: 24 tuples, the genre names boosted at each UTC hour (night hours' genres);
     - ``weekday_genres``: 7 tuples (Monday = 0), the genre names boosted on each day (weekend's);
     - ``device_genres``: device -> the genre names it boosts;
@@ -379,8 +384,9 @@ def _sample_events(
     counts: IntArray,
     first_row: IntArray,
     rng: np.random.Generator,
-) -> IntArray:
-    """[P] the item of each event (rows grouped by user, in time order), drawn step by step.
+) -> tuple[IntArray, IntArray, FloatArray]:
+    """[P] the item, event-type class and affinity of each event (rows grouped by user, in time
+    order), drawn step by step.
 
     ``context_logits`` [K, N] holds the log popularity plus the context boosts of each item in
     each of K combinations of contexts, ``event_context`` [P] the combination of each event.
@@ -388,6 +394,10 @@ def _sample_events(
     """
     num_users, num_items = user_factors.shape[0], item_factors.shape[0]
     items_out = np.empty(history_time.size, dtype=np.int64)
+    events_out = np.empty(history_time.size, dtype=np.int64)
+    affinity_out = np.empty(history_time.size, dtype=np.float64)
+    follow_probability = np.asarray([SUCCESSOR_PROBABILITIES[name] for name in EVENT_TYPES])
+    cut_points: FloatArray | None = None
     block_size = max(1, _BLOCK_ELEMENTS // num_items)
     scaled_items = item_factors.T / _TEMPERATURE
     for start in range(0, num_users, block_size):
@@ -412,11 +422,18 @@ def _sample_events(
             picked = np.argmax(np.divide(weights, race, out=race), axis=1)
             if step > 0:
                 follower = successor[items_out[rows - 1]]
-                follow = (rng.random(local.size) < SUCCESSOR_PROBABILITY) & ~chosen[local, follower]
+                chance = follow_probability[events_out[rows - 1]]
+                follow = (rng.random(local.size) < chance) & ~chosen[local, follower]
                 picked = np.where(follow, follower, picked)
             chosen[local, picked] = True
             items_out[rows] = picked
-    return items_out
+            affinity = np.einsum("ad,ad->a", taste, item_factors[picked])
+            affinity_out[rows] = affinity
+            noisy = affinity + rng.normal(0.0, _EVENT_NOISE, size=local.size)
+            if cut_points is None or local.size >= _MIN_QUANTILE_SAMPLE:
+                cut_points = np.quantile(noisy, _EVENT_TYPE_CDF)
+            events_out[rows] = np.searchsorted(cut_points, noisy)
+    return items_out, events_out, affinity_out
 
 
 def _cut_at_quantiles(scores: FloatArray, cdf: tuple[float, ...]) -> IntArray:
@@ -479,7 +496,7 @@ def generate(spec: SyntheticSpec | None = None) -> SyntheticData:
     # Position of each event in its user's history, as a time in (-0.5, 0.5).
     position = np.arange(size) - first_row[user_index]
     history_time = (position + 0.5) / counts[user_index] - 0.5
-    item_index = _sample_events(
+    item_index, event_class, affinity = _sample_events(
         user_factors,
         drift,
         item_factors,
@@ -492,13 +509,10 @@ def generate(spec: SyntheticSpec | None = None) -> SyntheticData:
         rng,
     )
 
-    taste = user_factors[user_index] + history_time[:, None] * drift[user_index]
-    affinity = np.einsum("nd,nd->n", taste, item_factors[item_index])
     user_bias = rng.normal(0.0, 0.4, size=num_users)
     item_bias = rng.normal(0.0, 0.4, size=num_items)
     rating_scores = affinity + user_bias[user_index] + item_bias[item_index] + rng.normal(0.0, 0.5, size=size)
     ratings = _cut_at_quantiles(rating_scores, _RATING_CDF) + 1
-    event_class = _cut_at_quantiles(affinity + rng.normal(0.0, _EVENT_NOISE, size=size), _EVENT_TYPE_CDF)
     devices = np.asarray(DEVICES, dtype=object)[device]
     devices[rng.random(size) < _MISSING_DEVICE_SHARE] = None
 
