@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -499,11 +500,9 @@ def _pair_interactions(seed: int = 0) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"])
 
 
-@pytest.fixture(scope="module")
-def pair_recommender(tmp_path_factory: pytest.TempPathFactory) -> Recommender:
-    base = tmp_path_factory.mktemp("pairs_opt_ml")
+def _trained_on_pairs(base: Path, hyperparameters: dict[str, str]) -> Recommender:
     (base / "input" / "config").mkdir(parents=True)
-    (base / "input" / "config" / "hyperparameters.json").write_text(json.dumps(PAIR_HYPERPARAMETERS))
+    (base / "input" / "config" / "hyperparameters.json").write_text(json.dumps(hyperparameters))
     train_dir = base / "input" / "data" / "train"
     train_dir.mkdir(parents=True)
     write_table(_pair_interactions(), train_dir / "interactions.csv")
@@ -513,6 +512,11 @@ def pair_recommender(tmp_path_factory: pytest.TempPathFactory) -> Recommender:
     failure = base / "output" / "failure"
     assert code == 0, failure.read_text() if failure.exists() else code
     return Recommender.load(base / "model")
+
+
+@pytest.fixture(scope="module")
+def pair_recommender(tmp_path_factory: pytest.TempPathFactory) -> Recommender:
+    return _trained_on_pairs(tmp_path_factory.mktemp("pairs_opt_ml"), PAIR_HYPERPARAMETERS)
 
 
 def test_history_of_a_ranks_its_b_first(pair_recommender: Recommender) -> None:
@@ -588,19 +592,8 @@ def test_known_users_rank_the_same_with_or_without_a_history_row_in_the_batch(
 
 @pytest.fixture(scope="module")
 def attention_pair_recommender(tmp_path_factory: pytest.TempPathFactory) -> Recommender:
-    base = tmp_path_factory.mktemp("attention_pairs_opt_ml")
     hyperparameters = {**PAIR_HYPERPARAMETERS, "history_encoder": "attention", "epochs": "12"}
-    (base / "input" / "config").mkdir(parents=True)
-    (base / "input" / "config" / "hyperparameters.json").write_text(json.dumps(hyperparameters))
-    train_dir = base / "input" / "data" / "train"
-    train_dir.mkdir(parents=True)
-    write_table(_pair_interactions(), train_dir / "interactions.csv")
-
-    code = train(ContainerPaths(base))
-
-    failure = base / "output" / "failure"
-    assert code == 0, failure.read_text() if failure.exists() else code
-    return Recommender.load(base / "model")
+    return _trained_on_pairs(tmp_path_factory.mktemp("attention_pairs_opt_ml"), hyperparameters)
 
 
 def test_a_served_attention_model_ranks_b_first_after_a(attention_pair_recommender: Recommender) -> None:
