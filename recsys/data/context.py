@@ -18,6 +18,8 @@ The time features are derived from the event's timestamp, in UTC:
 
 from __future__ import annotations
 
+import datetime as dt
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,6 +72,32 @@ def previous_gaps(timestamps: np.ndarray, indptr: np.ndarray) -> np.ndarray:
 def time_context(timestamps: np.ndarray, gaps: np.ndarray) -> np.ndarray:
     """[P, 3] int32 codes (hour, weekday, since-last-event) of events at ``timestamps``."""
     return np.stack([hour_codes(timestamps), weekday_codes(timestamps), gap_codes(gaps)], axis=1)
+
+
+def epoch_seconds(value: Any) -> float:
+    """A moment as epoch seconds: a number of seconds, or ISO 8601 text (UTC unless it says).
+
+    Raises ``ValueError`` naming what it got."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            raise ValueError(f"a timestamp must be finite; got {value!r}")
+        return float(value)
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            return float(text)
+        except ValueError:
+            pass
+        try:
+            moment = dt.datetime.fromisoformat(text)
+        except ValueError:
+            raise ValueError(
+                f"a timestamp is epoch seconds or ISO 8601 (2026-12-02T18:30:00Z); got {value!r}"
+            ) from None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=dt.UTC)
+        return moment.timestamp()
+    raise ValueError(f"a timestamp is epoch seconds or ISO 8601 text; got {value!r}")
 
 
 @dataclass(frozen=True)

@@ -450,9 +450,18 @@ class EntityEncoder(nn.Module):
         return cast(Tensor | None, self.event_embedding(events, gaps, shape, hide=self._hide()))
 
     def users(
-        self, users: Tensor, history: Tensor, history_mask: Tensor, extras: UserExtras | None = None
+        self,
+        users: Tensor,
+        history: Tensor,
+        history_mask: Tensor,
+        extras: UserExtras | None = None,
+        *,
+        with_context: bool = True,
     ) -> Tensor:
-        """users [B] (num_users = unknown), history [B, L] most recent first, mask [B, L] -> [B, D]."""
+        """users [B] (num_users = unknown), history [B, L] most recent first, mask [B, L] -> [B, D].
+
+        Without ``with_context``, the context term is left out: it is a sum's last term, so serving
+        adds ``moment`` of each request to a user vector computed (and cached) without it."""
         extras = extras or UserExtras()
         parts: list[Tensor] = []
         profile = self._profile(users, extras)
@@ -467,11 +476,14 @@ class EntityEncoder(nn.Module):
             )
         elif self.attention is not None:
             parts.append(self._attend_history(history, history_mask, extras))
-        if self.context is not None:
-            parts.append(
-                self.context(extras.context, extras.context_numeric, (users.shape[0],), hide=self._hide())
-            )
+        if self.context is not None and with_context:
+            parts.append(self.moment(extras.context, extras.context_numeric, users.shape[0]))
         return torch.stack(parts).sum(0)
+
+    def moment(self, codes: Tensor | None, numeric: Tensor | None, batch: int) -> Tensor:
+        """The context term of B user vectors: codes [B, C], numeric [B, Cn] -> [B, D]."""
+        assert self.context is not None
+        return cast(Tensor, self.context(codes, numeric, (batch,), hide=self._hide()))
 
     def _attend_history(self, history: Tensor, mask: Tensor, extras: UserExtras) -> Tensor:
         """The output of the start token and the latest L events, in time order, at the last one."""
@@ -567,13 +579,31 @@ class NCF(nn.Module):
         self.mlp_out = nn.Linear(last_mlp, 1, bias=False) if has_mlp else None
 
     def encode_users(
-        self, users: Tensor, history: Tensor, history_mask: Tensor, extras: UserExtras | None = None
+        self,
+        users: Tensor,
+        history: Tensor,
+        history_mask: Tensor,
+        extras: UserExtras | None = None,
+        *,
+        with_context: bool = True,
     ) -> UserState:
         gmf = mlp = None
         if self.gmf_encoder is not None and self.gmf_out is not None:
-            gmf = self.gmf_encoder.users(users, history, history_mask, extras) * self.gmf_out
+            vectors = self.gmf_encoder.users(users, history, history_mask, extras, with_context=with_context)
+            gmf = vectors * self.gmf_out
         if self.mlp_encoder is not None and self.mlp_user_in is not None:
-            mlp = self.mlp_user_in(self.mlp_encoder.users(users, history, history_mask, extras))
+            vectors = self.mlp_encoder.users(users, history, history_mask, extras, with_context=with_context)
+            mlp = self.mlp_user_in(vectors)
+        return UserState(gmf, mlp)
+
+    def encode_moment(self, codes: Tensor | None, numeric: Tensor | None, batch: int) -> UserState:
+        """The context's share of B users' states: added to ``encode_users(..., with_context=False)``
+        it gives ``encode_users(...)`` (both user sides are linear in the sum that holds it)."""
+        gmf = mlp = None
+        if self.gmf_encoder is not None and self.gmf_out is not None:
+            gmf = self.gmf_encoder.moment(codes, numeric, batch) * self.gmf_out
+        if self.mlp_encoder is not None and self.mlp_user_in is not None:
+            mlp = self.mlp_user_in(self.mlp_encoder.moment(codes, numeric, batch))
         return UserState(gmf, mlp)
 
     def encode_windows(self, batch: SequenceBatch) -> UserState:

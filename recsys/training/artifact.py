@@ -10,8 +10,14 @@ Layout (all under ``model/``):
   encodings and arrays (raw numeric values too, for serving-time filters).
 - ``encodings.json``: ``Artifact.feature_encodings``, any JSON object (event-type and context
   vocabularies, say); ``{}`` when there are none.
-- ``seen_indptr.npy`` / ``seen_items.npy``: each known user's items, oldest first (CSR): the
-  exclusion list and the history of known users at serving time.
+- ``seen_indptr.npy`` / ``seen_items.npy``: each known user's items, oldest first (CSR), from every
+  interaction channel the job read (train and validation): the exclusion list and the history of
+  known users at serving time.
+- ``seen_timestamps.npy`` (when the data has timestamps: epoch seconds, float64) and
+  ``seen_events.npy`` (when it has event types: int16 codes of ``encodings.json``'s event types,
+  0 unknown), aligned with ``seen_items.npy``: the time gaps and event types of a served history,
+  and exclusion by event type. Optional, so an artifact without them still reads as format 2: its
+  histories are served without times or types.
 - ``item_popularity.npy``: interaction count per item (popular-items fallback, novelty).
 - ``item_labels.parquet`` (when the items table has text the model does not use: titles,
   names): one row per item, for people reading recommendations.
@@ -66,6 +72,8 @@ WEIGHTS = "model.safetensors"
 LEGACY_WEIGHTS = "model.pt"  # format 1: a torch.save pickle, never read
 ENCODINGS = "encodings.json"
 ITEM_LABELS = "item_labels.parquet"
+SEEN_TIMESTAMPS = "seen_timestamps.npy"
+SEEN_EVENTS = "seen_events.npy"
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +109,8 @@ class Artifact:
     metrics: dict[str, Any]
     fingerprint: dict[str, Any]
     item_labels: pa.Table | None = None  # [N rows] text columns for display only
+    seen_timestamps: np.ndarray | None = None  # [S] float64 epoch seconds, aligned with seen_items
+    seen_events: np.ndarray | None = None  # [S] int16 event-type codes, aligned with seen_items
     # Vocabularies of inputs beyond ids and attributes (event types, contexts): any JSON object,
     # kept opaque here so that whoever encodes the inputs owns its shape.
     feature_encodings: dict[str, Any] = field(default_factory=dict)
@@ -226,6 +236,10 @@ def save_artifact(artifact: Artifact, model_dir: Path) -> None:
         artifact.user_arrays.save(staging, "user")
         np.save(staging / "seen_indptr.npy", artifact.seen_indptr.astype(np.int64))
         np.save(staging / "seen_items.npy", artifact.seen_items.astype(np.int32))
+        if artifact.seen_timestamps is not None:
+            np.save(staging / SEEN_TIMESTAMPS, artifact.seen_timestamps.astype(np.float64))
+        if artifact.seen_events is not None:
+            np.save(staging / SEEN_EVENTS, artifact.seen_events.astype(np.int16))
         np.save(staging / "item_popularity.npy", artifact.item_popularity.astype(np.int64))
         _write_json(staging / ENCODINGS, artifact.feature_encodings)
         _write_json(staging / "train_config.json", artifact.train_config)
@@ -312,6 +326,10 @@ def verify_artifact(model_dir: Path) -> dict[str, Any]:
     return dict(manifest)
 
 
+def _optional_array(model_dir: Path, name: str, manifest: dict[str, Any]) -> np.ndarray | None:
+    return np.load(model_dir / name, allow_pickle=False) if name in manifest["files"] else None
+
+
 def load_artifact(model_dir: Path) -> Artifact:
     manifest = verify_artifact(model_dir)
     model_config = ModelConfig.from_json(_read_json(model_dir, "model_config.json"))
@@ -340,9 +358,17 @@ def load_artifact(model_dir: Path) -> Artifact:
             # Optional: artifacts of items tables without unused text have none.
             item_labels=pq.read_table(model_dir / ITEM_LABELS) if ITEM_LABELS in manifest["files"] else None,
             feature_encodings=feature_encodings,
+            seen_timestamps=_optional_array(model_dir, SEEN_TIMESTAMPS, manifest),
+            seen_events=_optional_array(model_dir, SEEN_EVENTS, manifest),
         )
     except (OSError, ValueError, RuntimeError, pa.ArrowException, safetensors.SafetensorError) as exc:
         raise ArtifactError(f"model artifact {model_dir} cannot be loaded: {exc}") from exc
+    for name, aligned in ((SEEN_TIMESTAMPS, artifact.seen_timestamps), (SEEN_EVENTS, artifact.seen_events)):
+        if aligned is not None and len(aligned) != len(artifact.seen_items):
+            raise ArtifactError(
+                f"model artifact {model_dir} is inconsistent: {name} holds {len(aligned)} rows, "
+                f"seen_items.npy {len(artifact.seen_items)}."
+            )
     labels = artifact.item_labels
     if (
         len(artifact.users) != model_config.num_users

@@ -10,7 +10,7 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from recsys.data.features import (
 from recsys.data.interactions import (
     IndexedInteractions,
     InteractionColumns,
+    combine,
     fit_row_encoding,
     index_encoded,
     read_interactions,
@@ -89,6 +90,7 @@ class PreparedData:
     fingerprint: dict[str, Any]
     item_labels: pa.Table | None = None  # text the model does not use (titles), for display
     row_encoding: RowEncoding = field(default_factory=RowEncoding.empty)  # event types, context columns
+    has_timestamps: bool = False  # the interactions' times are real ones, not their order in the files
 
 
 @dataclass(frozen=True)
@@ -165,6 +167,7 @@ def prepare_data(channels: Channels, config: TrainConfig) -> PreparedData:
         config.context_columns,
     )
     train = read_interactions(channels.train, columns, channel="train", min_rating=config.min_rating)
+    has_timestamps = train.has_timestamp
     row_encoding = fit_row_encoding(
         train, columns, time_features=config.time_features and train.has_timestamp
     )
@@ -215,6 +218,14 @@ def prepare_data(channels: Channels, config: TrainConfig) -> PreparedData:
                 "channel 'validation': none of its interactions has both a user and an item seen in "
                 "'train', so nothing can be evaluated. Check that both channels use the same ids."
             )
+        if not (has_timestamps and held.has_timestamp) and validation.num_interactions:
+            # Without times in both, the validation channel comes after training, as it should
+            # (its "times" are row numbers, which would otherwise interleave with train's).
+            has_timestamps = False
+            offset = (
+                float(interactions.timestamps.max(initial=0.0)) + 1.0 - float(validation.timestamps.min())
+            )
+            validation = replace(validation, timestamps=validation.timestamps + offset)
     counts = {"train": interactions.num_interactions, "users": len(users), "items": len(items)}
     labels = (
         label_columns(
@@ -235,6 +246,7 @@ def prepare_data(channels: Channels, config: TrainConfig) -> PreparedData:
         _fingerprint(channels, counts),
         labels,
         row_encoding,
+        has_timestamps,
     )
 
 
@@ -547,7 +559,9 @@ def drop_validation_repeats(
 
 def build_artifact(model: NCF, data: PreparedData, config: TrainConfig, metrics: dict[str, Any]) -> Artifact:
     """The self-describing artifact of ``model``: weights, vocabularies, features, what each user saw."""
-    seen = data.interactions
+    # Served histories and exclusions hold everything the job saw, the validation channel too:
+    # an endpoint must not recommend, as new, what the user did last week.
+    seen = data.interactions if data.validation is None else combine(data.interactions, data.validation)
     return Artifact(
         model_config=model.config,
         state_dict={k: v.detach().cpu() for k, v in model.state_dict().items()},
@@ -564,6 +578,8 @@ def build_artifact(model: NCF, data: PreparedData, config: TrainConfig, metrics:
         metrics=metrics,
         fingerprint=data.fingerprint,
         item_labels=data.item_labels,
+        seen_timestamps=seen.timestamps if data.has_timestamps else None,
+        seen_events=seen.events,
         # Serving encodes a request's event types and context with the codes training used.
         feature_encodings={"rows": data.row_encoding.to_json()},
     )

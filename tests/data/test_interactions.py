@@ -16,6 +16,7 @@ from recsys.data.interactions import (
     IndexedInteractions,
     InteractionColumns,
     clean_interactions,
+    combine,
     encode_batches,
     index_encoded,
     index_interactions,
@@ -632,3 +633,28 @@ def test_a_timestamp_that_holds_lists_in_one_part_only_names_both_parts(tmp_path
         match=re.escape(f"files {channel / 'a.csv'} and {bad} disagree on column 'timestamp' (int64 vs list"),
     ):
         read_interactions(channel, COLUMNS, channel="train", min_rating=None)
+
+
+def test_combine_orders_both_tables_by_user_and_time_and_keeps_a_pairs_latest_row() -> None:
+    def table(rows: list[tuple[int, int, float, int]]) -> IndexedInteractions:
+        users, items, stamps, events = (np.asarray(c) for c in zip(*rows, strict=True))
+        indptr = np.searchsorted(users, np.arange(3))
+        return IndexedInteractions(
+            users.astype(np.int32),
+            items.astype(np.int32),
+            stamps.astype(float),
+            indptr,
+            2,
+            5,
+            events=events.astype(np.int16),
+        )
+
+    train = table([(0, 1, 10.0, 1), (0, 2, 30.0, 1), (1, 3, 5.0, 1)])
+    validation = table([(0, 4, 20.0, 2), (0, 1, 40.0, 3), (1, 0, 50.0, 2)])
+
+    both = combine(train, validation)
+
+    assert both.indptr.tolist() == [0, 3, 5]
+    assert both.items.tolist() == [4, 2, 1, 3, 0]  # user 0 by time; item 1 once, at its later time
+    assert both.timestamps.tolist() == [20.0, 30.0, 40.0, 5.0, 50.0]
+    assert both.events is not None and both.events.tolist() == [2, 1, 3, 1, 2]  # item 1: the later row's

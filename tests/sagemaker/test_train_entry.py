@@ -309,7 +309,11 @@ def test_validation_channel_is_used(
     assert metrics["final_fit"] == "best_checkpoint"
     assert metrics["validation"]["num_users"] == latest["user_id"].nunique()
     artifact = load_artifact(_paths(tmp_path).model_dir)
-    assert len(artifact.seen_items) == len(rest), "validation pairs must not become training positives"
+    # Served state is everything the job saw: the validation pairs are seen too (never recommended
+    # as new), though they were never training positives (num_users above counts them held out).
+    both = pd.concat([rest, latest]).drop_duplicates(["user_id", "item_id"])
+    assert len(artifact.seen_items) == len(both)
+    assert artifact.seen_timestamps is not None and artifact.seen_events is not None
     assert "validation" in artifact.fingerprint["channels"]
 
 

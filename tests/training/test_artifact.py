@@ -391,3 +391,26 @@ def test_tied_and_non_contiguous_weights_are_saved_by_value(tmp_path: Path) -> N
     assert set(loaded.state_dict) == set(state)
     assert all(torch.equal(loaded.state_dict[k], state[k]) for k in state)
     assert torch.equal(_predict(loaded), expected)
+
+
+def test_event_times_and_types_round_trip_and_must_align_with_the_seen_items(tmp_path: Path) -> None:
+    artifact = _artifact()
+    artifact.seen_timestamps = np.array([10.0, 20.0, 5.0])
+    artifact.seen_events = np.array([1, 2, 1], dtype=np.int16)
+    save_artifact(artifact, tmp_path / "model")
+
+    loaded = load_artifact(tmp_path / "model")
+
+    assert loaded.seen_timestamps is not None and loaded.seen_timestamps.tolist() == [10.0, 20.0, 5.0]
+    assert loaded.seen_events is not None and loaded.seen_events.tolist() == [1, 2, 1]
+    assert load_artifact(_saved_plain(tmp_path)).seen_timestamps is None  # optional: absent, none
+
+    artifact.seen_events = np.array([1, 2], dtype=np.int16)
+    save_artifact(artifact, tmp_path / "short")
+    with pytest.raises(ArtifactError, match=r"seen_events\.npy holds 2 rows, seen_items\.npy 3"):
+        load_artifact(tmp_path / "short")
+
+
+def _saved_plain(tmp_path: Path) -> Path:
+    save_artifact(_artifact(), tmp_path / "plain")
+    return tmp_path / "plain"
