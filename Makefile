@@ -99,7 +99,7 @@ run: $(RUNTIME)
 	@echo
 	@echo "== example recommendations (top 5) =="
 	$(BIN)/recsys recommend --model-dir $(LOCAL_ML)/model --user u0001 --user u0002 \
-		--history i0003,i0017,i0042 --k 5
+		--fresh u0001=i0017,i0042 --history i0003,i0017,i0042 --context device=tv --k 5
 	@echo
 	@echo "model: $(LOCAL_ML)/model   report: $(LOCAL_ML)/output/data/report.html (and metrics.json)"
 

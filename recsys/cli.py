@@ -153,6 +153,16 @@ def _filter_spec(texts: Sequence[str], numeric: set[str]) -> dict[str, Any]:
     return spec
 
 
+def _pairs(texts: Sequence[str], flag: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for text in texts:
+        key, sep, value = text.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"{flag} takes KEY=VALUE; got {text!r}.")
+        out[key.strip()] = value.strip()
+    return out
+
+
 def _cmd_recommend(args: argparse.Namespace) -> int:
     from recsys.serving.engine import Query, Recommender
 
@@ -162,7 +172,18 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
         "exclude": tuple(i for text in args.exclude for i in _split_ids(text)),
         "filter": _filter_spec(args.filter, recommender.numeric_attributes()) or None,
     }
+    context = _pairs(args.context, "--context")
+    if context:
+        common["context"] = context
     asked: list[tuple[str, Query]] = [(f"user {u}", Query(user_id=u, **common)) for u in args.user]
+    for text in args.fresh:
+        user, _, items = text.partition("=")
+        if not user.strip() or not items.strip():
+            raise UserError(f"--fresh takes USER_ID=ITEM_IDS (i0003,i0017); got {text!r}.")
+        fresh = _split_ids(items)
+        asked.append(
+            (f"user {user} after {','.join(fresh)} just now", Query(user_id=user, history=fresh, **common))
+        )
     asked += [
         (f"new user with history {','.join(_split_ids(h))}", Query(history=_split_ids(h), **common))
         for h in args.history
@@ -173,10 +194,14 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
             (f"items similar to {item}" + (f" ({about})" if about else ""), Query(item_id=item, **common))
         )
     if not asked:
-        raise UserError("give at least one --user, --history or --similar")
+        raise UserError("give at least one --user, --fresh, --history or --similar")
     results = recommender.recommend([query for _, query in asked])
     for (who, _), result in zip(asked, results, strict=True):
         note = " (unknown: most popular items)" if result.fallback else ""
+        if result.fresh_events:
+            note += f" ({result.stored_events} stored and {result.fresh_events} fresh events)"
+        if result.unknown_context:
+            note += f" (unknown context: {', '.join(f'{k}={v}' for k, v in result.unknown_context.items())})"
         if result.unknown_items:
             note += f" (ignored unknown items: {', '.join(result.unknown_items)})"
         print(f"{who}{note}:")
@@ -306,7 +331,23 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument(
         "--history", action="append", default=[], help="comma-separated item ids of a new user (repeatable)"
     )
+    rec.add_argument(
+        "--fresh",
+        action="append",
+        default=[],
+        metavar="USER_ID=ITEM_IDS",
+        help="a known user who just interacted with these items (comma-separated): merged with their "
+        "stored history, as a request's fresh events are (repeatable)",
+    )
     rec.add_argument("--similar", action="append", default=[], metavar="ITEM_ID", help="items like this one")
+    rec.add_argument(
+        "--context",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="the moment of every query: a context column (device=tv) or timestamp=2026-12-02T20:00:00Z "
+        "(repeatable; default: now, context unknown)",
+    )
     rec.add_argument(
         "--filter",
         action="append",

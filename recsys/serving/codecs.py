@@ -55,6 +55,8 @@ _ACCEPT_TYPES: dict[str, Format] = {
     "text/*": "csv",
 }
 _SUPPORTED = ", ".join(_CONTENT_TYPES)
+# Between the item ids of a CSV record's history field.
+HISTORY_SEPARATOR = "|"
 
 
 def _media_type(value: str) -> str:
@@ -250,15 +252,26 @@ def _decode_csv(lines: list[str]) -> list[dict[str, Any]]:
                 raise UserError(f"line {number}: {unclosed}")
             if number > len(lines):
                 break  # The extra empty line.
-            if len(row) > 2:
-                raise UserError(f"line {number}: expected user_id[,k], got {len(row)} fields")
+            if len(row) > 3:
+                raise UserError(f"line {number}: expected user_id[,k[,history]], got {len(row)} fields")
             user_id = row[0]
-            if not user_id.strip():
-                raise UserError(f"line {number}: user_id is empty")
-            if len(row) == 1:
-                instances.append({"user_id": user_id})
-            else:
-                instances.append({"user_id": user_id, "k": _parse_k(row[1], number)})
+            history = [i for i in row[2].split(HISTORY_SEPARATOR) if i.strip()] if len(row) == 3 else []
+            if (
+                len(row) == 3
+                and row[2].strip()
+                and not all(i.strip() for i in row[2].split(HISTORY_SEPARATOR))
+            ):
+                raise UserError(
+                    f"line {number}: the history has an empty item id between '{HISTORY_SEPARATOR}'s"
+                )
+            if not user_id.strip() and not history:
+                raise UserError(f"line {number}: user_id is empty (and there is no history)")
+            instance: dict[str, Any] = {"user_id": user_id} if user_id.strip() else {}
+            if len(row) >= 2 and row[1].strip():
+                instance["k"] = _parse_k(row[1], number)
+            if history:
+                instance["history"] = history
+            instances.append(instance)
     except csv.Error as error:
         number += 1  # The line whose record failed.
         if reader.line_num > number:
@@ -274,10 +287,13 @@ def decode_instances(body: bytes, fmt: str, *, max_instances: int) -> list[dict[
       or one bare object (any object without ``"instances"``) which gives ``[obj]``.
     - ``jsonlines``: one JSON object per line; a line holding ``{"instances": [...]}`` stays one
       instance. Only a single final newline may end the body: a blank line is an error naming it.
-    - ``csv``: one record ``user_id[,k]`` per line, read with the :mod:`csv` module (so a quoted id
-      may hold commas), giving ``{"user_id": str}`` or ``{"user_id": str, "k": int}``. There is no
-      header line: the first line is data. ``user_id`` is kept exactly as sent. Blank lines are
-      errors, as in JSON Lines; CRLF line endings work.
+    - ``csv``: one record ``user_id[,k[,history]]`` per line, read with the :mod:`csv` module (so a
+      quoted field may hold commas), giving ``{"user_id": str, "k": int, "history": [str, ...]}``
+      with the fields that are there. ``history`` is item ids oldest first, separated by ``|``
+      (``196,10,i1|i7|i3``); ``k`` may be empty (``196,,i1|i7``: the default), and so may
+      ``user_id`` when a history is given (a new user: ``,5,i1|i7``). There is no header line: the
+      first line is data. ``user_id`` is kept exactly as sent. Blank lines are errors, as in JSON
+      Lines; CRLF line endings work.
 
     The body must be UTF-8 (a BOM is allowed), hold at least one instance and at most
     ``max_instances``. Every failure is a 400 ``UserError``; line numbers start at 1, JSON list

@@ -9,8 +9,10 @@ Shapes: B = queries in a batch, N = catalogue items, L = history length, D = emb
 
 from __future__ import annotations
 
+import difflib
 import logging
 import math
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,11 +23,21 @@ import pyarrow as pa
 import torch
 from torch import Tensor
 
+from recsys.data.context import (
+    RowEncoding,
+    epoch_seconds,
+    gap_codes,
+    hour_codes,
+    previous_gaps,
+    standardise,
+    weekday_codes,
+)
+from recsys.data.features import column_names, encode_values
 from recsys.errors import UserError
 from recsys.evaluation.protocols import segment_positions
-from recsys.models.ncf import NCF, ItemState, UserState
+from recsys.models.ncf import NCF, AttributeValues, ItemState, UserExtras, UserState
 from recsys.training.artifact import Artifact, load_artifact
-from recsys.training.batches import gather_history
+from recsys.training.batches import history_positions
 
 logger = logging.getLogger(__name__)
 
@@ -37,18 +49,50 @@ ITEM_CHUNK = 65_536
 QueryKind = Literal["user", "history", "similar", "popular"]
 
 
+HistoryMode = Literal["merge", "replace"]
+# The context key that sets the moment of a request (the time features' clock).
+TIMESTAMP_KEY = "timestamp"
+
+
+@dataclass(frozen=True)
+class Event:
+    """One event of a request's history: an item, and optionally when and of what type."""
+
+    item_id: str
+    timestamp: float | None = None  # epoch seconds; None: the request's moment
+    event_type: str | None = None
+
+
 @dataclass(frozen=True)
 class Query:
     """One instance of a request, already type-checked."""
 
     user_id: str | None = None
-    history: tuple[str, ...] | None = None
+    history: tuple[str | Event, ...] | None = None  # oldest first
     item_id: str | None = None
-    k: int = 10
-    exclude_seen: bool = True
+    k: int | None = None  # None: every candidate of ``items``, else 10
+    exclude_seen: bool | None = None  # None: True, except when ranking candidates (``items``)
     exclude: tuple[str, ...] = ()
     items: tuple[str, ...] | None = None
     filter: Mapping[str, Any] | None = None
+    history_mode: HistoryMode = "merge"  # a known user's fresh events: merged with the stored ones
+    context: Mapping[str, Any] | None = None  # context columns, and "timestamp"
+    user_attributes: Mapping[str, Any] | None = None
+    exclude_event_types: tuple[str, ...] = ()
+
+    @property
+    def size(self) -> int:
+        """How many items to return: ``k``, or every candidate."""
+        if self.k is not None:
+            return self.k
+        return len(self.items) if self.items is not None else DEFAULT_K
+
+    @property
+    def excludes_seen(self) -> bool:
+        return self.exclude_seen if self.exclude_seen is not None else self.items is None
+
+
+DEFAULT_K = 10
 
 
 @dataclass(frozen=True)
@@ -59,6 +103,10 @@ class Recommendation:
     fallback: bool = False
     unknown_user: bool = False
     unknown_items: list[str] = field(default_factory=list)
+    stored_events: int | None = None  # events of the stored history the answer used
+    fresh_events: int | None = None  # events of the request's history the answer used
+    unknown_context: dict[str, str] = field(default_factory=dict)  # values scored as "unknown"
+    unknown_attributes: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"item_ids": self.item_ids, "scores": self.scores, "kind": self.kind}
@@ -68,7 +116,30 @@ class Recommendation:
             out["unknown_user"] = True
         if self.unknown_items:
             out["unknown_items"] = self.unknown_items
+        if self.stored_events is not None:
+            out["stored_events"] = self.stored_events
+        if self.fresh_events is not None:
+            out["fresh_events"] = self.fresh_events
+        if self.unknown_context:
+            out["unknown_context"] = self.unknown_context
+        if self.unknown_attributes:
+            out["unknown_attributes"] = self.unknown_attributes
         return out
+
+
+@dataclass
+class _UserSide:
+    """A query's user side built one by one: its fresh events merged (or not) with the stored."""
+
+    history: np.ndarray  # [<=L] item indices, most recent first
+    gaps: np.ndarray  # [<=L] gap codes
+    events: np.ndarray  # [<=L] event-type codes
+    last_time: float  # the latest event's time (NaN unknown): "since last event" of the moment
+    seen: np.ndarray  # items to leave out beyond the stored ones (the fresh, or by event type)
+    stored: int
+    fresh: int
+    attributes: tuple[list[np.ndarray], np.ndarray] | None  # [1, W] codes per column, [1, F]
+    unknown_attributes: dict[str, str]
 
 
 @dataclass(frozen=True)
@@ -105,6 +176,30 @@ class Recommender:
         self.seen_flat = torch.from_numpy(artifact.seen_items.astype(np.int64)).to(device)
         self.seen_indptr = torch.from_numpy(artifact.seen_indptr.astype(np.int64)).to(device)
         self.attributes = self._attributes(artifact)
+        raw_rows = artifact.feature_encodings.get("rows")
+        self.rows = RowEncoding.from_json(raw_rows) if isinstance(raw_rows, dict) else RowEncoding.empty()
+        config = self.model.config
+        # Stored times and event types, aligned with seen_items (absent: unknown, code 0).
+        self.seen_times = artifact.seen_timestamps
+        self.seen_event_codes = (
+            artifact.seen_events.astype(np.int64) if artifact.seen_events is not None else None
+        )
+        indptr = artifact.seen_indptr
+        self.seen_counts = np.diff(indptr)
+        self.last_time = np.full(self.num_users, np.nan)
+        if self.seen_times is not None:
+            has_any = np.diff(indptr) > 0
+            self.last_time[has_any] = self.seen_times[indptr[1:][has_any] - 1]
+        self.seen_gaps: Tensor | None = None
+        self.seen_gap_codes: np.ndarray | None = None
+        if config.use_gaps and self.seen_times is not None:
+            self.seen_gap_codes = gap_codes(previous_gaps(self.seen_times, indptr)).astype(np.int64)
+            self.seen_gaps = torch.from_numpy(self.seen_gap_codes).to(device)
+        self.seen_events: Tensor | None = None
+        if config.num_event_types and self.seen_event_codes is not None:
+            self.seen_events = torch.from_numpy(self.seen_event_codes).to(device)
+        self.context_keys = (*self.rows.context_columns, TIMESTAMP_KEY)
+        self.user_columns = tuple(column_names(artifact.user_encoding))
         with torch.no_grad():
             self.user_cache = self._build_user_cache()
 
@@ -186,8 +281,11 @@ class Recommender:
                     raise UserError(
                         f'filter \'{name}\': give a value or a list of values, e.g. {{"{name}": ["A", "B"]}}.'
                     )
-                codes = [attribute.values[str(v)] for v in wanted if str(v) in attribute.values]
-                mask &= np.isin(attribute.codes, codes).any(axis=1) if codes else False
+                missing = [str(v) for v in wanted if str(v) not in attribute.values]
+                if missing:
+                    raise UserError(_no_such_value(name, missing[0], attribute.values))
+                codes = [attribute.values[str(v)] for v in wanted]
+                mask &= np.isin(attribute.codes, codes).any(axis=1)
                 continue
             numbers = attribute.numbers
             assert numbers is not None  # an attribute is categorical or numeric
@@ -224,15 +322,24 @@ class Recommender:
     def recommend(self, queries: Sequence[Query]) -> list[Recommendation]:
         """One recommendation per query, in order. Personal queries share one scoring pass."""
         for query in queries:
-            if not 1 <= query.k <= MAX_K:
+            if query.k is not None and not 1 <= query.k <= MAX_K:
                 raise UserError(f"k must be between 1 and {MAX_K}; got {query.k}.")
+            if query.items is not None and len(query.items) > MAX_K:
+                raise UserError(f"items: at most {MAX_K} candidates; got {len(query.items)}.")
+            if query.exclude_event_types:
+                self._check_event_types(query)
         results: list[Recommendation | None] = [None] * len(queries)
         personal: list[int] = []
         for row, query in enumerate(queries):
             if query.item_id is not None and query.user_id is None and query.history is None:
                 results[row] = self._similar(query)
-            elif (query.user_id is not None and query.user_id in self.artifact.users) or (
-                query.history is not None and any(i in self.artifact.items for i in query.history)
+            elif (
+                (query.user_id is not None and query.user_id in self.artifact.users)
+                or (
+                    query.history is not None
+                    and any(_item_of(e) in self.artifact.items for e in query.history)
+                )
+                or bool(query.user_attributes)
             ):
                 personal.append(row)
             else:
@@ -250,8 +357,9 @@ class Recommender:
         """Score a batch of user/history queries together.
 
         Known users' histories and seen items come from the artifact's CSR arrays in vectorised
-        gathers; only rows that bring a history, excludes, candidates or filters are touched one
-        by one. Per-query Python work here runs while holding the GIL, so it is kept small.
+        gathers (or their cached vectors); only rows that bring fresh events, attributes, excludes,
+        candidates or filters are touched one by one. Per-query Python work here runs while holding
+        the GIL, so it is kept small.
         """
         size = len(queries)
         index = np.fromiter(
@@ -260,39 +368,62 @@ class Recommender:
             count=size,
         )
         known = index >= 0
-        unknown_rows: list[list[str]] = [[] for _ in queries]
-        given: dict[int, np.ndarray] = {}
+        now = time.time()
+        moments = np.full(size, now)
         for row, query in enumerate(queries):
-            if query.history is not None:
-                given[row] = self._lookup(query.history, unknown_rows[row])
-        cached = known.copy()
-        cached[list(given)] = False
-        if self.user_cache is not None and cached.all():
-            # The common case: known users, stored histories: their vectors were computed at load.
-            state = self._cached_state(torch.from_numpy(index).to(self.device))
-        else:
-            state = self._encode(index, known, given)
+            if query.context is not None and TIMESTAMP_KEY in query.context:
+                moments[row] = _moment(query.context[TIMESTAMP_KEY])
+        unknown_rows: list[list[str]] = [[] for _ in queries]
+        built: dict[int, _UserSide] = {}
+        for row, query in enumerate(queries):
+            if query.history is not None or query.user_attributes or query.exclude_event_types:
+                built[row] = self._user_side(query, int(index[row]), moments[row], unknown_rows[row])
+        state = self._base_state(index, known, built)
+        unknown_context: list[dict[str, str]] = [{} for _ in queries]
+        if self.model.config.has_context:
+            last = np.where(known, self.last_time[np.maximum(index, 0)], np.nan)
+            for row, built_side in built.items():
+                last[row] = built_side.last_time
+            codes, numeric = self._moment_codes(queries, moments, last, unknown_context)
+            moment = self.model.encode_moment(codes, numeric, size)
+            state = UserState(
+                *(None if a is None or b is None else a + b for a, b in zip(state, moment, strict=True))
+            )
         logits = self.model.score_all(state, self.items).float()
-        exclude_seen = np.fromiter((q.exclude_seen for q in queries), dtype=bool, count=size)
-        rows = np.nonzero(known & exclude_seen)[0]
+        # Rows that exclude all their stored items: one scatter over the CSR arrays.
+        mask_stored = np.fromiter(
+            (q.excludes_seen and not q.exclude_event_types for q in queries), dtype=bool, count=size
+        )
+        rows = np.nonzero(known & mask_stored)[0]
         if len(rows):
             owner, flat = segment_positions(self.seen_indptr, torch.from_numpy(index[rows]).to(self.device))
             logits[torch.from_numpy(rows).to(self.device)[owner], self.seen_flat[flat]] = float("-inf")
         for row, query in enumerate(queries):
-            extra_seen = given.get(row) if query.exclude_seen else None
+            given = built.get(row)
+            extra_seen = (
+                given.seen
+                if given is not None and (query.excludes_seen or query.exclude_event_types)
+                else None
+            )
             if extra_seen is not None or query.exclude or query.items is not None or query.filter:
                 seen = extra_seen if extra_seen is not None else np.zeros(0, dtype=np.int64)
                 self._restrict(logits[row], query, seen, unknown_rows[row])
-        top_k = min(max(q.k for q in queries), self.num_items)
+        top_k = min(max(q.size for q in queries), self.num_items)
         top = torch.topk(logits, top_k, dim=1)
         all_values, all_indices = top.values.tolist(), top.indices.tolist()
         ids = self.artifact.items.ids
+        counts = self.seen_counts
         out = []
         for row, query in enumerate(queries):
-            values, indices = all_values[row][: query.k], all_indices[row][: query.k]
+            values, indices = all_values[row][: query.size], all_indices[row][: query.size]
             # Scores come sorted, so the masked (-inf) items are a tail to cut.
             cut = next((j for j, v in enumerate(values) if v == float("-inf")), len(values))
             kind: QueryKind = "user" if query.history is None else "history"
+            side = built.get(row)
+            if side is not None:
+                stored, fresh = side.stored, side.fresh
+            else:
+                stored, fresh = (min(int(counts[index[row]]), self.history_length) if known[row] else 0), 0
             out.append(
                 Recommendation(
                     [ids[i] for i in indices[:cut]],
@@ -301,24 +432,319 @@ class Recommender:
                     False,
                     query.user_id is not None and not known[row],
                     unknown_rows[row],
+                    stored,
+                    fresh,
+                    unknown_context[row],
+                    side.unknown_attributes if side is not None else {},
                 )
             )
         return out
 
-    def _encode(self, index: np.ndarray, known: np.ndarray, given: dict[int, np.ndarray]) -> UserState:
-        """User vectors from ids and histories: stored ones, or the ones a query brings."""
+    # -- the user side ----------------------------------------------------------------------
+
+    def _check_event_types(self, query: Query) -> None:
+        names = query.exclude_event_types
+        if query.exclude_seen:
+            raise UserError(
+                'exclude_event_types leaves out what the user did of those types only; "exclude_seen": '
+                "true would leave out everything they saw. Send one of the two."
+            )
+        if self.rows.event_column is None or self.seen_event_codes is None:
+            raise UserError(
+                "exclude_event_types: the model was trained without event types, so it cannot tell "
+                "a purchase from a click; use exclude_seen."
+            )
+        unknown = [n for n in names if n not in self.rows.event_types]
+        if unknown:
+            raise UserError(
+                f"exclude_event_types: unknown event type {unknown[0]!r}; the model's event types: "
+                f"{', '.join(self.rows.event_types)}."
+            )
+
+    def _stored(self, user: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """A known user's stored items, times (NaN unknown) and event codes, oldest first."""
+        start, end = int(self.artifact.seen_indptr[user]), int(self.artifact.seen_indptr[user + 1])
+        items = self.artifact.seen_items[start:end].astype(np.int64)
+        times = self.seen_times[start:end] if self.seen_times is not None else np.full(end - start, np.nan)
+        events = (
+            self.seen_event_codes[start:end]
+            if self.seen_event_codes is not None
+            else np.zeros(end - start, np.int64)
+        )
+        return items, times, events
+
+    def _user_side(self, query: Query, user: int, moment: float, unknown: list[str]) -> _UserSide:
+        """The history, gaps, event types, extra exclusions and attributes of one query."""
+        fresh_items: list[int] = []
+        fresh_times: list[float] = []
+        fresh_events: list[int] = []
+        for position, entry in enumerate(query.history or ()):
+            event = entry if isinstance(entry, Event) else Event(entry)
+            index = self.artifact.items.get(event.item_id)
+            if index < 0:
+                unknown.append(event.item_id)
+                continue
+            code = 0
+            if event.event_type is not None:
+                if self.rows.event_column is None:
+                    raise UserError(
+                        f"history[{position}].event_type: the model was trained without event types; "
+                        "leave event_type out."
+                    )
+                code = self.rows.event_code(event.event_type)
+                if code == 0:
+                    raise UserError(
+                        f"history[{position}].event_type: unknown event type {event.event_type!r}; the "
+                        f"model's event types: {', '.join(self.rows.event_types)}."
+                    )
+            fresh_items.append(index)
+            fresh_times.append(event.timestamp if event.timestamp is not None else math.nan)
+            fresh_events.append(code)
+        if user >= 0:
+            stored_items, stored_times, stored_events = self._stored(user)
+        else:
+            stored_items, stored_times, stored_events = (
+                np.zeros(0, np.int64),
+                np.zeros(0),
+                np.zeros(0, np.int64),
+            )
+        new_items = np.asarray(fresh_items, dtype=np.int64)
+        # Times as known (NaN: not given, so gaps are unknown, as in training), and for ordering
+        # (an event without a time happened at the request's moment).
+        new_times = np.asarray(fresh_times, dtype=np.float64)
+        new_order = np.where(np.isnan(new_times), moment, new_times)
+        new_events = np.asarray(fresh_events, dtype=np.int64)
+        excluded = query.exclude_event_types
+        if excluded:
+            codes = np.asarray([self.rows.event_code(n) for n in excluded])
+            seen = np.concatenate(
+                [stored_items[np.isin(stored_events, codes)], new_items[np.isin(new_events, codes)]]
+            )
+        else:
+            seen = new_items
+        merge = query.history_mode == "merge" and user >= 0
+        if merge and len(new_items):
+            items = np.concatenate([stored_items, new_items])
+            times = np.concatenate([stored_times, new_times])
+            events = np.concatenate([stored_events, new_events])
+            fresh = np.concatenate([np.zeros(len(stored_items), bool), np.ones(len(new_items), bool)])
+            # By time (unknown stored times first, as the oldest), ties in order: stored, then fresh
+            # as sent.
+            keys = np.concatenate([np.where(np.isnan(stored_times), -np.inf, stored_times), new_order])
+            order = np.argsort(keys, kind="stable")
+            items, times, events, fresh = items[order], times[order], events[order], fresh[order]
+            # A repeated item counts once, at its latest time.
+            _, last_in_reverse = np.unique(items[::-1], return_index=True)
+            keep = np.sort(len(items) - 1 - last_in_reverse)
+            items, times, events, fresh = items[keep], times[keep], events[keep], fresh[keep]
+        elif merge or (query.history is None and user >= 0):
+            items, times, events = stored_items, stored_times, stored_events
+            fresh = np.zeros(len(items), bool)
+        else:
+            items, times, events = new_items, new_times, new_events
+            fresh = np.ones(len(items), bool)
+        gaps = gap_codes(previous_gaps(times, np.array([0, len(times)])))
+        attributes = self._attribute_values(query.user_attributes, user) if query.user_attributes else None
+        window = slice(max(0, len(items) - self.history_length), len(items))
+        kept_fresh = fresh[window]
+        return _UserSide(
+            history=items[window][::-1].copy(),
+            gaps=gaps[window][::-1].astype(np.int64),
+            events=events[window][::-1].copy(),
+            last_time=float(times[-1]) if len(times) else math.nan,
+            seen=seen,
+            stored=int((~kept_fresh).sum()),
+            fresh=int(kept_fresh.sum()),
+            attributes=attributes[:2] if attributes is not None else None,
+            unknown_attributes=attributes[2] if attributes is not None else {},
+        )
+
+    def _attribute_values(
+        self, given: Mapping[str, Any], user: int
+    ) -> tuple[list[np.ndarray], np.ndarray, dict[str, str]]:
+        """A user's attribute codes: the stored ones (a known user), overridden by ``given``; and
+        the given values that no training row had (scored as unknown)."""
+        if self.model.config.user_features.is_empty:
+            raise UserError(
+                "user_attributes: the model was trained without a users table, so it takes no attributes."
+            )
+        encoding, arrays = self.artifact.user_encoding, self.artifact.user_arrays
+        try:
+            values = encode_values(encoding, [dict(given)])
+        except ValueError as error:
+            raise UserError(f"user_attributes: {error}.") from None
+        categorical = []
+        for column, codes, stored in zip(
+            encoding.categorical, values.categorical, arrays.categorical, strict=True
+        ):
+            row = stored[user : user + 1].copy() if user >= 0 else np.zeros_like(codes)
+            if column.name in given:
+                row = codes
+            categorical.append(row.astype(np.int64))
+        numeric = arrays.numeric[user : user + 1].copy() if user >= 0 else np.zeros_like(values.numeric)
+        for f, spec in enumerate(encoding.numeric):
+            if spec.name in given:
+                numeric[:, f] = values.numeric[:, f]
+        return categorical, numeric.astype(np.float32), dict(values.unknown)
+
+    def _base_state(self, index: np.ndarray, known: np.ndarray, built: Mapping[int, _UserSide]) -> UserState:
+        """Every row's user side without the moment's context: cached, gathered or built."""
+        size = len(index)
+        plain = np.ones(size, dtype=bool)
+        plain[list(built)] = False
+        parts: list[tuple[np.ndarray, UserState]] = []
+        rows = np.flatnonzero(plain)
+        if len(rows):
+            if self.user_cache is not None and known[rows].all():
+                # The common case: known users, stored histories: their vectors were computed at load.
+                parts.append((rows, self._cached_state(torch.from_numpy(index[rows]).to(self.device))))
+            else:
+                parts.append((rows, self._encode_stored(index[rows], known[rows])))
+        if built:
+            rows = np.fromiter(built, dtype=np.int64, count=len(built))
+            parts.append((rows, self._encode_built(index[rows], [built[int(r)] for r in rows])))
+        if len(parts) == 1 and len(parts[0][0]) == size:
+            return parts[0][1]
+        out: list[Tensor | None] = []
+        for slot in range(2):
+            pieces = [(rows, state[slot]) for rows, state in parts]
+            if pieces[0][1] is None:
+                out.append(None)
+                continue
+            first = pieces[0][1]
+            assert first is not None
+            joined = first.new_empty((size, first.shape[1]))
+            for rows, tensor in pieces:
+                assert tensor is not None
+                joined[torch.from_numpy(rows).to(self.device)] = tensor
+            out.append(joined)
+        return UserState(out[0], out[1])
+
+    def _encode_stored(self, index: np.ndarray, known: np.ndarray) -> UserState:
+        """User vectors from ids and stored histories (with their gaps and event types)."""
         safe = np.where(known, index, 0)
         starts = torch.from_numpy(np.where(known, self.artifact.seen_indptr[safe], 0)).to(self.device)
         ends = torch.from_numpy(np.where(known, self.artifact.seen_indptr[safe + 1], 0)).to(self.device)
-        history, mask = gather_history(self.seen_flat, starts, ends, self.history_length)
-        for row, sequence in given.items():
-            recent = torch.from_numpy(sequence[::-1][: self.history_length].copy())  # most recent first
-            history[row] = 0
-            mask[row] = False
-            history[row, : len(recent)] = recent.to(self.device)
-            mask[row, : len(recent)] = True
+        positions, mask = history_positions(starts, ends, self.history_length)
+        history = self.seen_flat[positions] * mask
+        gaps = self.seen_gaps[positions] * mask if self.seen_gaps is not None else None
+        events = self.seen_events[positions] * mask if self.seen_events is not None else None
         users = torch.from_numpy(np.where(known, index, self.num_users)).to(self.device)
-        return self.model.encode_users(users, history, mask)
+        return self.model.encode_users(
+            users, history, mask, UserExtras(history_gaps=gaps, history_events=events), with_context=False
+        )
+
+    def _encode_built(self, index: np.ndarray, sides: Sequence[_UserSide]) -> UserState:
+        """User vectors of rows whose history or attributes the request gave."""
+        size, length = len(sides), self.history_length
+        history = np.zeros((size, length), dtype=np.int64)
+        gaps = np.zeros((size, length), dtype=np.int64)
+        events = np.zeros((size, length), dtype=np.int64)
+        mask = np.zeros((size, length), dtype=bool)
+        for row, side in enumerate(sides):
+            n = len(side.history)
+            history[row, :n], gaps[row, :n], events[row, :n], mask[row, :n] = (
+                side.history,
+                side.gaps,
+                side.events,
+                True,
+            )
+        attributes = None
+        if any(side.attributes is not None for side in sides):
+            attributes = self._batch_attributes(index, sides)
+
+        def device(array: np.ndarray) -> Tensor:
+            return torch.from_numpy(array).to(self.device)
+
+        config = self.model.config
+        extras = UserExtras(
+            history_gaps=device(gaps) if config.use_gaps else None,
+            history_events=device(events) if config.num_event_types else None,
+            attributes=attributes,
+        )
+        users = device(np.where(index >= 0, index, self.num_users))
+        return self.model.encode_users(users, device(history), device(mask), extras, with_context=False)
+
+    def _batch_attributes(self, index: np.ndarray, sides: Sequence[_UserSide]) -> AttributeValues:
+        arrays = self.artifact.user_arrays
+        categorical: list[list[np.ndarray]] = [[] for _ in arrays.categorical]
+        numeric: list[np.ndarray] = []
+        for user, side in zip(index, sides, strict=True):
+            if side.attributes is not None:
+                codes, values = side.attributes
+            else:
+                known = user >= 0
+                codes = [
+                    stored[user : user + 1] if known else np.zeros((1, stored.shape[1]), np.int64)
+                    for stored in arrays.categorical
+                ]
+                values = (
+                    arrays.numeric[user : user + 1]
+                    if known
+                    else np.zeros((1, arrays.numeric.shape[1]), np.float32)
+                )
+            for c, column in enumerate(codes):
+                categorical[c].append(column.astype(np.int64))
+            numeric.append(values.astype(np.float32))
+        return AttributeValues(
+            tuple(torch.from_numpy(np.concatenate(c)).to(self.device) for c in categorical),
+            torch.from_numpy(np.concatenate(numeric)).to(self.device),
+        )
+
+    def _moment_codes(
+        self,
+        queries: Sequence[Query],
+        moments: np.ndarray,
+        last: np.ndarray,
+        unknown: list[dict[str, str]],
+    ) -> tuple[Tensor | None, Tensor | None]:
+        """The context codes [B, C] and numeric values [B, Cn] of each query's moment.
+
+        Time codes come from the moment (the request's ``timestamp``, else the server's clock, in
+        UTC) and its distance from the user's latest event; declared columns from ``context``.
+        """
+        size = len(queries)
+        encoding = self.rows
+        slots: list[np.ndarray] = []
+        if encoding.time_features:
+            slots += [hour_codes(moments), weekday_codes(moments), gap_codes(moments - last)]
+        offset = len(slots)
+        slots += [np.zeros(size, dtype=np.int32) for _ in encoding.categorical]
+        codes = np.stack(slots, axis=1).astype(np.int64) if slots else None
+        numeric = (
+            np.full((size, len(encoding.numeric)), np.nan, dtype=np.float32) if encoding.numeric else None
+        )
+        for row, query in enumerate(queries):
+            if not query.context:
+                continue
+            given = {k: v for k, v in query.context.items() if k != TIMESTAMP_KEY}
+            extra = sorted(set(given) - set(encoding.context_columns))
+            if extra:
+                known = ", ".join(self.context_keys)
+                raise UserError(f"context: unknown key {extra[0]!r}; the model's context keys: {known}.")
+            for c, (name, values) in enumerate(encoding.categorical):
+                value = given.get(name)
+                if value is None:
+                    continue
+                text = f"{value:g}" if isinstance(value, float) else str(value)
+                try:
+                    assert codes is not None
+                    codes[row, offset + c] = values.index(text) + 1
+                except ValueError:
+                    unknown[row][name] = text
+            for f, column in enumerate(encoding.numeric):
+                value = given.get(column.name)
+                if value is None:
+                    continue
+                if not _is_number(value):
+                    raise UserError(f"context: {column.name!r} is numeric; got {value!r}.")
+                assert numeric is not None
+                numeric[row, f] = standardise(np.array([float(value)]), column)[0]
+
+        def device(array: np.ndarray | None) -> Tensor | None:
+            return None if array is None else torch.from_numpy(array).to(self.device)
+
+        return device(codes), device(numeric)
 
     def _cached_state(self, users: Tensor) -> UserState:
         assert self.user_cache is not None  # checked by the caller
@@ -326,14 +752,15 @@ class Recommender:
         return UserState(gmf[users] if gmf is not None else None, mlp[users] if mlp is not None else None)
 
     def _build_user_cache(self) -> tuple[Tensor | None, Tensor | None] | None:
-        """Every known user's vectors from their stored history, or None when too large to keep."""
+        """Every known user's vectors from their stored history, without the moment's context
+        (added per request), or None when too large to keep."""
         width = sum(t.shape[1] for t in (self.items.gmf, self.items.mlp) if t is not None)
         if self.num_users * width * 4 > USER_CACHE_MAX_BYTES:
             return None
         parts: list[UserState] = []
         everyone = np.arange(self.num_users)
         for chunk in np.array_split(everyone, max(1, self.num_users // 4096)):
-            parts.append(self._encode(chunk, np.ones(len(chunk), dtype=bool), {}))
+            parts.append(self._encode_stored(chunk, np.ones(len(chunk), dtype=bool)))
         gmf = torch.cat([p.gmf for p in parts if p.gmf is not None]) if parts[0].gmf is not None else None
         mlp = torch.cat([p.mlp for p in parts if p.mlp is not None]) if parts[0].mlp is not None else None
         return gmf, mlp
@@ -345,7 +772,7 @@ class Recommender:
         list; a catalogue-wide mask is built only for candidates and filters.
         """
         blocked: list[np.ndarray] = []
-        if query.exclude_seen and len(seen):
+        if len(seen):  # the caller passes what to leave out, having applied exclude_seen
             blocked.append(seen)
         if query.exclude:
             blocked.append(self._lookup(query.exclude, unknown))
@@ -374,9 +801,18 @@ class Recommender:
         unknown: list[str] = []
         seen = np.zeros(0, dtype=np.int64)
         if query.history is not None:
-            seen = self._lookup(query.history, unknown)
+            seen = self._lookup([_item_of(e) for e in query.history], unknown)
+            if query.exclude_event_types:
+                typed = [
+                    e.item_id
+                    for e in query.history
+                    if isinstance(e, Event) and e.event_type in query.exclude_event_types
+                ]
+                seen = self._lookup(typed, [])
+        if not query.excludes_seen and not query.exclude_event_types:
+            seen = seen[:0]
         scores = self._restrict(self.popularity.clone(), query, seen, unknown)
-        item_ids, values = self._top(scores, query.k)
+        item_ids, values = self._top(scores, query.size)
         return Recommendation(item_ids, values, "popular", True, query.user_id is not None, unknown)
 
     def _similar(self, query: Query) -> Recommendation:
@@ -397,8 +833,27 @@ class Recommender:
         scores = self._restrict(scores, query, np.zeros(0, dtype=np.int64), unknown)
         # The item itself is never "similar to itself", whatever exclude_seen says.
         scores[index] = float("-inf")
-        item_ids, values = self._top(scores, query.k)
+        item_ids, values = self._top(scores, query.size)
         return Recommendation(item_ids, values, "similar", False, False, unknown)
+
+
+def _item_of(entry: str | Event) -> str:
+    return entry.item_id if isinstance(entry, Event) else entry
+
+
+def _moment(value: Any) -> float:
+    try:
+        return epoch_seconds(value)
+    except ValueError as error:
+        raise UserError(f"context.timestamp: {error}.") from None
+
+
+def _no_such_value(name: str, value: str, values: Mapping[str, int]) -> str:
+    """A filter value no item has, named with the closest values that exist."""
+    folded = [v for v in values if v.casefold() == value.casefold()]
+    close = folded or difflib.get_close_matches(value, list(values), n=3, cutoff=0.6)
+    hint = f"; did you mean {', '.join(map(repr, close))}?" if close else f"; it has {len(values)} values"
+    return f"filter '{name}': no item has the value {value!r}{hint} (values are case-sensitive)."
 
 
 def _is_number(value: Any) -> bool:

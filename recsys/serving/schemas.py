@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
+from recsys.data.context import epoch_seconds
 from recsys.errors import UserError
-from recsys.serving.engine import MAX_K, Query
+from recsys.serving.engine import MAX_K, Event, Query
 
 
 def _as_id(value: Any) -> Any:
@@ -20,37 +21,112 @@ def _as_id(value: Any) -> Any:
 Id = Annotated[str, BeforeValidator(_as_id), Field(min_length=1)]
 
 
+def _as_event(value: Any) -> Any:
+    # A bare item id is an event with nothing else known.
+    if isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool)):
+        return {"item_id": value}
+    return value
+
+
+def _as_seconds(value: Any) -> Any:
+    if value is None:
+        return None
+    try:
+        return epoch_seconds(value)
+    except ValueError as error:
+        raise ValueError(str(error)) from None
+
+
+class HistoryEvent(BaseModel):
+    """One event of the user's: an item id, and optionally when and what it was."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    item_id: Id
+    timestamp: Annotated[float | None, BeforeValidator(_as_seconds)] = Field(
+        None,
+        description="Epoch seconds, or ISO 8601 text (UTC unless it says). Without it: the moment of "
+        "the request.",
+        json_schema_extra={"type": ["number", "string", "null"]},
+    )
+    event_type: str | None = Field(None, description="One of the model's event types (click, purchase...).")
+
+
+ContextValue = str | int | float | bool | None
+
+
 class Instance(BaseModel):
     """One recommendation request. Give `user_id`, `history`, both, `item_id` alone, or none."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
     user_id: Id | None = Field(None, description="A known user: their seen items are excluded by default.")
-    history: list[Id] | None = Field(
-        None, description="Item ids the user interacted with, oldest first: a new user, or fresher history."
+    history: list[Annotated[HistoryEvent, BeforeValidator(_as_event)]] | None = Field(
+        None,
+        description="The user's events, oldest first: item ids, or objects "
+        '{"item_id": ..., "timestamp": ..., "event_type": ...}. A new user\'s history, or a known '
+        "user's fresh events (merged with the stored ones by time; see history_mode).",
+    )
+    history_mode: Literal["merge", "replace"] = Field(
+        "merge",
+        description="merge: a known user's fresh events join their stored ones by time (a repeated "
+        "item counts once, at its latest time). replace: the request's history alone.",
     )
     item_id: Id | None = Field(
         None, description="With no user or history: the k items most similar to this one."
     )
-    k: int = Field(10, ge=1, le=MAX_K, description="How many items to return.")
-    exclude_seen: bool = Field(True, description="Leave out items the user (or the history) already has.")
+    k: int | None = Field(
+        None, ge=1, le=MAX_K, description="How many items to return: 10, or every candidate of `items`."
+    )
+    exclude_seen: bool | None = Field(
+        None,
+        description="Leave out items the user (or the history) already has: true by default, false "
+        "when ranking `items`.",
+    )
+    exclude_event_types: list[str] = Field(
+        default_factory=list,
+        description='Leave out only what the user did with these event types (["purchase"]): what '
+        "they merely clicked may come back.",
+    )
     exclude: list[Id] = Field(default_factory=list, description="Item ids never to return.")
-    items: list[Id] | None = Field(None, description="Candidates: score and rank exactly these items.")
+    items: list[Id] | None = Field(
+        None,
+        max_length=MAX_K,
+        description="Candidates: every known one is scored and returned, ranked (seen ones too, "
+        "unless exclude_seen); unknown ones are listed in unknown_items.",
+    )
     filter: dict[str, Any] | None = Field(
         None,
         description='Item-attribute constraints, e.g. {"genres": ["Comedy"], "release_year": {"min": 1990}}.',
+    )
+    context: dict[str, ContextValue] | None = Field(
+        None,
+        description="The moment: the model's context columns (device, country...) and an optional "
+        "timestamp (epoch seconds or ISO 8601) for the time features; without one, the server's "
+        "clock in UTC. A value training never saw is scored as unknown and listed in unknown_context.",
+    )
+    user_attributes: dict[str, ContextValue] | None = Field(
+        None,
+        description="Columns of the users table (age_group, country...): they describe a new user, "
+        "and override a known user's stored ones.",
     )
 
     def to_query(self) -> Query:
         return Query(
             user_id=self.user_id,
-            history=tuple(self.history) if self.history is not None else None,
+            history=tuple(Event(e.item_id, e.timestamp, e.event_type) for e in self.history)
+            if self.history is not None
+            else None,
             item_id=self.item_id,
             k=self.k,
             exclude_seen=self.exclude_seen,
             exclude=tuple(self.exclude),
             items=tuple(self.items) if self.items is not None else None,
             filter=self.filter,
+            history_mode=self.history_mode,
+            context=self.context,
+            user_attributes=self.user_attributes,
+            exclude_event_types=tuple(self.exclude_event_types),
         )
 
 
@@ -68,6 +144,18 @@ class Prediction(BaseModel):
     unknown_user: bool = Field(False, description="The user_id is not known to the model.")
     unknown_items: list[str] = Field(
         default_factory=list, description="Item ids in the request that were ignored."
+    )
+    stored_events: int | None = Field(
+        None, description="Events of the user's stored history that the answer used."
+    )
+    fresh_events: int | None = Field(
+        None, description="Events of the request's history that the answer used."
+    )
+    unknown_context: dict[str, str] = Field(
+        default_factory=dict, description="Context values training never saw, scored as unknown."
+    )
+    unknown_attributes: dict[str, str] = Field(
+        default_factory=dict, description="User attribute values training never saw, scored as unknown."
     )
 
 

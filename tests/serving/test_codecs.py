@@ -241,6 +241,28 @@ def test_csv_with_and_without_k_in_order() -> None:
     assert decode(body, "csv") == [{"user_id": "u3", "k": 5}, {"user_id": "u1"}, {"user_id": "u2", "k": 2}]
 
 
+def test_csv_carries_a_history_separated_by_bars() -> None:
+    body = b'u1,5,i3|i7|i9\nu2,,i4\n,3,i1|i2\n"u,3",,"i,1|i2"\nu4,\n'
+    assert decode(body, "csv") == [
+        {"user_id": "u1", "k": 5, "history": ["i3", "i7", "i9"]},
+        {"user_id": "u2", "history": ["i4"]},  # k left empty: the default
+        {"k": 3, "history": ["i1", "i2"]},  # no user id: a new user
+        {"user_id": "u,3", "history": ["i,1", "i2"]},  # quoted fields keep their commas
+        {"user_id": "u4"},
+    ]
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (b"u1,5,i3||i9\n", "line 1: the history has an empty item id between '|'s"),
+        (b",5,\n", "line 1: user_id is empty (and there is no history)"),
+    ],
+)
+def test_csv_history_errors_name_the_line(body: bytes, expected: str) -> None:
+    assert expected in client_error(body, "csv").message
+
+
 def test_csv_k_is_an_int() -> None:
     (instance,) = decode(b"u1,10", "csv")
     assert type(instance["k"]) is int
@@ -266,12 +288,11 @@ def test_csv_first_line_is_data_and_header_is_rejected_with_a_hint() -> None:
 @pytest.mark.parametrize(
     ("body", "expected"),
     [
-        (b"u1,2\nu2,3,4\n", "line 2: expected user_id[,k], got 3 fields"),
+        (b"u1,2\nu2,3,4,5\n", "line 2: expected user_id[,k[,history]], got 4 fields"),
         (b"u1\n,4\n", "line 2: user_id is empty"),
         (b'u1\nu2\n"",4\n', "line 3: user_id is empty"),
         (b"u1,two\n", "line 1: k must be an integer"),
         (b"u1\nu2,1.5\n", "line 2: k must be an integer"),
-        (b"u1\nu2,\n", "line 2: k must be an integer"),
         (b"u1\nu2\nu3,1_0\n", "line 3: k must be an integer"),
         (b"u1\n\nu2\n", "line 2 is blank"),
         (b"u1\r\n\r\nu2\r\n", "line 2 is blank"),

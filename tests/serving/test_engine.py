@@ -164,20 +164,25 @@ def test_candidates_are_exactly_the_known_ones_ranked(
     assert result.kind == "user"
 
 
-def test_candidates_still_drop_seen_items_unless_asked(
+def test_a_candidate_list_comes_back_whole_seen_items_included_unless_asked(
     recommender: Recommender, catalogue: Catalogue, users: list[str]
 ) -> None:
     user = users[2]
-    seen_item = sorted(catalogue.seen[user])[0]
-    unseen_item = sorted(catalogue.unseen(user))[0]
+    seen = sorted(catalogue.seen[user])[:2]
+    unseen = sorted(catalogue.unseen(user))[:3]
+    shelf = (seen[0], unseen[0], "ghost", seen[1], unseen[1], unseen[2])
 
-    default = recommend_one(recommender, Query(user_id=user, items=(seen_item, unseen_item)))
-    with_seen = recommend_one(
-        recommender, Query(user_id=user, items=(seen_item, unseen_item), exclude_seen=False)
-    )
+    whole = recommend_one(recommender, Query(user_id=user, items=shelf))
+    unseen_only = recommend_one(recommender, Query(user_id=user, items=shelf, exclude_seen=True))
+    top_two = recommend_one(recommender, Query(user_id=user, items=shelf, k=2))
 
-    assert default.item_ids == [unseen_item]
-    assert sorted(with_seen.item_ids) == sorted([seen_item, unseen_item])
+    assert sorted(whole.item_ids) == sorted([*seen, *unseen])  # all five known ones, ranked
+    assert whole.scores == sorted(whole.scores, reverse=True)
+    assert whole.unknown_items == ["ghost"]
+    assert sorted(unseen_only.item_ids) == sorted(unseen)
+    assert top_two.item_ids == whole.item_ids[:2]
+    # Elsewhere exclude_seen keeps its default of true.
+    assert not set(recommend_one(recommender, Query(user_id=user, k=50)).item_ids) & catalogue.seen[user]
 
 
 # --- filters -----------------------------------------------------------------------------------
@@ -232,10 +237,19 @@ def test_numeric_filter_with_a_number_means_equal(recommender: Recommender, cata
     assert set(result.item_ids) == {i for i, y in catalogue.release_year.items() if y == year}
 
 
-def test_filter_on_an_unknown_value_returns_nothing(recommender: Recommender, users: list[str]) -> None:
-    result = recommend_one(recommender, Query(user_id=users[0], filter={"genres": ["NoSuchGenre"]}))
+@pytest.mark.parametrize(
+    ("value", "hint"),
+    [("comedy", "did you mean 'Comedy'?"), ("Comdy", "did you mean 'Comedy'"), ("NoSuchGenre", "it has")],
+)
+def test_a_filter_value_no_item_has_names_it_and_the_closest_values(
+    recommender: Recommender, users: list[str], value: str, hint: str
+) -> None:
+    with pytest.raises(UserError) as caught:
+        recommender.recommend([Query(user_id=users[0], filter={"genres": ["Drama", value]})])
 
-    assert result.item_ids == []
+    message = str(caught.value)
+    assert f"filter 'genres': no item has the value {value!r}" in message
+    assert hint in message
 
 
 def test_unknown_filter_attribute_names_it_and_the_filterable_ones(
@@ -566,7 +580,7 @@ def test_similar_items_never_include_the_item_itself(recommender: Recommender) -
 def test_precomputed_user_vectors_equal_the_encoded_ones(recommender: Recommender) -> None:
     assert recommender.user_cache is not None
     index = np.arange(recommender.num_users)
-    encoded = recommender._encode(index, np.ones(len(index), dtype=bool), {})
+    encoded = recommender._encode_stored(index, np.ones(len(index), dtype=bool))
     cached = recommender._cached_state(torch.from_numpy(index))
     for fresh, stored in zip(encoded, cached, strict=True):
         if fresh is None:
