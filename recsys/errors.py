@@ -1,4 +1,4 @@
-"""The two error families: what the user got wrong, and what we got wrong.
+"""The error families: what the user got wrong, what state the server is in, and what we got wrong.
 
 A ``UserError`` carries a message written for the person who supplied the input; the
 training entry writes it to ``output/failure`` and exits 1, serving turns it into a 4xx.
@@ -14,6 +14,21 @@ class UserError(Exception):
     status_code: int = 400
 
     def __init__(self, message: str, *, status_code: int = 400) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+    @property
+    def message(self) -> str:
+        return str(self)
+
+
+class ServerStateError(Exception):
+    """The server cannot answer now, whatever the request: not ready (503), or too slow (504).
+
+    Not a ``UserError``: the request may be fine, and a client should retry rather than fix it.
+    """
+
+    def __init__(self, message: str, *, status_code: int) -> None:
         super().__init__(message)
         self.status_code = status_code
 

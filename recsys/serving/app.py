@@ -22,7 +22,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.types import Receive, Scope, Send
 
-from recsys.errors import UserError
+from recsys.errors import ServerStateError, UserError
 from recsys.sagemaker.contract import CUSTOM_ATTRIBUTES_HEADER, HostingConfig, read_hosting_config
 from recsys.serving import codecs
 from recsys.serving.batching import MicroBatcher
@@ -94,15 +94,23 @@ def create_app(config: HostingConfig) -> InvocationsEndpoint:
                     "application/jsonlines": {
                         "schema": {"type": "string", "description": "one instance per line"}
                     },
-                    "text/csv": {"schema": {"type": "string", "description": "one `user_id[,k]` per line"}},
+                    "text/csv": {
+                        "schema": {
+                            "type": "string",
+                            "description": "one `user_id[,k[,history]]` per line, the history's item "
+                            "ids separated by `|`",
+                        }
+                    },
                 },
             }
         },
     )
-    async def invocations() -> Response:
-        # Declared for the OpenAPI page only: InvocationsEndpoint answers POST /invocations
-        # before the request reaches FastAPI, so this is never called.
-        raise RuntimeError("POST /invocations is answered by InvocationsEndpoint")
+    async def invocations(request: Request) -> Response:
+        # InvocationsEndpoint answers POST /invocations before FastAPI in the server; an app used
+        # on its own (a test client, another ASGI server) gets the same handler here.
+        status, headers, payload = await respond(request.app, request.scope, request.receive)
+        kept = {k.decode(): v.decode("latin-1") for k, v in headers if k != b"content-length"}
+        return Response(payload, status_code=status, headers=kept)
 
     return InvocationsEndpoint(app)
 
@@ -113,7 +121,7 @@ async def invoke(
     """Decode, validate, score (micro-batched) and encode one /invocations request."""
     config: HostingConfig = app.state.config
     if getattr(app.state, "recommender", None) is None:
-        raise UserError("the model is not loaded", status_code=503)
+        raise ServerStateError("the model is not loaded yet; retry once /ping answers 200", status_code=503)
     fmt_in = codecs.content_type_of(content_type)
     fmt_out = codecs.accept_of(accept)
     raw = codecs.decode_instances(body, fmt_in, max_instances=config.max_instances)
@@ -123,7 +131,7 @@ async def invoke(
         async with asyncio.timeout(config.timeout_seconds):
             results = await app.state.batcher.submit(queries)
     except TimeoutError:
-        raise UserError(
+        raise ServerStateError(
             f"the request took longer than {config.timeout_seconds:g} s; send fewer instances",
             status_code=504,
         ) from None
@@ -142,33 +150,38 @@ class InvocationsEndpoint:
 
     def __init__(self, app: FastAPI) -> None:
         self.app = app
-        self.limit: int = app.state.config.max_payload_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] != "/invocations" or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
-        headers = {name.lower(): value.decode("latin-1") for name, value in scope["headers"]}
-        status, media_type = 200, codecs.MEDIA_TYPES["json"]
-        try:
-            body = await _read(headers, receive, self.limit)
-            payload, media_type = await invoke(
-                self.app, headers.get(b"content-type"), headers.get(b"accept"), body
-            )
-        except UserError as exc:
-            status, payload = exc.status_code, _error_body(exc.message)
-        except Exception:
-            logger.exception("internal error on /invocations")
-            status, payload = 500, _error_body("internal error; see the endpoint's logs")
-        response_headers = [
-            (b"content-type", media_type.encode()),
-            (b"content-length", str(len(payload)).encode()),
-        ]
-        echo = headers.get(CUSTOM_ATTRIBUTES_HEADER.lower().encode())
-        if echo is not None:
-            response_headers.append((CUSTOM_ATTRIBUTES_HEADER.encode(), echo.encode("latin-1")))
-        await send({"type": "http.response.start", "status": status, "headers": response_headers})
+        status, headers, payload = await respond(self.app, scope, receive)
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": payload})
+
+
+async def respond(
+    app: FastAPI, scope: Scope, receive: Receive
+) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """One POST /invocations: (status, headers, body). Errors are JSON ``{"error": ...}``."""
+    headers = {name.lower(): value.decode("latin-1") for name, value in scope["headers"]}
+    status, media_type = 200, codecs.MEDIA_TYPES["json"]
+    try:
+        body = await _read(headers, receive, app.state.config.max_payload_bytes)
+        payload, media_type = await invoke(app, headers.get(b"content-type"), headers.get(b"accept"), body)
+    except (UserError, ServerStateError) as exc:
+        status, payload = exc.status_code, _error_body(exc.message)
+    except Exception:
+        logger.exception("internal error on /invocations")
+        status, payload = 500, _error_body("internal error; see the endpoint's logs")
+    response_headers = [
+        (b"content-type", media_type.encode()),
+        (b"content-length", str(len(payload)).encode()),
+    ]
+    echo = headers.get(CUSTOM_ATTRIBUTES_HEADER.lower().encode())
+    if echo is not None:
+        response_headers.append((CUSTOM_ATTRIBUTES_HEADER.encode(), echo.encode("latin-1")))
+    return status, response_headers, payload
 
 
 async def _read(headers: dict[bytes, str], receive: Receive, limit: int) -> bytes:
