@@ -37,7 +37,9 @@ Protocols:
 * B: each user's latest 5 interactions are the test set (users with more than 5); lower variance.
 * cold: 10% of users (seeded) never seen in training; each one's oldest 80% of interactions (by time)
   is the request history, the newest 20% are all judged. The project answers real requests
-  ``{"history": [...], "k": 10}`` through ``recsys.serving`` (request validation, then the in-process
+  ``{"history": [{"item_id": ..., "timestamp": ...}, ...], "k": 10, "context": {"timestamp": t}}``
+  (t: the user's first judged interaction, the moment they come back) through ``recsys.serving``
+  (request validation, then the in-process
   ``Recommender`` loaded from the saved artifact: the same engine ``recsys serve`` runs, without HTTP);
   the references rank from the same histories, with the history's items excluded.
 
@@ -518,16 +520,37 @@ def run_protocol(
     return result, tuned
 
 
-def serve_cold_users(model_dir: Path, histories: Sequence[Sequence[str]], k: int) -> dict[str, Any]:
-    """Each history as a real request ``{"history": [...], "k": k}``: validated by the serving
-    schemas, answered by the ``Recommender`` loaded from the saved artifact (in process)."""
+def cold_requests(
+    history: pd.DataFrame, judged: pd.DataFrame, users: Sequence[str], k: int
+) -> list[dict[str, Any]]:
+    """Each cold user's request as a client in the present sends it: their events, oldest first
+    with their times, and the moment of their first judged interaction as the request's time."""
+    ordered = history.assign(_row=np.arange(len(history))).sort_values(["timestamp", "_row"], kind="stable")
+    events: dict[str, list[dict[str, Any]]] = {user: [] for user in users}
+    for user, item, stamp in zip(
+        ordered["user_id"].astype(str), ordered["item_id"].astype(str), ordered["timestamp"], strict=True
+    ):
+        events[user].append({"item_id": item, "timestamp": float(stamp)})
+    first = judged.groupby(judged["user_id"].astype(str))["timestamp"].min()
+    requests = []
+    for user in users:
+        request: dict[str, Any] = {"history": events[user], "k": k}
+        if user in first.index:
+            request["context"] = {"timestamp": float(first[user])}
+        requests.append(request)
+    return requests
+
+
+def serve_cold_users(model_dir: Path, requests: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Each request, as JSON would carry it, validated by the serving schemas and answered by the
+    ``Recommender`` loaded from the saved artifact (in process)."""
     from recsys.serving.engine import Recommender
     from recsys.serving.schemas import parse_instances
 
     start = time.perf_counter()
     recommender = Recommender.load(model_dir)
     load_seconds = time.perf_counter() - start
-    queries = parse_instances([{"history": list(history), "k": k} for history in histories])
+    queries = parse_instances([dict(request) for request in requests])
     start = time.perf_counter()
     answers = recommender.recommend(queries)
     seconds = time.perf_counter() - start
@@ -554,6 +577,7 @@ def run_cold(
     history_rows = interaction_matrix(split.history, cold_index, catalogue.items)
     relevant, skipped = relevant_items(split.judged, cold_index, catalogue.items)
     histories = build_sequences(split.history, cold_index, catalogue.items)
+    requests = cold_requests(split.history, split.judged, split.cold_users, K)
     # The users table without the cold users: the job knows nothing about them.
     warm = replace(data, users=data.users[~data.users["user_id"].astype(str).isin(set(split.cold_users))])
     models: dict[str, Any] = {}
@@ -564,7 +588,7 @@ def run_cold(
             RUNS / "protocol_cold" / f"variant_{index}", split.train, warm, variant, tag
         )
         _progress(f"[{tag}] {len(histories)} history requests to {variant.label} through recsys.serving")
-        answered = serve_cold_users(paths.model_dir, [catalogue.items[h].tolist() for h in histories], K)
+        answered = serve_cold_users(paths.model_dir, requests)
         lists = [catalogue.items.get_indexer(pd.Index(ids)).tolist() for ids in answered.pop("lists")]
         models[variant.label] = ranked_list_metrics(lists, relevant, K)
         serving[variant.label] = answered

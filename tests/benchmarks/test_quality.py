@@ -1,0 +1,35 @@
+"""The cold-user protocol's requests: what a client in the present would send."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from benchmarks.quality import cold_requests
+from recsys.serving.engine import Event
+from recsys.serving.schemas import parse_instances
+
+
+def test_cold_requests_carry_each_users_events_in_time_order_and_the_moment_they_return() -> None:
+    history = pd.DataFrame(
+        {
+            "user_id": ["7", "7", "9", "7"],
+            "item_id": ["b", "a", "c", "d"],
+            "timestamp": [20.0, 10.0, 5.0, 20.0],
+        }
+    )
+    judged = pd.DataFrame({"user_id": ["7", "7"], "item_id": ["x", "y"], "timestamp": [40.0, 30.0]})
+
+    requests = cold_requests(history, judged, ["7", "9"], k=10)
+
+    assert requests[0] == {
+        "history": [
+            {"item_id": "a", "timestamp": 10.0},
+            {"item_id": "b", "timestamp": 20.0},  # a tie keeps the table's row order
+            {"item_id": "d", "timestamp": 20.0},
+        ],
+        "k": 10,
+        "context": {"timestamp": 30.0},
+    }
+    assert requests[1] == {"history": [{"item_id": "c", "timestamp": 5.0}], "k": 10}  # nothing judged
+    first, _ = parse_instances(requests)
+    assert first.history == (Event("a", 10.0), Event("b", 20.0), Event("d", 20.0))
