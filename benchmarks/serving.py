@@ -15,17 +15,25 @@ and ``SAGEMAKER_MODEL_SERVER_WORKERS`` only when ``--workers`` is given), and lo
 * ``GET /ping``;
 * ``POST /invocations`` with ``{"instances":[{"user_id":"<random known user>","k":10}]}``: a
   known user's top 10, their seen items excluded, one instance per request, a different random
-  user on every request.
+  user on every request;
+* ``POST /invocations`` "fresh": the same, plus 50 fresh events
+  (``{"item_id": ..., "timestamp": ...}``, random items over the last hour) merged with the stored
+  history, and ``"context": {"device": ..., "timestamp": ...}``: the request of a live session.
+
+The artifact's model reads what a trained one does: the time features (hour, weekday, time since
+the last event), a ``device`` context column and the gaps between history events, and it stores
+every user's event times.
 
 The load generator is ``wrk`` (with ``benchmarks/wrk_post.lua``) when it is installed or can be
 installed with ``apt-get``; otherwise a small asyncio client with raw HTTP/1.1 keep-alive
 connections. Either way it shares the machine's cores with the server, which the figures include.
 
 Printed: req/s, p50 and p99 latency per endpoint and concurrency, the ratio of /invocations to /ping
-req/s, and whether the targets hold:
+req/s, the fresh requests' p50 and p99 against the plain ones', and whether the targets hold:
 
 * ``/invocations`` >= 0.5 x ``/ping`` req/s at 32 connections with 1,682 items;
-* p99 < 50 ms at 1,000,000 items, judged at 1 connection and at 32 connections (both shown).
+* p99 < 50 ms at 1,000,000 items, judged at 1 connection and at 32 connections (both shown);
+* fresh requests' p50 and p99 <= 1.5 x the plain requests', at 1,682 items, 1 and 32 connections.
 
 The same numbers go to ``benchmarks/.cache/serving.json``; each server's log to
 ``benchmarks/.cache/serving/<N>/server.log``.
@@ -56,6 +64,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from recsys.data.context import RowEncoding
 from recsys.data.features import FeatureEncoding, empty_arrays
 from recsys.data.vocab import Vocabulary
 from recsys.models.ncf import NCF, ModelConfig
@@ -86,6 +95,12 @@ WARMUP_S = 2.0
 
 PING_TARGET = (1682, 32, 0.5)  # (items, connections, minimum /invocations : /ping req/s)
 P99_TARGET = (1_000_000, (1, 32), 50.0)  # (items, connections judged, p99 limit in ms)
+FRESH_TARGET = (1682, (1, 32), 1.5)  # (items, connections judged, most fresh / plain p50 and p99)
+FRESH = "/invocations fresh"  # the endpoint label of the fresh-events requests
+FRESH_EVENTS = 50
+DEVICES = ("desktop", "mobile", "tv")
+NOW = 1_780_000_000.0  # the moment of the stored histories' end and of the fresh requests
+ROWS = RowEncoding(None, (), (("device", DEVICES),), (), True)
 
 
 @dataclass(frozen=True)
@@ -119,6 +134,8 @@ def model_config(num_items: int) -> ModelConfig:
         num_items=num_items,
         embedding_dim=EMBEDDING_DIM,
         history_length=HISTORY_LENGTH,
+        use_gaps=True,
+        context_cardinalities=ROWS.context_cardinalities,
     )
 
 
@@ -135,6 +152,12 @@ def build_artifact(num_items: int, seed: int = 0) -> Artifact:
     seen_indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     seen_items = np.concatenate([rng.choice(num_items, size=c, replace=False) for c in counts])
     popularity = rng.zipf(1.5, size=num_items).clip(max=1_000_000).astype(np.int64)
+    # A user's events an hour or so apart, the last within the day before NOW.
+    cumulative = np.cumsum(rng.exponential(3600.0, size=len(seen_items)))
+    within = cumulative - np.repeat(np.concatenate([[0.0], cumulative])[seen_indptr[:-1]], counts)
+    last = np.repeat(within[seen_indptr[1:] - 1], counts)
+    ends = np.repeat(NOW - rng.uniform(0, 86_400, size=NUM_USERS), counts)
+    seen_timestamps = ends - (last - within)
     return Artifact(
         model_config=config,
         state_dict=state_dict,
@@ -150,6 +173,8 @@ def build_artifact(num_items: int, seed: int = 0) -> Artifact:
         train_config={"synthetic": True, "benchmark": "serving"},
         metrics={},
         fingerprint={"synthetic": True, "num_items": num_items, "seed": seed},
+        seen_timestamps=seen_timestamps,
+        feature_encodings={"rows": ROWS.to_json()},
     )
 
 
@@ -269,19 +294,39 @@ def invocation_body(user: int) -> bytes:
     return json.dumps({"instances": [{"user_id": f"u{user}", "k": K}]}, separators=(",", ":")).encode()
 
 
-def check_invocation(url: str) -> dict[str, Any]:
-    """One request up front: the benchmark must measure known-user top-k, not an error or a fallback."""
-    request = urllib.request.Request(
-        f"{url}/invocations",
-        data=invocation_body(7),
-        headers={"Content-Type": "application/json", "Accept": "application/json"},
-        method="POST",
-    )
-    with urllib.request.urlopen(request, timeout=30) as response:
-        prediction = json.loads(response.read())["predictions"][0]
-    if prediction.get("kind") != "user" or len(prediction.get("item_ids", [])) != K:
-        raise RuntimeError(f"unexpected prediction for a known user: {prediction}")
-    return dict(prediction)
+def fresh_body(user: int, num_items: int, rng: random.Random) -> bytes:
+    """A known user's request with ``FRESH_EVENTS`` fresh events over the last hour and a context."""
+    stamps = sorted(NOW - rng.uniform(0, 3600) for _ in range(FRESH_EVENTS))
+    events = [{"item_id": f"i{rng.randrange(num_items)}", "timestamp": round(t, 1)} for t in stamps]
+    instance = {
+        "user_id": f"u{user}",
+        "k": K,
+        "history": events,
+        "context": {"device": rng.choice(DEVICES), "timestamp": NOW},
+    }
+    return json.dumps({"instances": [instance]}, separators=(",", ":")).encode()
+
+
+def check_invocation(url: str, num_items: int) -> dict[str, Any]:
+    """Requests up front: the benchmark must measure known-user top-k (plain, and with fresh events
+    merged into the stored ones), not an error or a fallback."""
+    out: dict[str, Any] = {}
+    for kind, body in (("user", invocation_body(7)), ("history", fresh_body(7, num_items, random.Random(7)))):
+        request = urllib.request.Request(
+            f"{url}/invocations",
+            data=body,
+            headers={"Content-Type": "application/json", "Accept": "application/json"},
+            method="POST",
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            prediction = json.loads(response.read())["predictions"][0]
+        if prediction.get("kind") != kind or len(prediction.get("item_ids", [])) != K:
+            raise RuntimeError(f"unexpected prediction for a known user: {prediction}")
+        # All 50 are newer than every stored event, so the merged window of 50 is theirs.
+        if kind == "history" and prediction.get("fresh_events") != FRESH_EVENTS:
+            raise RuntimeError(f"the fresh events were not the latest of the history: {prediction}")
+        out[kind] = prediction
+    return out
 
 
 # -- load generators -----------------------------------------------------------------------------
@@ -309,9 +354,9 @@ WRK_LINE = re.compile(r"^WRK_RESULT (\{.*\})$", re.MULTILINE)
 
 
 def run_wrk(
-    wrk: str, url: str, endpoint: str, connections: int, duration: float, threads: int
+    wrk: str, url: str, endpoint: str, connections: int, duration: float, threads: int, num_items: int
 ) -> dict[str, Any]:
-    mode = "ping" if endpoint == "/ping" else "invocations"
+    mode = {"/ping": "ping", FRESH: "fresh"}.get(endpoint, "invocations")
     command = [
         wrk,
         f"--threads={max(1, min(threads, connections))}",
@@ -325,6 +370,9 @@ def run_wrk(
         mode,
         str(NUM_USERS),
         str(K),
+        str(num_items),
+        str(FRESH_EVENTS),
+        str(NOW),
     ]
     completed = subprocess.run(command, capture_output=True, text=True, check=False, timeout=duration + 120)
     match = WRK_LINE.search(completed.stdout)
@@ -361,7 +409,9 @@ async def _read_response(reader: asyncio.StreamReader) -> int:
     return status
 
 
-async def _python_load(port: int, endpoint: str, connections: int, duration: float) -> dict[str, Any]:
+async def _python_load(
+    port: int, endpoint: str, connections: int, duration: float, num_items: int
+) -> dict[str, Any]:
     """``connections`` keep-alive connections, each sending its next request as soon as the last ends."""
     latencies: list[float] = []
     errors = 0
@@ -370,7 +420,8 @@ async def _python_load(port: int, endpoint: str, connections: int, duration: flo
     def build(rng: random.Random) -> bytes:
         if endpoint == "/ping":
             return f"GET /ping HTTP/1.1\r\nHost: {HOST}:{port}\r\n\r\n".encode()
-        body = invocation_body(rng.randrange(NUM_USERS))
+        user = rng.randrange(NUM_USERS)
+        body = fresh_body(user, num_items, rng) if endpoint == FRESH else invocation_body(user)
         head = (
             f"POST /invocations HTTP/1.1\r\nHost: {HOST}:{port}\r\nContent-Type: application/json\r\n"
             f"Accept: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
@@ -420,9 +471,9 @@ def measure(
     threads: int,
 ) -> LoadResult:
     if wrk is not None:
-        raw = run_wrk(wrk, server.url, endpoint, connections, duration, threads)
+        raw = run_wrk(wrk, server.url, endpoint, connections, duration, threads, items)
     else:
-        raw = asyncio.run(_python_load(server.port, endpoint, connections, duration))
+        raw = asyncio.run(_python_load(server.port, endpoint, connections, duration, items))
     return LoadResult(
         items=items,
         endpoint=endpoint,
@@ -477,7 +528,33 @@ def judge_targets(results: Sequence[LoadResult]) -> dict[str, Any]:
             "p99_ms": None if result is None else result.p99_ms,
             "holds": None if result is None else result.p99_ms < limit,
         }
-    return {"throughput": throughput, "latency": latency}
+    return {"throughput": throughput, "latency": latency, "fresh": judge_fresh(results)}
+
+
+def fresh_ratios(results: Sequence[LoadResult], items: int, connections: int) -> tuple[float, float] | None:
+    """(p50, p99) of the fresh requests over the plain known-user ones'."""
+    plain = _find(results, items, "/invocations", connections)
+    fresh = _find(results, items, FRESH, connections)
+    if plain is None or fresh is None or plain.p50_ms <= 0 or plain.p99_ms <= 0:
+        return None
+    return fresh.p50_ms / plain.p50_ms, fresh.p99_ms / plain.p99_ms
+
+
+def judge_fresh(results: Sequence[LoadResult]) -> dict[str, Any]:
+    items, judged, limit = FRESH_TARGET
+    out: dict[str, Any] = {
+        "target": f"{FRESH_EVENTS} fresh events + context: p50 and p99 <= {limit:g} x plain known-user "
+        f"requests' at {items:,} items",
+        "by_connections": {},
+    }
+    for connections in judged:
+        measured = fresh_ratios(results, items, connections)
+        out["by_connections"][str(connections)] = {
+            "p50_ratio": None if measured is None else round(measured[0], 3),
+            "p99_ratio": None if measured is None else round(measured[1], 3),
+            "holds": None if measured is None else max(measured) <= limit,
+        }
+    return out
 
 
 def _verdict(holds: bool | None) -> str:
@@ -489,7 +566,8 @@ def print_report(results: Sequence[LoadResult], targets: dict[str, Any], header:
     print()
     line = (
         f"{'items':>9}  {'conns':>5}  {'/ping req/s':>11}  {'p50 ms':>7}  {'p99 ms':>7}  "
-        f"{'/inv req/s':>10}  {'p50 ms':>7}  {'p99 ms':>7}  {'inv/ping':>8}  {'errors':>6}"
+        f"{'/inv req/s':>10}  {'p50 ms':>7}  {'p99 ms':>7}  {'inv/ping':>8}  "
+        f"{'fresh req/s':>11}  {'p50 ms':>7}  {'p99 ms':>7}  {'p50 x':>5}  {'p99 x':>5}  {'errors':>6}"
     )
     print(line)
     print("-" * len(line))
@@ -498,28 +576,47 @@ def print_report(results: Sequence[LoadResult], targets: dict[str, Any], header:
     for items, connections in keys:
         ping = _find(results, items, "/ping", connections)
         inv = _find(results, items, "/invocations", connections)
+        fresh = _find(results, items, FRESH, connections)
         measured = ratio(results, items, connections)
+        against = fresh_ratios(results, items, connections)
         mark = " *" if items == P99_TARGET[0] and connections in judged else ""
         mark += " +" if (items, connections) == PING_TARGET[:2] else ""
-        errors = (ping.errors if ping else 0) + (inv.errors if inv else 0)
+        errors = sum(r.errors for r in (ping, inv, fresh) if r is not None)
+        mark += " f" if items == FRESH_TARGET[0] and connections in FRESH_TARGET[1] else ""
 
         def cells(r: LoadResult | None, width: int) -> str:
             if r is None:
                 return f"{'-':>{width}}  {'-':>7}  {'-':>7}"
             return f"{r.requests_per_second:>{width},.0f}  {r.p50_ms:>7.2f}  {r.p99_ms:>7.2f}"
 
+        times = ("-", "-") if against is None else (f"{against[0]:.2f}", f"{against[1]:.2f}")
         print(
             f"{items:>9,}  {connections:>5}  {cells(ping, 11)}  {cells(inv, 10)}  "
-            f"{'-' if measured is None else f'{measured:.2f}':>8}  {errors:>6}{mark}"
+            f"{'-' if measured is None else f'{measured:.2f}':>8}  {cells(fresh, 11)}  "
+            f"{times[0]:>5}  {times[1]:>5}  {errors:>6}{mark}"
         )
     print()
-    print("+ the row that judges the throughput target; * the rows that judge the p99 target")
+    print(
+        "+ the row that judges the throughput target; * the rows that judge the p99 target; f the rows "
+        "that judge the fresh requests' target (p50 x, p99 x: fresh over plain /invocations)"
+    )
     throughput = targets["throughput"]
     measured = throughput["measured_ratio"]
     print(
         f"target: {throughput['target']}: {_verdict(throughput['holds'])}"
         + ("" if measured is None else f" (measured {measured:.2f} x)")
     )
+    fresh_target = targets["fresh"]
+    for connections, verdict in fresh_target["by_connections"].items():
+        shown = (
+            ""
+            if verdict["holds"] is None
+            else f" (p50 {verdict['p50_ratio']:.2f} x, p99 {verdict['p99_ratio']:.2f} x)"
+        )
+        print(
+            f"target: {fresh_target['target']}, judged at {connections} connection(s): "
+            f"{_verdict(verdict['holds'])}{shown}"
+        )
     latency = targets["latency"]
     for connections, verdict in latency["by_connections"].items():
         p99 = verdict["p99_ms"]
@@ -566,7 +663,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         server = Server(paths, args.workers, paths.base / "server.log")
         try:
             ready_s = server.wait_ready()
-            check_invocation(server.url)
+            check_invocation(server.url, items)
             rss = server_rss_mib(server.process.pid)
             _progress(
                 f"[{items:,} items] server ready in {ready_s:.1f} s on port {server.port}, RSS {rss:.0f} MiB"
@@ -574,7 +671,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             # Warm-up, not recorded: first requests pay for lazy imports, allocator growth, thread pools.
             measure(server, wrk, items, "/invocations", max(args.concurrency), WARMUP_S, args.wrk_threads)
             for connections in args.concurrency:
-                for endpoint in ("/ping", "/invocations"):
+                for endpoint in ("/ping", "/invocations", FRESH):
                     result = measure(
                         server, wrk, items, endpoint, connections, args.duration, args.wrk_threads
                     )
@@ -593,7 +690,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     targets = judge_targets(results)
     header = (
-        f"Serving benchmark: GMF (D={EMBEDDING_DIM}, {NUM_USERS:,} users), top-{K} for a random known user, "
+        f"Serving benchmark: GMF (D={EMBEDDING_DIM}, {NUM_USERS:,} users, time and device context), "
+        f"top-{K} for a random known user, plain or with {FRESH_EVENTS} fresh events and a context, "
         f"one instance per request; {tool} over {HOST} keep-alive, {args.duration:g} s per cell; "
         f"{workers} worker(s){' (default)' if args.workers is None else ''} on {cpu_count} CPU(s), "
         f"load generator on the same machine."

@@ -1,6 +1,8 @@
--- wrk script of benchmarks/serving.py: GET /ping, or POST /invocations for a random known user.
+-- wrk script of benchmarks/serving.py: GET /ping, or POST /invocations for a random known user,
+-- plain or with fresh events (random items over the hour before NOW, in time order) and a context.
 --
 --   wrk ... -s benchmarks/wrk_post.lua http://127.0.0.1:PORT -- invocations NUM_USERS K
+--   wrk ... -s benchmarks/wrk_post.lua http://127.0.0.1:PORT -- fresh NUM_USERS K NUM_ITEMS EVENTS NOW
 --   wrk ... -s benchmarks/wrk_post.lua http://127.0.0.1:PORT -- ping
 --
 -- Users are "u0" .. "u<NUM_USERS-1>", as in the benchmark's synthetic artifacts. done() prints one
@@ -9,6 +11,10 @@
 local mode = "ping"
 local num_users = 1
 local k = 10
+local num_items = 1
+local fresh_events = 50
+local now = 0
+local devices = { "desktop", "mobile", "tv" }
 local ping_request = nil
 local headers = { ["Content-Type"] = "application/json", ["Accept"] = "application/json" }
 
@@ -23,6 +29,9 @@ function init(args)
    mode = args[1] or "ping"
    num_users = tonumber(args[2] or "1")
    k = tonumber(args[3] or "10")
+   num_items = tonumber(args[4] or "1")
+   fresh_events = tonumber(args[5] or "50")
+   now = tonumber(args[6] or "0")
    math.randomseed(os.time() * 1000 + (thread_id or 0))
    ping_request = wrk.format("GET", "/ping")
 end
@@ -32,6 +41,18 @@ function request()
       return ping_request
    end
    local user = math.random(0, num_users - 1)
+   if mode == "fresh" then
+      local events = {}
+      local t = now - 3600
+      for i = 1, fresh_events do
+         t = t + math.random() * 3600 / fresh_events
+         events[i] = string.format('{"item_id":"i%d","timestamp":%.1f}', math.random(0, num_items - 1), t)
+      end
+      local body = string.format(
+         '{"instances":[{"user_id":"u%d","k":%d,"history":[%s],"context":{"device":"%s","timestamp":%.1f}}]}',
+         user, k, table.concat(events, ","), devices[math.random(1, #devices)], now)
+      return wrk.format("POST", "/invocations", headers, body)
+   end
    local body = string.format('{"instances":[{"user_id":"u%d","k":%d}]}', user, k)
    return wrk.format("POST", "/invocations", headers, body)
 end
