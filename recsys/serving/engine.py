@@ -32,7 +32,7 @@ from recsys.data.context import (
     standardise,
     weekday_codes,
 )
-from recsys.data.features import column_names, encode_values
+from recsys.data.features import encode_values
 from recsys.errors import UserError
 from recsys.evaluation.protocols import segment_positions
 from recsys.models.ncf import NCF, AttributeValues, ItemState, UserExtras, UserState
@@ -191,15 +191,13 @@ class Recommender:
             has_any = np.diff(indptr) > 0
             self.last_time[has_any] = self.seen_times[indptr[1:][has_any] - 1]
         self.seen_gaps: Tensor | None = None
-        self.seen_gap_codes: np.ndarray | None = None
         if config.use_gaps and self.seen_times is not None:
-            self.seen_gap_codes = gap_codes(previous_gaps(self.seen_times, indptr)).astype(np.int64)
-            self.seen_gaps = torch.from_numpy(self.seen_gap_codes).to(device)
+            codes = gap_codes(previous_gaps(self.seen_times, indptr)).astype(np.int64)
+            self.seen_gaps = torch.from_numpy(codes).to(device)
         self.seen_events: Tensor | None = None
         if config.num_event_types and self.seen_event_codes is not None:
             self.seen_events = torch.from_numpy(self.seen_event_codes).to(device)
         self.context_keys = (*self.rows.context_columns, TIMESTAMP_KEY)
-        self.user_columns = tuple(column_names(artifact.user_encoding))
         with torch.no_grad():
             self.user_cache = self._build_user_cache()
 
