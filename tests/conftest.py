@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+import logging
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import pandas as pd
@@ -55,3 +56,17 @@ def build_tree(
 def make_tree() -> TreeBuilder:
     """``make_tree(base, data=None, *, fmt, hyperparameters, train)``: see ``build_tree``."""
     return build_tree
+
+
+@pytest.fixture(autouse=True)
+def _root_logging_restored() -> Iterator[None]:
+    """In-process CLI runs install a root handler on that test's captured stdout, which pytest
+    closes afterwards; later tests' log records would then print a "Logging error" per record."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in root.handlers:
+        if handler not in handlers:
+            handler.close()
+    root.handlers[:] = handlers
+    root.setLevel(level)

@@ -502,11 +502,16 @@ PAIR_HYPERPARAMETERS = {
 
 
 def _pair_interactions(seed: int = 0) -> pd.DataFrame:
-    """Each user takes 4 of the 20 pairs in random order, always a_j then straight after b_j."""
+    """Each user takes 4 of the 20 pairs in random order, always a_j then straight after b_j.
+
+    Users start at random moments of a week, so that the hour of day says nothing about where
+    in a pair the next event falls: served answers, whose moment is the server's clock, must not
+    depend on when the test runs.
+    """
     rng = np.random.default_rng(seed)
     rows = []
     for user in range(NUM_PAIR_USERS):
-        timestamp = 1_700_000_000 + user
+        timestamp = 1_700_000_000 + int(rng.integers(0, 7 * 86_400))
         for pair in rng.choice(NUM_PAIRS, PAIRS_PER_USER, replace=False):
             for item in (f"a{pair:02d}", f"b{pair:02d}"):
                 rows.append((f"p{user:04d}", item, timestamp))
