@@ -98,6 +98,7 @@ P99_TARGET = (1_000_000, (1, 32), 50.0)  # (items, connections judged, p99 limit
 FRESH_TARGET = (1682, (1, 32), 1.5)  # (items, connections judged, most fresh / plain p50 and p99)
 FRESH = "/invocations fresh"  # the endpoint label of the fresh-events requests
 FRESH_EVENTS = 50
+REQUEST_POOL = 2000  # distinct requests each load generator makes up front and draws from
 DEVICES = ("desktop", "mobile", "tv")
 NOW = 1_780_000_000.0  # the moment of the stored histories' end and of the fresh requests
 ROWS = RowEncoding(None, (), (("device", DEVICES),), (), True)
@@ -415,7 +416,6 @@ async def _python_load(
     """``connections`` keep-alive connections, each sending its next request as soon as the last ends."""
     latencies: list[float] = []
     errors = 0
-    deadline = time.perf_counter() + duration
 
     def build(rng: random.Random) -> bytes:
         if endpoint == "/ping":
@@ -434,7 +434,7 @@ async def _python_load(
         reader, writer = await asyncio.open_connection(HOST, port)
         try:
             while time.perf_counter() < deadline:
-                request = build(rng)
+                request = pool[rng.randrange(len(pool))]
                 started = time.perf_counter()
                 writer.write(request)
                 status = await _read_response(reader)
@@ -446,6 +446,10 @@ async def _python_load(
         finally:
             writer.close()
 
+    # Requests are made before the clock starts (as wrk_post.lua does): the load generator shares
+    # the server's cores, and making 50 fresh events per request would take CPU from the server.
+    pool = [build(random.Random(seed)) for seed in range(REQUEST_POOL)]
+    deadline = time.perf_counter() + duration
     started = time.perf_counter()
     await asyncio.gather(*(connection(seed) for seed in range(connections)))
     seconds = time.perf_counter() - started

@@ -79,9 +79,18 @@ def epoch_seconds(value: Any) -> float:
 
     Raises ``ValueError`` naming what it got."""
     if isinstance(value, int | float) and not isinstance(value, bool):
-        if not math.isfinite(value):
-            raise ValueError(f"a timestamp must be finite; got {value!r}")
-        return float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:  # an int past float's range: JSON allows any number of digits
+            seconds = math.inf
+        if not math.isfinite(seconds):
+            shown = (
+                repr(value)
+                if len(repr(value)) <= 40
+                else f"{repr(value)[:20]}... ({len(repr(value))} digits)"
+            )
+            raise ValueError(f"a timestamp must be a finite number of seconds; got {shown}")
+        return seconds
     if isinstance(value, str):
         text = value.strip()
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -99,8 +100,10 @@ class Vocabulary:
 
     def lookup(self, ids: Sequence[str], default: int = -1) -> np.ndarray:
         """Indices of ``ids`` as int64; ``default`` where an id is unknown."""
-        get = self._lookup_table().get
-        return np.fromiter((get(i, default) for i in ids), dtype=np.int64, count=len(ids))
+        table = self._lookup_table()
+        return np.fromiter(
+            map(table.get, ids, itertools.repeat(default, len(ids))), dtype=np.int64, count=len(ids)
+        )
 
     def lookup_array(self, values: pa.Array | pa.ChunkedArray) -> np.ndarray:
         """Indices of a string array's values as int32, -1 where unknown or null; vectorised."""

@@ -16,7 +16,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -54,9 +54,11 @@ HistoryMode = Literal["merge", "replace"]
 TIMESTAMP_KEY = "timestamp"
 
 
-@dataclass(frozen=True)
-class Event:
-    """One event of a request's history: an item, and optionally when and of what type."""
+class Event(NamedTuple):
+    """One event of a request's history: an item, and optionally when and of what type.
+
+    A named tuple, not a frozen dataclass: a request may carry hundreds of events, and a frozen
+    dataclass's constructor costs several times more per event."""
 
     item_id: str
     timestamp: float | None = None  # epoch seconds; None: the request's moment
@@ -93,6 +95,8 @@ class Query:
 
 
 DEFAULT_K = 10
+# A new user's stored items, times and event codes.
+_NO_EVENTS = (np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.int64))
 
 
 @dataclass(frozen=True)
@@ -316,7 +320,7 @@ class Recommender:
 
     # -- scoring -----------------------------------------------------------------------------
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def recommend(self, queries: Sequence[Query]) -> list[Recommendation]:
         """One recommendation per query, in order. Personal queries share one scoring pass."""
         for query in queries:
@@ -473,45 +477,27 @@ class Recommender:
 
     def _user_side(self, query: Query, user: int, moment: float, unknown: list[str]) -> _UserSide:
         """The history, gaps, event types, extra exclusions and attributes of one query."""
-        fresh_items: list[int] = []
-        fresh_times: list[float] = []
-        fresh_events: list[int] = []
-        for position, entry in enumerate(query.history or ()):
-            event = entry if isinstance(entry, Event) else Event(entry)
-            index = self.artifact.items.get(event.item_id)
-            if index < 0:
-                unknown.append(event.item_id)
-                continue
-            code = 0
-            if event.event_type is not None:
-                if self.rows.event_column is None:
-                    raise UserError(
-                        f"history[{position}].event_type: the model was trained without event types; "
-                        "leave event_type out."
-                    )
-                code = self.rows.event_code(event.event_type)
-                if code == 0:
-                    raise UserError(
-                        f"history[{position}].event_type: unknown event type {event.event_type!r}; the "
-                        f"model's event types: {', '.join(self.rows.event_types)}."
-                    )
-            fresh_items.append(index)
-            fresh_times.append(event.timestamp if event.timestamp is not None else math.nan)
-            fresh_events.append(code)
+        # Column by column, not event by event: a request may carry hundreds of events, and this
+        # runs holding the GIL that the event loop needs to read the next requests.
+        entries = [Event(e) if isinstance(e, str) else e for e in query.history or ()]
+        ids, stamps, types = zip(*entries, strict=True) if entries else ((), (), ())
+        found = self.artifact.items.lookup(ids)
+        known = found >= 0
+        every_known = bool(known.all())
+        if not every_known:
+            unknown.extend(ids[i] for i in np.flatnonzero(~known))
+        new_items = found if every_known else found[known]
+        # Times as known (None -> NaN: not given, so gaps are unknown, as in training).
+        new_times = np.array(stamps, dtype=np.float64)
+        new_events = np.zeros(len(ids), np.int64)
+        if types.count(None) != len(types):
+            new_events = self._event_codes(entries)
+        if not every_known:
+            new_times, new_events = new_times[known], new_events[known]
         if user >= 0:
             stored_items, stored_times, stored_events = self._stored(user)
         else:
-            stored_items, stored_times, stored_events = (
-                np.zeros(0, np.int64),
-                np.zeros(0),
-                np.zeros(0, np.int64),
-            )
-        new_items = np.asarray(fresh_items, dtype=np.int64)
-        # Times as known (NaN: not given, so gaps are unknown, as in training), and for ordering
-        # (an event without a time happened at the request's moment).
-        new_times = np.asarray(fresh_times, dtype=np.float64)
-        new_order = np.where(np.isnan(new_times), moment, new_times)
-        new_events = np.asarray(fresh_events, dtype=np.int64)
+            stored_items, stored_times, stored_events = _NO_EVENTS
         excluded = query.exclude_event_types
         if excluded:
             codes = np.asarray([self.rows.event_code(n) for n in excluded])
@@ -520,42 +506,67 @@ class Recommender:
             )
         else:
             seen = new_items
+        stored_count = 0  # how many of ``items`` come first from the stored history, when not merged
         merge = query.history_mode == "merge" and user >= 0
         if merge and len(new_items):
             items = np.concatenate([stored_items, new_items])
             times = np.concatenate([stored_times, new_times])
             events = np.concatenate([stored_events, new_events])
-            fresh = np.concatenate([np.zeros(len(stored_items), bool), np.ones(len(new_items), bool)])
-            # By time (unknown stored times first, as the oldest), ties in order: stored, then fresh
-            # as sent.
-            keys = np.concatenate([np.where(np.isnan(stored_times), -np.inf, stored_times), new_order])
+            # By time: unknown stored times first, as the oldest; an event sent without a time
+            # happened at the request's moment; ties in order: stored, then fresh as sent.
+            keys = times.copy()
+            keys[: len(stored_items)][np.isnan(stored_times)] = -np.inf
+            keys[len(stored_items) :][np.isnan(new_times)] = moment
             order = np.argsort(keys, kind="stable")
-            items, times, events, fresh = items[order], times[order], events[order], fresh[order]
-            # A repeated item counts once, at its latest time.
-            _, last_in_reverse = np.unique(items[::-1], return_index=True)
-            keep = np.sort(len(items) - 1 - last_in_reverse)
-            items, times, events, fresh = items[keep], times[keep], events[keep], fresh[keep]
+            # A repeated item counts once, at its latest time: the first of the reversed order.
+            _, first_in_reverse = np.unique(items[order[::-1]], return_index=True)
+            order = order[np.sort(len(order) - 1 - first_in_reverse)]
+            items, times, events = items[order], times[order], events[order]
+            origin = order  # an index >= len(stored_items) is a fresh event
         elif merge or (query.history is None and user >= 0):
             items, times, events = stored_items, stored_times, stored_events
-            fresh = np.zeros(len(items), bool)
+            origin, stored_count = None, len(items)
         else:
             items, times, events = new_items, new_times, new_events
-            fresh = np.ones(len(items), bool)
-        gaps = gap_codes(previous_gaps(times, np.array([0, len(times)])))
+            origin = None
         attributes = self._attribute_values(query.user_attributes, user) if query.user_attributes else None
-        window = slice(max(0, len(items) - self.history_length), len(items))
-        kept_fresh = fresh[window]
+        start = max(0, len(items) - self.history_length)
+        # Seconds since the previous event, for the kept window (the first kept one has one too,
+        # unless it is the user's first).
+        before = times[max(0, start - 1) :]
+        gaps = np.diff(before) if start else np.concatenate([[math.nan], np.diff(before)])[: len(items)]
+        if origin is not None:
+            stored = int((origin[start:] < len(stored_items)).sum())
+        else:
+            stored = min(stored_count, len(items) - start)
         return _UserSide(
-            history=items[window][::-1].copy(),
-            gaps=gaps[window][::-1].astype(np.int64),
-            events=events[window][::-1].copy(),
+            history=items[start:][::-1].copy(),
+            gaps=gap_codes(gaps[::-1]).astype(np.int64),
+            events=events[start:][::-1].copy(),
             last_time=float(times[-1]) if len(times) else math.nan,
             seen=seen,
-            stored=int((~kept_fresh).sum()),
-            fresh=int(kept_fresh.sum()),
+            stored=stored,
+            fresh=len(items) - start - stored,
             attributes=attributes[:2] if attributes is not None else None,
             unknown_attributes=attributes[2] if attributes is not None else {},
         )
+
+    def _event_codes(self, entries: Sequence[Event]) -> np.ndarray:
+        """The event-type codes of a request's events (0 where none is given)."""
+        if self.rows.event_column is None:
+            position = next(i for i, e in enumerate(entries) if e.event_type is not None)
+            raise UserError(
+                f"history[{position}].event_type: the model was trained without event types; "
+                "leave event_type out."
+            )
+        codes = np.array([0 if e.event_type is None else self.rows.event_code(e.event_type) for e in entries])
+        for position, (entry, code) in enumerate(zip(entries, codes, strict=True)):
+            if entry.event_type is not None and code == 0:
+                raise UserError(
+                    f"history[{position}].event_type: unknown event type {entry.event_type!r}; the "
+                    f"model's event types: {', '.join(self.rows.event_types)}."
+                )
+        return codes.astype(np.int64)
 
     def _attribute_values(
         self, given: Mapping[str, Any], user: int

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+import math
+from typing import Annotated, Any, Literal, cast
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+)
 
 from recsys.data.context import epoch_seconds
 from recsys.errors import UserError
@@ -50,13 +59,61 @@ class HistoryEvent(BaseModel):
 ContextValue = str | int | float | bool | None
 
 
+_EVENT_KEYS = frozenset(HistoryEvent.model_fields)
+# Integers beyond 2**53 lose digits as floats: such a timestamp takes the checked path.
+_EXACT_FLOAT = 2**53
+
+
+def _plain_event(entry: Any) -> Event | None:
+    """The event of a history entry that needs no conversion beyond a bare id or an int time;
+    None for anything else, which pydantic then checks and, if it is wrong, words the error of.
+
+    A fresh-events request carries tens of events, and pydantic's per-event validators (Python
+    calls, each of them) cost more than scoring the request; this takes the common entries in
+    one pass. It accepts exactly what ``HistoryEvent`` accepts and returns what it returns
+    (tests/serving/test_schemas.py compares the two).
+    """
+    kind = type(entry)
+    if kind is str:
+        return Event(entry) if entry else None
+    if kind is not dict or not entry.keys() <= _EVENT_KEYS:
+        return None
+    item = entry.get("item_id")
+    if type(item) is not str or not item:
+        return None
+    stamp = entry.get("timestamp")
+    if stamp is not None:
+        stamp_kind = type(stamp)
+        if stamp_kind is float:
+            if not math.isfinite(stamp):
+                return None
+        elif stamp_kind is not int or not -_EXACT_FLOAT <= stamp <= _EXACT_FLOAT:
+            return None
+        stamp = float(stamp)
+    event_type = entry.get("event_type")
+    if event_type is not None and type(event_type) is not str:
+        return None
+    return Event(item, stamp, event_type)
+
+
+def _history(value: Any, checked: ValidatorFunctionWrapHandler) -> tuple[Event, ...] | None:
+    if type(value) is list:
+        events = [_plain_event(entry) for entry in value]
+        if all(event is not None for event in events):
+            return tuple(cast(list[Event], events))
+    history = checked(value)
+    return None if history is None else tuple(Event(e.item_id, e.timestamp, e.event_type) for e in history)
+
+
 class Instance(BaseModel):
     """One recommendation request. Give `user_id`, `history`, both, `item_id` alone, or none."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
     user_id: Id | None = Field(None, description="A known user: their seen items are excluded by default.")
-    history: list[Annotated[HistoryEvent, BeforeValidator(_as_event)]] | None = Field(
+    history: Annotated[
+        list[Annotated[HistoryEvent, BeforeValidator(_as_event)]] | None, WrapValidator(_history)
+    ] = Field(
         None,
         description="The user's events, oldest first: item ids, or objects "
         '{"item_id": ..., "timestamp": ..., "event_type": ...}. A new user\'s history, or a known '
@@ -109,9 +166,7 @@ class Instance(BaseModel):
     def to_query(self) -> Query:
         return Query(
             user_id=self.user_id,
-            history=tuple(Event(e.item_id, e.timestamp, e.event_type) for e in self.history)
-            if self.history is not None
-            else None,
+            history=cast(tuple[Event, ...] | None, self.history),  # _history made it one
             item_id=self.item_id,
             k=self.k,
             exclude_seen=self.exclude_seen,

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+import random
+from typing import Annotated, Any, cast
 
 import pytest
+from pydantic import BeforeValidator, TypeAdapter, ValidationError, ValidatorFunctionWrapHandler
 
 from recsys.errors import UserError
 from recsys.serving.engine import Event
-from recsys.serving.schemas import parse_instances
+from recsys.serving.schemas import HistoryEvent, _as_event, _history, parse_instances
 
 
 def test_history_entries_are_ids_or_events_with_a_time_in_either_form() -> None:
@@ -78,3 +80,79 @@ def test_a_bad_field_is_a_400_that_names_it(instance: dict[str, Any], named: lis
     assert caught.value.status_code == 400
     for part in named:
         assert part in str(caught.value)
+
+
+def _checked_history(entries: list[Any]) -> tuple[Event, ...] | str:
+    """What pydantic's own validation of the history field makes of ``entries``, or its error."""
+    adapter = TypeAdapter(list[Annotated[HistoryEvent, BeforeValidator(_as_event)]])
+    try:
+        return tuple(Event(e.item_id, e.timestamp, e.event_type) for e in adapter.validate_python(entries))
+    except ValidationError:
+        return "error"
+
+
+def _served_history(entries: list[Any]) -> tuple[str | Event, ...] | str:
+    try:
+        (query,) = parse_instances([{"history": entries}])
+    except UserError:
+        return "error"
+    assert query.history is not None
+    return query.history
+
+
+# Every kind of value a JSON body can put in each place, the edge cases included.
+_VALUES: list[Any] = [
+    "i1",
+    "",
+    " ",
+    7,
+    0,
+    -3,
+    True,
+    False,
+    None,
+    1.5,
+    1_764_700_000,
+    1_764_700_000.25,
+    2**53,
+    2**53 + 1,
+    -(2**60),
+    10**400,
+    float("nan"),
+    float("inf"),
+    "2025-12-02T18:26:40Z",
+    "1764700000",
+    "soon",
+    "click",
+    [],
+    {},
+    ["i1"],
+    {"item_id": "i1"},
+]
+
+
+def test_the_history_fast_path_accepts_and_returns_exactly_what_pydantic_does() -> None:
+    rng = random.Random(0)
+    cases: list[Any] = list(_VALUES)
+    keys = ["item_id", "timestamp", "event_type", "when"]
+    for _ in range(3000):
+        chosen = rng.sample(keys, rng.randint(0, 3))
+        cases.append({key: rng.choice(_VALUES) for key in chosen})
+    for entry in cases:
+        assert _served_history([entry]) == _checked_history([entry]), entry
+    # Whole lists: one bad entry among good ones sends the list down the checked path.
+    for _ in range(300):
+        entries = rng.sample(cases, 4)
+        assert _served_history(entries) == _checked_history(entries), entries
+
+
+def test_common_history_entries_never_reach_pydantics_per_event_validators() -> None:
+    def refuse(value: Any, outer_location: str | int | None = None) -> Any:
+        raise AssertionError(f"the checked path was taken for {value!r}")
+
+    entries = ["i1", {"item_id": "i2"}, {"item_id": "i3", "timestamp": 1_764_700_000, "event_type": "click"}]
+    assert _history(entries, cast(ValidatorFunctionWrapHandler, refuse)) == (
+        Event("i1"),
+        Event("i2"),
+        Event("i3", 1_764_700_000.0, "click"),
+    )
