@@ -63,6 +63,33 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return code
 
 
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    from recsys.sagemaker.contract import BASE_DIR_ENV, ProcessingPaths
+    from recsys.sagemaker.layout import DEFAULT_LOCAL_BASE_DIR, link_inputs
+    from recsys.sagemaker.process import config_from_args, run_prepare
+
+    environ = dict(os.environ)
+    if args.base_dir:
+        environ[BASE_DIR_ENV] = str(args.base_dir)
+    given = {name: getattr(args, name) for name in ("interactions", "items", "users") if getattr(args, name)}
+    config = config_from_args(args)
+    if given and environ.get(BASE_DIR_ENV) is None:
+        environ[BASE_DIR_ENV] = str(DEFAULT_LOCAL_BASE_DIR)
+    paths = ProcessingPaths.from_env(environ)
+    if given:
+        link_inputs(paths.input_root, given)
+    code = run_prepare(paths, config, environ)
+    if code == 0:
+        print(
+            f"\nchannels: {paths.output_root} (train, validation, test)\nreport: "
+            f"{paths.output_root / 'report' / 'data_report.md'}\nnext: recsys train --train "
+            f"{paths.output_dir('train')} --validation {paths.output_dir('validation')}"
+        )
+    else:
+        print(f"prepare failed (exit {code}): see {paths.message_file}", file=sys.stderr)
+    return code
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     from recsys.sagemaker.contract import BASE_DIR_ENV
     from recsys.serving.server import serve
@@ -293,6 +320,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--base-dir", type=Path, help="use this instead of $SAGEMAKER_BASE_DIR")
     serve.set_defaults(func=_cmd_serve)
+
+    from recsys.sagemaker.process import add_prepare_arguments
+
+    prep = sub.add_parser(
+        "prepare",
+        help="clean and split raw interaction logs (the SageMaker Processing contract)",
+        description="Clean raw logs and split them by time into train/validation/test channels, under "
+        "the Processing contract: input/<name> and output/<name> under $SAGEMAKER_BASE_DIR/processing "
+        "(default /opt/ml/processing). With --interactions PATH (and --items, --users), first link "
+        "your own files into that tree under --base-dir (default local/opt_ml). Exit 0 on success, "
+        "1 on bad input, 2 on an internal error (see output/message).",
+    )
+    prep.add_argument("--base-dir", type=Path, help="use this instead of $SAGEMAKER_BASE_DIR")
+    for name in ("interactions", "items", "users"):
+        prep.add_argument(f"--{name}", type=Path, metavar="PATH", help=f"a file or directory of raw {name}")
+    add_prepare_arguments(prep)
+    prep.set_defaults(func=_cmd_prepare)
 
     hp = sub.add_parser("hyperparameters", help="print every hyperparameter with its default")
     hp.set_defaults(func=_cmd_hyperparameters)

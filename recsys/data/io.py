@@ -618,8 +618,12 @@ def write_table(table: pa.Table | pd.DataFrame, path: Path) -> None:
                 sink.write("".join(lines).encode("utf-8"))
 
 
-def read_path(path: Path, *, channel: str, string_columns: Collection[str] = ()) -> pa.Table:
-    """Read a single data file, or every data file of a directory (for command-line use)."""
+def read_path(
+    path: Path, *, channel: str, string_columns: Collection[str] = (), allow_empty: bool = False
+) -> pa.Table:
+    """Read a single data file, or every data file of a directory (for command-line use).
+
+    ``allow_empty``: a file without rows is an empty table, not an error (one part of many)."""
     if not path.is_file():
         return read_table(path, channel=channel, string_columns=string_columns)
     detected = _file_format(path)
@@ -628,6 +632,6 @@ def read_path(path: Path, *, channel: str, string_columns: Collection[str] = ())
             f"{channel}: file {path} has an unsupported extension; supported extensions: {_SUPPORTED_TEXT}."
         )
     table = _read_file(path, detected[0], detected[1], string_columns, channel=channel)
-    if table.num_rows == 0:
+    if table.num_rows == 0 and not allow_empty:
         raise DataError(f"{channel}: file {path} holds no rows.")
     return table

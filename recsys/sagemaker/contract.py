@@ -256,6 +256,102 @@ def environment_base(environ: Mapping[str, str] | None = None) -> ContainerPaths
     return ContainerPaths.from_env(os.environ if environ is None else environ)
 
 
+# -- processing jobs -----------------------------------------------------------------------------
+
+# A Processing job's inputs and outputs: /opt/ml/processing/{input,output}/<name>, under the same
+# base as the training contract. Its configuration sits in /opt/ml/config (not input/config), and
+# the first 1 KB of /opt/ml/output/message becomes the job's ExitMessage.
+PROCESSING_CONFIG_FILE = "processingjobconfig.json"
+EXIT_MESSAGE_FILE = "message"
+EXIT_MESSAGE_LIMIT = 1024
+
+
+@dataclass(frozen=True)
+class ProcessingPaths:
+    """Every path of the Processing contract, derived from one base directory."""
+
+    base: Path
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> ProcessingPaths:
+        return cls(Path(environ.get(BASE_DIR_ENV) or DEFAULT_BASE_DIR))
+
+    @property
+    def input_root(self) -> Path:
+        return self.base / "processing" / "input"
+
+    @property
+    def output_root(self) -> Path:
+        return self.base / "processing" / "output"
+
+    def input_dir(self, name: str) -> Path:
+        return self.input_root / name
+
+    def output_dir(self, name: str) -> Path:
+        return self.output_root / name
+
+    @property
+    def config_dir(self) -> Path:
+        return self.base / "config"
+
+    @property
+    def job_config_file(self) -> Path:
+        return self.config_dir / PROCESSING_CONFIG_FILE
+
+    @property
+    def resource_config_file(self) -> Path:
+        return self.config_dir / RESOURCE_CONFIG_FILE
+
+    @property
+    def message_file(self) -> Path:
+        return self.base / "output" / EXIT_MESSAGE_FILE
+
+
+@dataclass(frozen=True)
+class ProcessingContract:
+    """What a Processing job was handed: its hosts and how each input was distributed."""
+
+    paths: ProcessingPaths
+    resources: ResourceConfig
+    # Input name -> True when every instance got every file (FullyReplicated).
+    replicated: Mapping[str, bool]
+
+
+def read_processing_contract(paths: ProcessingPaths) -> ProcessingContract:
+    resources = ResourceConfig()
+    if paths.resource_config_file.exists():
+        raw = _read_json_object(paths.resource_config_file, "resource config")
+        hosts = tuple(str(h) for h in raw.get("hosts") or ["algo-1"])
+        resources = ResourceConfig(
+            current_host=str(raw.get("current_host") or hosts[0]),
+            hosts=hosts,
+            network_interface_name=str(raw.get("network_interface_name") or "eth0"),
+        )
+    replicated: dict[str, bool] = {}
+    if paths.job_config_file.exists():
+        config = _read_json_object(paths.job_config_file, "processing job config")
+        for spec in config.get("ProcessingInputs") or []:
+            if isinstance(spec, dict) and isinstance(spec.get("S3Input"), dict):
+                s3 = spec["S3Input"]
+                replicated[str(spec.get("InputName"))] = (
+                    str(s3.get("S3DataDistributionType", "FullyReplicated")) == "FullyReplicated"
+                )
+    return ProcessingContract(paths=paths, resources=resources, replicated=replicated)
+
+
+def write_exit_message(paths: ProcessingPaths, exc: BaseException) -> str:
+    """Write ``output/message``: a user error's message first (the 1 KB that ExitMessage shows),
+    an internal error's traceback after its one line."""
+    if isinstance(exc, UserError):
+        text = f"{exc.message}\n"
+    else:
+        details = "".join(traceback.format_exception(exc))
+        text = f"internal error: {type(exc).__name__}: {exc}\n\n{details}"
+    paths.message_file.parent.mkdir(parents=True, exist_ok=True)
+    paths.message_file.write_text(text, encoding="utf-8")
+    return text
+
+
 # -- distributed training ------------------------------------------------------------------------
 
 # The port of the rendezvous on hosts[0] (the issue's and SageMaker's examples' choice).

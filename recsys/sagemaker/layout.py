@@ -111,3 +111,15 @@ def lay_out_job(paths: ContainerPaths, job: LocalJob) -> None:
         if sources
     }
     paths.input_data_config_file.write_text(json.dumps(declared, indent=1) + "\n", encoding="utf-8")
+
+
+def link_inputs(root: Path, inputs: Mapping[str, Path]) -> None:
+    """Lay out Processing inputs under ``root``: ``root/<name>`` holds a link to each given path
+    (a directory of links, replaced only when this function laid it out)."""
+    for name, source in inputs.items():
+        if not source.exists():
+            raise UserError(f"--{name}: {source} does not exist.")
+        directory = root / name
+        _clear(name, directory)
+        directory.mkdir(parents=True)
+        (directory / _link_name(source, set())).symlink_to(source.resolve())
