@@ -7,6 +7,7 @@ the other commands work on explicit paths.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import os
@@ -292,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--base-dir", type=Path, help="use this instead of $SAGEMAKER_BASE_DIR")
     # The launcher's parsers load boto3 and the SDK only when an aws command runs.
-    from recsys.sagemaker.launcher_cli import add_aws_parser, add_hyperparameter_option
+    from recsys.options import add_hyperparameter_option
 
     for channel, what in (
         ("train", "interactions to train on (required with any other of these)"),
@@ -433,7 +434,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", action="store_true", help="print the metrics as JSON")
     ev.set_defaults(func=_cmd_evaluate)
 
-    add_aws_parser(sub)
+    # The launcher runs on the engineer's machine; the image leaves recsys.aws out.
+    if importlib.util.find_spec("recsys.aws") is not None:
+        from recsys.aws.cli import add_aws_parser
+
+        add_aws_parser(sub)
     return parser
 
 

@@ -15,13 +15,8 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
-
-from recsys.data.context import epoch_seconds
-from recsys.data.io import read_path, write_table
-from recsys.data.prepare import INTERACTIONS, SOLO, Peers, PrepareConfig, instance_files, prepare
-from recsys.data.prepare_report import write_data_report
 from recsys.errors import ConfigError, UserError
 from recsys.sagemaker.contract import (
     DEFAULT_MASTER_PORT,
@@ -31,7 +26,16 @@ from recsys.sagemaker.contract import (
     write_exit_message,
 )
 
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from recsys.data.prepare import Peers, PrepareConfig
+
 logger = logging.getLogger(__name__)
+# Names of the data layer's outputs, repeated for the parser: `recsys --help` builds this module's
+# options, and the data layer loads pandas (half a second) - tests/data/test_prepare.py checks they agree.
+SPLIT_OUTPUTS = ("train", "validation", "test")
+COLD_OUTPUT = "cold"
 
 ATTRIBUTE_INPUTS = ("items", "users")
 REPORT_OUTPUT = "report"
@@ -79,7 +83,31 @@ def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
     split.add_argument("--seed", type=int, default=0, help="which users are cold")
 
 
+def prepare_arguments(args: argparse.Namespace) -> list[str]:
+    """The settings of ``args`` that differ from their defaults, as ``recsys prepare`` arguments."""
+    parser = argparse.ArgumentParser(add_help=False)
+    add_prepare_arguments(parser)
+    tokens: list[str] = []
+    for action in parser._actions:  # argparse keeps its options there; there is no public list
+        value = getattr(args, action.dest, action.default)
+        if action.option_strings and value != action.default:
+            tokens += [action.option_strings[0], f"{value:g}" if isinstance(value, float) else str(value)]
+    return tokens
+
+
+def output_names(*, cold: bool, attributes: Sequence[str]) -> list[str]:
+    """The job's output directories, each uploaded to its own prefix."""
+    return [
+        *SPLIT_OUTPUTS,
+        *([COLD_OUTPUT] if cold else []),
+        *[a for a in ATTRIBUTE_INPUTS if a in attributes],
+        REPORT_OUTPUT,
+    ]
+
+
 def _moment(value: str | None, flag: str) -> float | None:
+    from recsys.data.context import epoch_seconds
+
     if value is None:
         return None
     try:
@@ -89,6 +117,8 @@ def _moment(value: str | None, flag: str) -> float | None:
 
 
 def config_from_args(args: argparse.Namespace) -> PrepareConfig:
+    from recsys.data.prepare import PrepareConfig
+
     keep = tuple(c.strip() for c in str(args.keep_columns or "").split(",") if c.strip())
     return PrepareConfig(
         user_column=args.user_column,
@@ -119,6 +149,8 @@ def _pass_through(
 ) -> None:
     """The rows of an attribute table whose id was kept, the id column named as the
     interactions' (``standard``), so that the outputs feed a training job as they are."""
+    from recsys.data.io import read_path, write_table
+
     directory = paths.input_dir(name)
     if not directory.is_dir():
         return
@@ -134,6 +166,10 @@ def _pass_through(
 
 
 def _run(paths: ProcessingPaths, config: PrepareConfig, environ: Mapping[str, str]) -> None:
+    from recsys.data.io import write_table
+    from recsys.data.prepare import INTERACTIONS, SOLO, instance_files, prepare
+    from recsys.data.prepare_report import write_data_report
+
     contract = read_processing_contract(paths)
     hosts = contract.resources.hosts
     rank, world = hosts.index(contract.resources.current_host), len(hosts)
@@ -145,6 +181,11 @@ def _run(paths: ProcessingPaths, config: PrepareConfig, environ: Mapping[str, st
     files = instance_files(
         source, rank=rank, world=world, replicated=contract.replicated.get(INTERACTIONS, False)
     )
+    # Every output exists, empty or not: an instance with no rows of a split still has the
+    # directory that its ProcessingOutput uploads.
+    given = [name for name in ATTRIBUTE_INPUTS if paths.input_dir(name).is_dir()]
+    for name in output_names(cold=config.cold_user_fraction > 0, attributes=given):
+        paths.output_dir(name).mkdir(parents=True, exist_ok=True)
 
     def write(output: str, rows: pd.DataFrame) -> None:
         write_table(rows, _part(paths, output, rank))

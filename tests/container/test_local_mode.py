@@ -100,7 +100,7 @@ def test_sdk_local_mode_alone_runs_the_image_without_train(
     from sagemaker.train import ModelTrainer
     from sagemaker.train.model_trainer import Mode
 
-    from recsys.sagemaker.launcher import DockerCli
+    from recsys.aws.images import DockerCli
 
     root = tmp_path / "bare"
     trainer = ModelTrainer(

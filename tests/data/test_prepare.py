@@ -236,6 +236,13 @@ def test_two_instances_on_sharded_files_give_what_one_instance_gives(tmp_path: P
         ["part-00000.parquet"],
         ["part-00001.parquet"],
     ]
-    assert not trees[1].output_dir("report").exists()
+    assert not any(trees[1].output_dir("report").iterdir())  # there, but empty
     assert _report(trees[0])["steps"] == _report(single)["steps"]
     assert _report(trees[0])["instances"] == 2
+
+
+def test_the_parsers_output_names_are_the_data_layers() -> None:
+    from recsys.data.prepare import COLD, SPLITS
+    from recsys.sagemaker.process import COLD_OUTPUT, SPLIT_OUTPUTS
+
+    assert (SPLIT_OUTPUTS, COLD_OUTPUT) == (SPLITS, COLD)

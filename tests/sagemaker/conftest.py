@@ -172,7 +172,7 @@ class FakeAws:
 @pytest.fixture()
 def aws(moto_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> FakeAws:
     """A fresh moto state, this process's AWS settings pointed at it, and the CLI's session watched."""
-    from recsys.sagemaker import launcher_cli
+    from recsys.aws import cli as launcher_cli
 
     with urllib.request.urlopen(f"{moto_url}/moto-api/reset", data=b"", timeout=10):
         pass

@@ -8,24 +8,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from recsys.config import TrainConfig
-from recsys.errors import UserError
-from recsys.sagemaker.launcher import (
-    DEFAULT_TUNING_RANGES,
-    EndpointSpec,
-    ModelSpec,
-    ParameterRange,
-    TransformSpec,
-    build_create_endpoint_config_request,
-    build_create_endpoint_request,
-    build_create_model_request,
-    build_create_transform_job_request,
-    is_gpu_instance_type,
-    timestamped_name,
-    validate_hyperparameters,
-    validate_ranges,
-)
-from recsys.sagemaker.launcher_cli import (
+from recsys.aws.cli import (
     duration,
     key_value,
     parse_range,
@@ -33,6 +16,20 @@ from recsys.sagemaker.launcher_cli import (
     resolve_role,
     s3_uri,
 )
+from recsys.aws.common import timestamped_name
+from recsys.aws.hosting import (
+    EndpointSpec,
+    ModelSpec,
+    TransformSpec,
+    build_create_endpoint_config_request,
+    build_create_endpoint_request,
+    build_create_model_request,
+    build_create_transform_job_request,
+    is_gpu_instance_type,
+)
+from recsys.aws.jobs import DEFAULT_TUNING_RANGES, ParameterRange, validate_hyperparameters, validate_ranges
+from recsys.config import TrainConfig
+from recsys.errors import UserError
 
 ROLE = "arn:aws:iam::123456789012:role/SageMakerRecsys"
 

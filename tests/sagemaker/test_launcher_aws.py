@@ -1022,7 +1022,7 @@ def test_make_push_runs_the_launcher_with_the_make_variables(aws: FakeAws, fake_
 def test_the_log_reader_prefixes_each_instance_and_reads_only_new_lines(aws: FakeAws) -> None:
     import boto3
 
-    from recsys.sagemaker.launcher import TRAINING_LOG_GROUP, TrainingLogReader
+    from recsys.aws.jobs import TRAINING_LOG_GROUP, TrainingLogReader
 
     logs = boto3.Session(region_name=REGION).client("logs")
     logs.create_log_group(logGroupName=TRAINING_LOG_GROUP)

@@ -1,5 +1,5 @@
 """``recsys aws ...``: the launcher's command line. Arguments and the environment are read here,
-once, into the frozen specs of ``recsys.sagemaker.launcher``; nothing deeper reads either.
+once, into the frozen specs of ``recsys.aws`` (common, images, jobs, hosting); nothing deeper reads either.
 
 boto3 and the SageMaker SDK (the ``aws`` extra) are imported only when an ``aws`` command runs.
 """
@@ -20,26 +20,28 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, NoReturn
 
-from recsys.config import TrainConfig
-from recsys.errors import ConfigError, UserError
-from recsys.sagemaker.contract import KNOWN_CHANNELS
-from recsys.sagemaker.launcher import (
+from recsys.aws.common import ROLE_PERMISSIONS_HINT, timestamped_name
+from recsys.aws.hosting import (
     CSV,
     DEFAULT_STARTUP_HEALTH_CHECK_SECONDS,
-    DEFAULT_TUNING_RANGES,
     JSON_LINES,
-    ROLE_PERMISSIONS_HINT,
     EndpointSpec,
     ModelSpec,
+    TransformSpec,
+)
+from recsys.aws.images import PushSpec
+from recsys.aws.jobs import (
+    DEFAULT_TUNING_RANGES,
     ParameterRange,
-    PushSpec,
     ScalingType,
     SpotConfig,
     TrainingSpec,
-    TransformSpec,
     TuningSpec,
-    timestamped_name,
 )
+from recsys.config import TrainConfig
+from recsys.errors import ConfigError, UserError
+from recsys.options import add_hyperparameter_option, key_value
+from recsys.sagemaker.contract import KNOWN_CHANNELS
 
 ROLE_ENV = "RECSYS_SAGEMAKER_ROLE"
 # After --region, the region's sources in the AWS CLI v2's order. boto3 reads AWS_DEFAULT_REGION
@@ -77,26 +79,6 @@ def duration(text: str) -> int:
     if not match or float(match.group(1)) <= 0:
         raise argparse.ArgumentTypeError(f"expected a duration such as 3600, 90m, 2h or 1d; got {text!r}")
     return int(float(match.group(1)) * _SECONDS[match.group(2)])
-
-
-def key_value(text: str) -> tuple[str, str]:
-    name, sep, value = text.partition("=")
-    if not sep or not name.strip():
-        raise argparse.ArgumentTypeError(f"expected NAME=VALUE; got {text!r}")
-    return name.strip(), value
-
-
-def add_hyperparameter_option(parser: argparse.ArgumentParser, what: str) -> None:
-    """``-H NAME=VALUE``, repeatable, as ``recsys train`` and the launcher's jobs take it."""
-    parser.add_argument(
-        "--hyperparameter",
-        "-H",
-        type=key_value,
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help=f"{what}; see `recsys hyperparameters`",
-    )
 
 
 def positive_int(text: str) -> int:
@@ -347,13 +329,40 @@ def add_aws_parser(subparsers: Any) -> None:
     batch.add_argument("--job-name", help="default: MODEL-<timestamp>")
     batch.add_argument("--no-wait", action="store_true")
 
+    from recsys.sagemaker.process import add_prepare_arguments
+
+    prepare = actions.add_parser(
+        "prepare",
+        parents=[common],
+        help="run a Processing job of the image that cleans and splits raw logs into channels",
+        description="A SageMaker Processing job running `docker run IMAGE prepare` on raw interaction "
+        "logs; writes train/, validation/, test/ (and items/, users/, report/) under --output, ready "
+        "for `recsys aws train`. With --instance-count > 1 the raw files are split between the "
+        "instances (ShardedByS3Key).",
+    )
+    prepare.add_argument("--image", required=True, help="the image URI (printed by `recsys aws push`)")
+    _role_option(prepare)
+    prepare.add_argument("--input", required=True, type=s3_uri, help="S3 prefix of the raw interaction logs")
+    prepare.add_argument("--items", type=s3_uri, help="S3 prefix of an item attribute table (optional)")
+    prepare.add_argument("--users", type=s3_uri, help="S3 prefix of a user attribute table (optional)")
+    prepare.add_argument("--output", required=True, type=s3_uri, help="S3 prefix for the channels")
+    prepare.add_argument("--instance-type", default="ml.m5.xlarge", help="default: ml.m5.xlarge")
+    prepare.add_argument("--instance-count", type=positive_int, default=1)
+    prepare.add_argument(
+        "--volume-size", type=positive_int, default=30, help="EBS GB per instance (default: 30)"
+    )
+    prepare.add_argument("--max-run", type=duration, default=24 * 3600, help="time limit (default: 24h)")
+    prepare.add_argument("--job-name", help="default: recsys-prepare-<timestamp>")
+    prepare.add_argument("--no-wait", action="store_true", help="return once the job is created")
+    add_prepare_arguments(prepare)
+
     delete = actions.add_parser(
         "delete", parents=[common], help="delete an endpoint, its endpoint config and its model"
     )
     delete.add_argument("--name", required=True)
     delete.add_argument("--keep-model", action="store_true", help="delete the endpoint and its config only")
 
-    for parser in (push, train, tune, deploy, invoke, batch, delete):
+    for parser in (push, train, tune, deploy, invoke, batch, prepare, delete):
         parser.set_defaults(func=run_aws)
 
 
@@ -395,7 +404,7 @@ def resolve_region(flag: str | None, environ: Mapping[str, str]) -> str | None:
 def resolve_session(args: argparse.Namespace, environ: Mapping[str, str]) -> Any:
     from botocore.exceptions import ProfileNotFound
 
-    from recsys.sagemaker.launcher import no_credentials_message, no_region_message
+    from recsys.aws.common import no_credentials_message, no_region_message
 
     try:
         session = new_session(resolve_region(args.region, environ), args.profile)
@@ -428,7 +437,7 @@ def resolve_role(args: argparse.Namespace, environ: Mapping[str, str], fallback:
 def resolve_training(
     args: argparse.Namespace, environ: Mapping[str, str], *, local: bool = False
 ) -> TrainingSpec:
-    from recsys.sagemaker.launcher import validate_hyperparameters
+    from recsys.aws.jobs import validate_hyperparameters
 
     channels = {name: getattr(args, name) for name in KNOWN_CHANNELS if getattr(args, name)}
     if not local:
@@ -472,7 +481,7 @@ def resolve_training(
 
 
 def resolve_tuning(args: argparse.Namespace, environ: Mapping[str, str]) -> TuningSpec:
-    from recsys.sagemaker.launcher import validate_ranges
+    from recsys.aws.jobs import validate_ranges
 
     training = resolve_training(args, environ)
     ranges = tuple(parse_range(text) for text in args.range) or DEFAULT_TUNING_RANGES
@@ -496,7 +505,7 @@ def resolve_model(
     args: argparse.Namespace, environ: Mapping[str, str], session: Any, name: str
 ) -> ModelSpec | None:
     """The model to create from --training-job or --model-data; None when neither is given."""
-    from recsys.sagemaker.launcher import model_source_from_training_job
+    from recsys.aws.hosting import model_source_from_training_job
 
     if args.training_job:
         model_data, image, role = model_source_from_training_job(session, args.training_job)
@@ -558,13 +567,14 @@ def run_aws(args: argparse.Namespace) -> int:
         "deploy": _deploy,
         "invoke": _invoke,
         "batch": _batch,
+        "prepare": _prepare,
         "delete": _delete,
     }
     return commands[command](args, environ, session)
 
 
 def _push(args: argparse.Namespace, environ: Mapping[str, str], session: Any) -> int:
-    from recsys.sagemaker.launcher import DockerCli, push_image
+    from recsys.aws.images import DockerCli, push_image
 
     last = args.image.split("/")[-1]
     tag = args.tag or (last.rsplit(":", 1)[1] if ":" in last else "latest")
@@ -579,7 +589,7 @@ def _console_url(session: Any, kind: str, name: str) -> str:
 
 
 def _train(args: argparse.Namespace, environ: Mapping[str, str], session: Any) -> int:
-    from recsys.sagemaker.launcher import follow_training_job, start_training
+    from recsys.aws.jobs import follow_training_job, start_training
 
     spec = resolve_training(args, environ)
     job_name = start_training(session, spec)
@@ -594,7 +604,8 @@ def _train(args: argparse.Namespace, environ: Mapping[str, str], session: Any) -
 
 
 def _train_locally(args: argparse.Namespace) -> int:
-    from recsys.sagemaker.launcher import DockerCli, train_locally
+    from recsys.aws.images import DockerCli
+    from recsys.aws.jobs import train_locally
 
     spec = resolve_training(args, os.environ, local=True)
     model_dir = train_locally(spec, args.local, DockerCli(), echo)
@@ -603,7 +614,7 @@ def _train_locally(args: argparse.Namespace) -> int:
 
 
 def _tune(args: argparse.Namespace, environ: Mapping[str, str], session: Any) -> int:
-    from recsys.sagemaker.launcher import follow_tuning_job, start_tuning
+    from recsys.aws.jobs import follow_tuning_job, start_tuning
 
     spec = resolve_tuning(args, environ)
     job_name = start_tuning(session, spec)
@@ -618,7 +629,7 @@ def _tune(args: argparse.Namespace, environ: Mapping[str, str], session: Any) ->
 
 
 def _deploy(args: argparse.Namespace, environ: Mapping[str, str], session: Any) -> int:
-    from recsys.sagemaker.launcher import deploy
+    from recsys.aws.hosting import deploy
 
     model = resolve_model(args, environ, session, args.name)
     if model is None:
@@ -638,7 +649,7 @@ def _deploy(args: argparse.Namespace, environ: Mapping[str, str], session: Any) 
 
 
 def _invoke(args: argparse.Namespace, environ: Mapping[str, str], session: Any) -> int:
-    from recsys.sagemaker.launcher import invoke
+    from recsys.aws.hosting import invoke
 
     body, content_type = read_request_body(args)
     answer = invoke(
@@ -649,7 +660,7 @@ def _invoke(args: argparse.Namespace, environ: Mapping[str, str], session: Any) 
 
 
 def _batch(args: argparse.Namespace, environ: Mapping[str, str], session: Any) -> int:
-    from recsys.sagemaker.launcher import start_transform, wait_for_transform
+    from recsys.aws.hosting import start_transform, wait_for_transform
 
     model = resolve_model(args, environ, session, args.model)
     spec = TransformSpec(
@@ -671,8 +682,43 @@ def _batch(args: argparse.Namespace, environ: Mapping[str, str], session: Any) -
     return 0
 
 
+def resolve_prepare(args: argparse.Namespace, environ: Mapping[str, str]) -> Any:
+    from recsys.aws.processing import PrepareJobSpec
+    from recsys.sagemaker.process import config_from_args, prepare_arguments
+
+    config = config_from_args(args)  # bad settings are refused here, before any request
+    return PrepareJobSpec(
+        job_name=args.job_name or timestamped_name("recsys-prepare"),
+        image_uri=args.image,
+        role_arn=resolve_role(args, environ),
+        interactions_s3_uri=args.input,
+        output_s3_uri=args.output,
+        arguments=tuple(prepare_arguments(args)),
+        attribute_s3_uris={name: getattr(args, name) for name in ("items", "users") if getattr(args, name)},
+        instance_type=args.instance_type,
+        instance_count=args.instance_count,
+        volume_size_gb=args.volume_size,
+        max_runtime_seconds=args.max_run,
+        cold_users=config.cold_user_fraction > 0,
+    )
+
+
+def _prepare(args: argparse.Namespace, environ: Mapping[str, str], session: Any) -> int:
+    from recsys.aws.processing import next_training_command, start_prepare, wait_for_prepare
+
+    spec = resolve_prepare(args, environ)
+    start_prepare(session, spec)
+    echo(f"processing job {spec.job_name}: {_console_url(session, 'processing-jobs', spec.job_name)}")
+    if args.no_wait:
+        return 0
+    wait_for_prepare(session, spec, echo)
+    echo(f"report: {spec.output_uri('report')}data_report.md")
+    echo(f"next: {next_training_command(spec)}")
+    return 0
+
+
 def _delete(args: argparse.Namespace, environ: Mapping[str, str], session: Any) -> int:
-    from recsys.sagemaker.launcher import delete_endpoint_resources
+    from recsys.aws.hosting import delete_endpoint_resources
 
     delete_endpoint_resources(session, args.name, echo, keep_model=args.keep_model)
     return 0
