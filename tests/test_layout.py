@@ -15,7 +15,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 def test_the_container_side_needs_nothing_from_the_launcher(tmp_path: Path) -> None:
     ignored = (REPO_ROOT / ".dockerignore").read_text().splitlines()
     assert "recsys/aws" in ignored
-    shutil.copytree(REPO_ROOT / "recsys", tmp_path / "recsys", ignore=shutil.ignore_patterns("__pycache__", "aws"))
+    skipped = shutil.ignore_patterns("__pycache__", "aws")
+    shutil.copytree(REPO_ROOT / "recsys", tmp_path / "recsys", ignore=skipped)
     assert not (tmp_path / "recsys" / "aws").exists()
     env = {**os.environ, "PYTHONPATH": str(tmp_path)}
     # This checkout's editable install would still find recsys.aws here: drop its finder, so that
@@ -37,7 +38,13 @@ def test_the_container_side_needs_nothing_from_the_launcher(tmp_path: Path) -> N
 
 def test_the_launcher_is_split_by_service_and_the_container_code_never_imports_it() -> None:
     assert sorted(p.stem for p in (REPO_ROOT / "recsys" / "aws").glob("*.py")) == [
-        "__init__", "cli", "common", "hosting", "images", "jobs", "processing",
+        "__init__",
+        "cli",
+        "common",
+        "hosting",
+        "images",
+        "jobs",
+        "processing",
     ]
     assert not (REPO_ROOT / "recsys" / "sagemaker" / "launcher.py").exists()
     for path in (REPO_ROOT / "recsys").rglob("*.py"):

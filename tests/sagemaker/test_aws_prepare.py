@@ -45,7 +45,8 @@ def test_prepare_sends_the_exact_processing_job_and_prints_the_next_training_com
     code, out, err = recsys_aws(
         *_prepare(
             "--items", "s3://bucket/items/", "--instance-count", "2", "--user-column", "visitor",
-            "--min-user-interactions", "5", "--test-from", "2026-11-01T00:00:00Z", "--cold-user-fraction", "0.1",
+            "--min-user-interactions", "5", "--test-from", "2026-11-01T00:00:00Z",
+            "--cold-user-fraction", "0.1",
         )
     )  # fmt: skip
 
