@@ -24,9 +24,12 @@ from recsys.aws.common import ROLE_PERMISSIONS_HINT, timestamped_name
 from recsys.aws.hosting import (
     CSV,
     DEFAULT_STARTUP_HEALTH_CHECK_SECONDS,
+    DEFAULT_TARGET_INVOCATIONS,
     JSON_LINES,
+    AutoscalingSpec,
     EndpointSpec,
     ModelSpec,
+    ServerlessSpec,
     TransformSpec,
 )
 from recsys.aws.images import PushSpec
@@ -281,7 +284,7 @@ def add_aws_parser(subparsers: Any) -> None:
         help="create a real-time endpoint (model + endpoint config + endpoint, one name)",
     )
     deploy.add_argument("--name", required=True, help="name of the model, endpoint config and endpoint")
-    _model_source_options(deploy)
+    _model_source_options(deploy, multi_model=True)
     deploy.add_argument("--instance-type", default="ml.m5.large", help="default: ml.m5.large")
     deploy.add_argument("--instance-count", type=positive_int, default=1)
     deploy.add_argument(
@@ -294,11 +297,33 @@ def add_aws_parser(subparsers: Any) -> None:
         "--inference-ami-version", help="InferenceAmiVersion (default on ml.g*/ml.p*: driver 580 / CUDA 13)"
     )
     deploy.add_argument("--no-wait", action="store_true", help="return before the endpoint is InService")
+    scaling = deploy.add_argument_group("autoscaling (Application Auto Scaling, target tracking)")
+    scaling.add_argument(
+        "--min-instances", type=positive_int, help="the fewest instances (with --max-instances)"
+    )
+    scaling.add_argument("--max-instances", type=positive_int, help="the most instances")
+    scaling.add_argument(
+        "--target-invocations",
+        type=float,
+        help="invocations per instance per minute to hold (default with autoscaling: 1000)",
+    )
+    deploy.add_argument(
+        "--serverless",
+        type=int,
+        metavar="MEMORY_MB",
+        help="a serverless endpoint of this memory (1024 to 6144, steps of 1024); CPU image only",
+    )
+    deploy.add_argument(
+        "--max-concurrency", type=positive_int, default=20, help="with --serverless (default: 20)"
+    )
 
     invoke = actions.add_parser(
         "invoke", parents=[common], help="send one request to an endpoint; prints the answer"
     )
     invoke.add_argument("--endpoint", required=True)
+    invoke.add_argument(
+        "--target-model", help="on a multi-model endpoint: the model.tar.gz under its prefix (e.g. fr.tar.gz)"
+    )
     body = invoke.add_mutually_exclusive_group(required=True)
     body.add_argument("--body", help='the request, e.g. \'{"user_id": "u0001", "k": 5}\'')
     body.add_argument("--file", type=Path, help="a file holding the request ('-' for stdin)")
@@ -366,10 +391,19 @@ def add_aws_parser(subparsers: Any) -> None:
         parser.set_defaults(func=run_aws)
 
 
-def _model_source_options(parser: argparse.ArgumentParser, *, optional: bool = False) -> None:
+def _model_source_options(
+    parser: argparse.ArgumentParser, *, optional: bool = False, multi_model: bool = False
+) -> None:
     source = parser.add_mutually_exclusive_group(required=not optional)
     source.add_argument("--training-job", help="a completed training job: its model, image and role")
     source.add_argument("--model-data", type=s3_uri, help="an S3 model.tar.gz (with --image)")
+    if multi_model:
+        source.add_argument(
+            "--multi-model",
+            type=s3_uri,
+            metavar="S3_PREFIX",
+            help="a multi-model endpoint over the model.tar.gz files under this prefix (with --image)",
+        )
     parser.add_argument("--image", help="serving image URI (default: the training job's)")
     _role_option(parser, required_note="; default with --training-job: the job's role")
     parser.add_argument(
@@ -516,6 +550,14 @@ def resolve_model(
         if not args.image:
             raise UserError("--model-data needs --image: the serving image's URI (from `recsys aws push`).")
         return ModelSpec(name, args.image, args.model_data, resolve_role(args, environ), dict(args.env))
+    prefix = getattr(args, "multi_model", None)
+    if prefix:
+        if not args.image:
+            raise UserError("--multi-model needs --image: the serving image's URI (from `recsys aws push`).")
+        prefix = prefix if prefix.endswith("/") else prefix + "/"
+        return ModelSpec(
+            name, args.image, prefix, resolve_role(args, environ), dict(args.env), multi_model=True
+        )
     return None
 
 
@@ -633,13 +675,37 @@ def _deploy(args: argparse.Namespace, environ: Mapping[str, str], session: Any) 
 
     model = resolve_model(args, environ, session, args.name)
     if model is None:
-        raise UserError("deploy needs --training-job or --model-data.")
+        raise UserError("deploy needs --training-job, --model-data or --multi-model.")
+    autoscaling = None
+    if (
+        args.min_instances is not None
+        or args.max_instances is not None
+        or args.target_invocations is not None
+    ):
+        if args.min_instances is None or args.max_instances is None:
+            raise UserError("autoscaling needs both --min-instances and --max-instances.")
+        if args.no_wait:
+            raise UserError("autoscaling registers the endpoint once it is InService: leave out --no-wait.")
+        autoscaling = AutoscalingSpec(
+            args.min_instances,
+            args.max_instances,
+            args.target_invocations if args.target_invocations is not None else DEFAULT_TARGET_INVOCATIONS,
+        )
+    serverless = None
+    if args.serverless is not None:
+        if model.multi_model:
+            raise UserError("serverless endpoints host one model: --multi-model needs instances.")
+        serverless = ServerlessSpec(args.serverless, args.max_concurrency)
     endpoint = EndpointSpec(
         name=args.name,
         instance_type=args.instance_type,
-        instance_count=args.instance_count,
+        instance_count=max(args.instance_count, autoscaling.min_instances)
+        if autoscaling
+        else args.instance_count,
         startup_health_check_seconds=args.startup_timeout,
         inference_ami_version=args.inference_ami_version,
+        autoscaling=autoscaling,
+        serverless=serverless,
     )
     if not 60 <= endpoint.startup_health_check_seconds <= 3600:
         raise UserError(f"--startup-timeout must be between 60 s and 1 h; got {args.startup_timeout} s.")
@@ -653,7 +719,12 @@ def _invoke(args: argparse.Namespace, environ: Mapping[str, str], session: Any) 
 
     body, content_type = read_request_body(args)
     answer = invoke(
-        session, args.endpoint, body, content_type=content_type, accept=args.accept or content_type
+        session,
+        args.endpoint,
+        body,
+        content_type=content_type,
+        accept=args.accept or content_type,
+        target_model=args.target_model,
     )
     sys.stdout.write(answer.decode("utf-8", errors="replace").rstrip("\n") + "\n")
     return 0

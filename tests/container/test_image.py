@@ -60,6 +60,66 @@ def test_a_bad_tree_fails_with_a_failure_file(cpu_image: str, tmp_path: Path) ->
     assert "'train' is missing" in (tmp_path / "output" / "failure").read_text()
 
 
+def test_prepare_runs_the_processing_contract_and_its_output_trains(cpu_image: str, tmp_path: Path) -> None:
+    """`docker run IMAGE prepare ARGS`, as a Processing job runs it: raw logs under
+    /opt/ml/processing/input, channels out, the launcher (recsys/aws) absent from the image."""
+    data = generate(SyntheticSpec(num_users=150, num_items=60, mean_interactions_per_user=12))
+    write_channels(data, tmp_path / "raw")
+    processing = tmp_path / "processing"
+    (processing / "input").mkdir(parents=True)
+    (tmp_path / "raw" / "train").rename(processing / "input" / "interactions")
+    (tmp_path / "raw" / "items").rename(processing / "input" / "items")
+    args = ["--min-user-interactions", "3", "--rating-column", "rating", "--min-rating", "2"]
+    result = subprocess.run(
+        [
+            "docker",
+            "run",
+            "--rm",
+            "--user",
+            docker_user(),
+            "-v",
+            f"{tmp_path}:/opt/ml",
+            cpu_image,
+            "prepare",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    output = processing / "output"
+    for name in ("train", "validation", "test", "items"):
+        assert (output / name / "part-00000.parquet").exists(), name
+    steps = json.loads((output / "report" / "data_report.json").read_text())["steps"]
+    assert steps[0]["rows"] == len(data.interactions)
+    listed = subprocess.run(
+        [
+            "docker",
+            "run",
+            "--rm",
+            cpu_image,
+            "python",
+            "-c",
+            "import importlib.util as u; print(u.find_spec('recsys.aws'))",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert listed.stdout.strip() == "None", listed.stdout + listed.stderr
+    # A bad setting: exit 1, and the reason in output/message (the job's ExitMessage).
+    bad = subprocess.run(
+        ["docker", "run", "--rm", "--user", docker_user(), "-v", f"{tmp_path}:/opt/ml", cpu_image, "prepare",
+         "--item-column", "movie"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )  # fmt: skip
+    assert bad.returncode == 1
+    assert "'movie'" in (tmp_path / "output" / "message").read_text()
+
+
 def _start_serving(image: str, tree: Path, *options: str) -> str:
     """``docker run -d IMAGE serve`` on a free loopback port with ``tree`` as /opt/ml; its id."""
     command = [
