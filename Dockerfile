@@ -52,6 +52,7 @@ ARG TORCH_VERSION=2.13.0
 ARG TORCH_CUDA_INDEX=https://download.pytorch.org/whl/cu126
 
 LABEL com.amazonaws.sagemaker.capabilities.accept-bind-to-port=true
+LABEL com.amazonaws.sagemaker.capabilities.multi-models=true
 
 ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \

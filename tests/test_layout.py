@@ -52,3 +52,9 @@ def test_the_launcher_is_split_by_service_and_the_container_code_never_imports_i
         if inside[0] == "aws" or inside == ("cli.py",):  # the CLI adds the aws commands when present
             continue
         assert "recsys.aws" not in path.read_text(), path
+
+
+def test_the_image_says_it_can_host_many_models() -> None:
+    from recsys.sagemaker.contract import MULTI_MODEL_LABEL
+
+    assert f"LABEL {MULTI_MODEL_LABEL}" in (REPO_ROOT / "Dockerfile").read_text().splitlines()

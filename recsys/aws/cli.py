@@ -44,7 +44,7 @@ from recsys.aws.jobs import (
 from recsys.config import TrainConfig
 from recsys.errors import ConfigError, UserError
 from recsys.options import add_hyperparameter_option, key_value
-from recsys.sagemaker.contract import KNOWN_CHANNELS
+from recsys.sagemaker.contract import KNOWN_CHANNELS, MULTI_MODEL_ENV
 
 ROLE_ENV = "RECSYS_SAGEMAKER_ROLE"
 # After --region, the region's sources in the AWS CLI v2's order. boto3 reads AWS_DEFAULT_REGION
@@ -555,9 +555,9 @@ def resolve_model(
         if not args.image:
             raise UserError("--multi-model needs --image: the serving image's URI (from `recsys aws push`).")
         prefix = prefix if prefix.endswith("/") else prefix + "/"
-        return ModelSpec(
-            name, args.image, prefix, resolve_role(args, environ), dict(args.env), multi_model=True
-        )
+        # The container reads the mode from its environment (recsys.sagemaker.contract).
+        environment = {MULTI_MODEL_ENV: "true", **dict(args.env)}
+        return ModelSpec(name, args.image, prefix, resolve_role(args, environ), environment, multi_model=True)
     return None
 
 

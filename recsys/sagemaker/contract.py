@@ -418,6 +418,13 @@ CUSTOM_ATTRIBUTES_HEADER = "X-Amzn-SageMaker-Custom-Attributes"
 # Ours, not SageMaker's: the most instances one request may carry.
 MAX_INSTANCES_ENV = "RECSYS_MAX_INSTANCES"
 DEFAULT_MAX_INSTANCES = 100_000
+# Multi-model hosting: SageMaker loads models through /models (the image says it can with this
+# label), each under /opt/ml/models/<name>/model. The mode is switched on by the environment
+# (the launcher's deploy --multi-model sets it); loaded models share a memory budget.
+MULTI_MODEL_LABEL = "com.amazonaws.sagemaker.capabilities.multi-models=true"
+MULTI_MODEL_ENV = "SAGEMAKER_MULTI_MODEL"
+MODEL_MEMORY_ENV = "RECSYS_MODEL_MEMORY_MB"
+DEFAULT_MODEL_MEMORY_SHARE = 0.6  # of the machine's memory, when MODEL_MEMORY_ENV is unset
 
 
 @dataclass(frozen=True)
@@ -430,6 +437,8 @@ class HostingConfig:
     timeout_seconds: float
     max_payload_bytes: int
     max_instances: int
+    multi_model: bool = False
+    model_memory_bytes: int = 0  # the loaded models' budget (multi-model only)
 
 
 def _positive_number(environ: Mapping[str, str], name: str, default: float, *, integer: bool) -> float:
@@ -451,12 +460,31 @@ def default_workers(cpu_count: int) -> int:
     return max(1, cpu_count // 2)
 
 
+def _physical_memory_bytes() -> int:
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return 4 * 2**30
+
+
 def read_hosting_config(environ: Mapping[str, str], *, cpu_count: int) -> HostingConfig:
     paths = ContainerPaths.from_env(environ)
+    multi_model = environ.get(MULTI_MODEL_ENV, "").strip().lower() in ("1", "true", "yes")
+    budget_mb = _positive_number(
+        environ,
+        MODEL_MEMORY_ENV,
+        DEFAULT_MODEL_MEMORY_SHARE * _physical_memory_bytes() / 2**20,
+        integer=False,
+    )
+    workers = int(_positive_number(environ, WORKERS_ENV, default_workers(cpu_count), integer=True))
     return HostingConfig(
         model_dir=paths.model_dir,
         port=int(_positive_number(environ, BIND_TO_PORT_ENV, DEFAULT_PORT, integer=True)),
-        workers=int(_positive_number(environ, WORKERS_ENV, default_workers(cpu_count), integer=True)),
+        # Multi-model: one worker. SageMaker loads a model with one POST /models, which reaches one
+        # process; a second worker would answer that model's requests with 404.
+        workers=1 if multi_model else workers,
+        multi_model=multi_model,
+        model_memory_bytes=int(budget_mb * 2**20),
         timeout_seconds=_positive_number(environ, TIMEOUT_ENV, DEFAULT_TIMEOUT_SECONDS, integer=False),
         max_payload_bytes=int(
             _positive_number(environ, MAX_PAYLOAD_ENV, DEFAULT_MAX_PAYLOAD_MB, integer=False) * 1024 * 1024

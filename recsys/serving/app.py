@@ -15,7 +15,7 @@ import os
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, cast
 
 import torch
 from fastapi import FastAPI, Request, Response
@@ -27,6 +27,7 @@ from recsys.sagemaker.contract import CUSTOM_ATTRIBUTES_HEADER, HostingConfig, r
 from recsys.serving import codecs
 from recsys.serving.batching import MicroBatcher
 from recsys.serving.engine import Recommender
+from recsys.serving.models import ModelStore
 from recsys.serving.schemas import InvocationResponse, parse_instances, request_json_schema
 
 logger = logging.getLogger(__name__)
@@ -45,15 +46,21 @@ def create_app(config: HostingConfig) -> InvocationsEndpoint:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Each worker gets its share of the cores, so workers do not fight over threads.
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(config.workers, 1)))
-        app.state.recommender = Recommender.load(config.model_dir)
-        app.state.batcher = MicroBatcher(app.state.recommender.recommend, executor)
-        logger.info("model loaded from %s: %d items", config.model_dir, app.state.recommender.num_items)
+        if config.multi_model:
+            # No model of its own: SageMaker loads them through /models as requests name them.
+            app.state.models = ModelStore(config.model_memory_bytes, executor)
+            logger.info("multi-model endpoint: a budget of %.0f MiB", config.model_memory_bytes / 2**20)
+        else:
+            app.state.recommender = Recommender.load(config.model_dir)
+            app.state.batcher = MicroBatcher(app.state.recommender.recommend, executor)
+            logger.info("model loaded from %s: %d items", config.model_dir, app.state.recommender.num_items)
         # Everything alive now (imported modules, the model) lives as long as the worker: keep it
         # out of the collector's sight. Otherwise each full collection walks ~230,000 objects, a
         # ~110 ms pause that every request in flight waits for (it set p99 at 32 connections).
         gc.freeze()
         yield
         app.state.recommender = None
+        app.state.models = None
 
     app = FastAPI(
         title="recsys",
@@ -69,7 +76,8 @@ def create_app(config: HostingConfig) -> InvocationsEndpoint:
 
     @app.get("/ping", summary="Health check: 200 with an empty body once the model can serve")
     async def ping(request: Request) -> Response:
-        ready = getattr(request.app.state, "recommender", None) is not None
+        state = request.app.state
+        ready = getattr(state, "recommender", None) is not None or getattr(state, "models", None) is not None
         return Response(status_code=200 if ready else 503)
 
     @app.get("/execution-parameters", summary="Batch Transform's execution parameters")
@@ -112,16 +120,99 @@ def create_app(config: HostingConfig) -> InvocationsEndpoint:
         kept = {k.decode(): v.decode("latin-1") for k, v in headers if k != b"content-length"}
         return Response(payload, status_code=status, headers=kept)
 
+    _add_model_routes(app)
     return InvocationsEndpoint(app)
 
 
+def _store(app: FastAPI) -> ModelStore:
+    store = getattr(app.state, "models", None)
+    if store is None:
+        if app.state.config.multi_model:
+            raise ServerStateError("the server is starting; retry once /ping answers 200", status_code=503)
+        raise UserError(
+            "this endpoint serves one model: POST /invocations (the /models API is for multi-model "
+            "endpoints, SAGEMAKER_MULTI_MODEL=true)",
+            status_code=404,
+        )
+    return cast(ModelStore, store)
+
+
+def _add_model_routes(app: FastAPI) -> None:
+    """SageMaker's multi-model API: load, list, describe, unload and invoke models by name."""
+
+    def answer(error: UserError | ServerStateError) -> JSONResponse:
+        return JSONResponse({"error": error.message}, status_code=error.status_code)
+
+    @app.post("/models", summary="Multi-model: load a model", status_code=200)
+    async def load_model(request: Request) -> Response:
+        try:
+            store = _store(request.app)
+            try:
+                body = json.loads(await request.body())
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                raise UserError('the body must be JSON: {"model_name": ..., "url": ...}') from None
+            if not isinstance(body, dict) or not all(
+                isinstance(body.get(k), str) and body.get(k) for k in ("model_name", "url")
+            ):
+                raise UserError('the body must be {"model_name": "<name>", "url": "<directory>"}, both text')
+            model = await store.load(body["model_name"], body["url"])
+        except (UserError, ServerStateError) as error:
+            return answer(error)
+        return JSONResponse({"message": f"model {model.name!r} loaded", **model.describe()})
+
+    @app.get("/models", summary="Multi-model: the loaded models")
+    async def list_models(request: Request) -> Response:
+        try:
+            store = _store(request.app)
+        except (UserError, ServerStateError) as error:
+            return answer(error)
+        models = sorted(store.models(), key=lambda m: m.name)
+        # Pages of next_page_token / page_size, as SageMaker's list call may ask for.
+        start = int(request.query_params.get("next_page_token") or 0)
+        size = int(request.query_params.get("page_size") or len(models) or 1)
+        page = models[start : start + size]
+        listed: dict[str, Any] = {"models": [m.describe() for m in page]}
+        if start + size < len(models):
+            listed["nextPageToken"] = str(start + size)
+        return JSONResponse(listed)
+
+    @app.get("/models/{name}", summary="Multi-model: one loaded model")
+    async def describe_model(request: Request, name: str) -> Response:
+        try:
+            model = _store(request.app).get(name)
+        except (UserError, ServerStateError) as error:
+            return answer(error)
+        return JSONResponse(model.describe())
+
+    @app.delete("/models/{name}", summary="Multi-model: unload a model")
+    async def unload_model(request: Request, name: str) -> Response:
+        try:
+            _store(request.app).unload(name)
+        except (UserError, ServerStateError) as error:
+            return answer(error)
+        return JSONResponse({"message": f"model {name!r} unloaded"})
+
+    @app.post("/models/{name}/invoke", summary="Multi-model: recommend with one model")
+    async def invoke_model(request: Request, name: str) -> Response:
+        status, headers, payload = await respond(request.app, request.scope, request.receive, model=name)
+        kept = {k.decode(): v.decode("latin-1") for k, v in headers if k != b"content-length"}
+        return Response(payload, status_code=status, headers=kept)
+
+
 async def invoke(
-    app: FastAPI, content_type: str | None, accept: str | None, body: bytes
+    app: FastAPI, content_type: str | None, accept: str | None, body: bytes, *, model: str | None = None
 ) -> tuple[bytes, str]:
-    """Decode, validate, score (micro-batched) and encode one /invocations request."""
+    """Decode, validate, score (micro-batched) and encode one /invocations request (or, on a
+    multi-model endpoint, one /models/<model>/invoke)."""
     config: HostingConfig = app.state.config
-    if getattr(app.state, "recommender", None) is None:
+    if model is not None:
+        batcher = _store(app).get(model).batcher
+    elif config.multi_model:
+        raise UserError("a multi-model endpoint answers POST /models/<name>/invoke", status_code=404)
+    elif getattr(app.state, "recommender", None) is None:
         raise ServerStateError("the model is not loaded yet; retry once /ping answers 200", status_code=503)
+    else:
+        batcher = app.state.batcher
     fmt_in = codecs.content_type_of(content_type)
     fmt_out = codecs.accept_of(accept)
     raw = codecs.decode_instances(body, fmt_in, max_instances=config.max_instances)
@@ -129,7 +220,7 @@ async def invoke(
     try:
         # asyncio.timeout, unlike wait_for, adds no task per request on this hot path.
         async with asyncio.timeout(config.timeout_seconds):
-            results = await app.state.batcher.submit(queries)
+            results = await batcher.submit(queries)
     except TimeoutError:
         raise ServerStateError(
             f"the request took longer than {config.timeout_seconds:g} s; send fewer instances",
@@ -161,14 +252,16 @@ class InvocationsEndpoint:
 
 
 async def respond(
-    app: FastAPI, scope: Scope, receive: Receive
+    app: FastAPI, scope: Scope, receive: Receive, *, model: str | None = None
 ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
     """One POST /invocations: (status, headers, body). Errors are JSON ``{"error": ...}``."""
     headers = {name.lower(): value.decode("latin-1") for name, value in scope["headers"]}
     status, media_type = 200, codecs.MEDIA_TYPES["json"]
     try:
         body = await _read(headers, receive, app.state.config.max_payload_bytes)
-        payload, media_type = await invoke(app, headers.get(b"content-type"), headers.get(b"accept"), body)
+        payload, media_type = await invoke(
+            app, headers.get(b"content-type"), headers.get(b"accept"), body, model=model
+        )
     except (UserError, ServerStateError) as exc:
         status, payload = exc.status_code, _error_body(exc.message)
     except Exception:

@@ -29,10 +29,11 @@ def serve(environ: Mapping[str, str], *, host: str = "0.0.0.0") -> int:
     config = read_hosting_config(environ, cpu_count=os.cpu_count() or 1)
     # Checked once in this process so that a missing or corrupt model is one clear error and a
     # quick non-zero exit, not workers that crash and restart behind a port that never says 200.
-    verify_artifact(config.model_dir)
+    if not config.multi_model:  # a multi-model endpoint starts empty: SageMaker loads its models
+        verify_artifact(config.model_dir)
     logger.info(
         "serving %s on %s:%d with %d worker(s), timeout %gs, max payload %d bytes",
-        config.model_dir,
+        "the /models API (multi-model)" if config.multi_model else config.model_dir,
         host,
         config.port,
         config.workers,

@@ -132,6 +132,7 @@ def test_a_multi_model_endpoint_points_at_a_prefix_and_invoke_names_the_target(
         "Image": IMAGE_URI,
         "ModelDataUrl": "s3://bucket/markets/",
         "Mode": "MultiModel",
+        "Environment": {"SAGEMAKER_MULTI_MODEL": "true"},
     }
 
     aws.queue_endpoint_results([{"Body": '{"predictions": []}', "ContentType": "application/json"}])
