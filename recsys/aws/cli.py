@@ -381,13 +381,42 @@ def add_aws_parser(subparsers: Any) -> None:
     prepare.add_argument("--no-wait", action="store_true", help="return once the job is created")
     add_prepare_arguments(prepare)
 
+    api = actions.add_parser(
+        "api",
+        help="a public HTTPS API in front of an endpoint (API Gateway -> Lambda -> InvokeEndpoint)",
+        description="Deploy or delete a CloudFormation stack: a REST API (IAM auth, or Cognito), a "
+        "throttling usage plan, and a Lambda function that validates requests and calls one endpoint.",
+    )
+    api_actions = api.add_subparsers(dest="api_command", required=True, metavar="{deploy,delete}")
+    api_deploy = api_actions.add_parser(
+        "deploy", parents=[common], help="create or update the API; prints its URL"
+    )
+    api_deploy.add_argument("--endpoint", required=True, help="the SageMaker endpoint to put behind it")
+    api_deploy.add_argument(
+        "--code-s3",
+        required=True,
+        type=s3_uri,
+        help="S3 prefix for the function's zip (a bucket in the region)",
+    )
+    api_deploy.add_argument("--stack-name", help="default: recsys-api-<endpoint>")
+    api_deploy.add_argument("--auth", choices=["iam", "cognito"], default="iam", help="default: iam (SigV4)")
+    api_deploy.add_argument("--user-pool-arn", default="", help="with --auth cognito: the user pool")
+    api_deploy.add_argument("--rate", type=positive_int, default=50, help="requests per second (default: 50)")
+    api_deploy.add_argument("--burst", type=positive_int, default=100, help="burst (default: 100)")
+    api_deploy.add_argument("--quota", type=positive_int, default=100_000, help="requests per day per key")
+    api_deploy.add_argument(
+        "--max-body-bytes", type=positive_int, default=1_048_576, help="largest request body (default: 1 MiB)"
+    )
+    api_delete = api_actions.add_parser("delete", parents=[common], help="delete the API's stack")
+    api_delete.add_argument("--stack-name", required=True)
+
     delete = actions.add_parser(
         "delete", parents=[common], help="delete an endpoint, its endpoint config and its model"
     )
     delete.add_argument("--name", required=True)
     delete.add_argument("--keep-model", action="store_true", help="delete the endpoint and its config only")
 
-    for parser in (push, train, tune, deploy, invoke, batch, prepare, delete):
+    for parser in (push, train, tune, deploy, invoke, batch, prepare, api_deploy, api_delete, delete):
         parser.set_defaults(func=run_aws)
 
 
@@ -610,6 +639,7 @@ def run_aws(args: argparse.Namespace) -> int:
         "invoke": _invoke,
         "batch": _batch,
         "prepare": _prepare,
+        "api": _api,
         "delete": _delete,
     }
     return commands[command](args, environ, session)
@@ -785,6 +815,39 @@ def _prepare(args: argparse.Namespace, environ: Mapping[str, str], session: Any)
     wait_for_prepare(session, spec, echo)
     echo(f"report: {spec.output_uri('report')}data_report.md")
     echo(f"next: {next_training_command(spec)}")
+    return 0
+
+
+def _api(args: argparse.Namespace, environ: Mapping[str, str], session: Any) -> int:
+    from recsys.aws.api import ApiSpec, delete_api, deploy_api
+
+    if args.api_command == "delete":
+        delete_api(session, args.stack_name, echo)
+        return 0
+    spec = ApiSpec(
+        stack_name=args.stack_name or f"recsys-api-{args.endpoint}",
+        endpoint_name=args.endpoint,
+        code_s3_uri=args.code_s3,
+        auth=args.auth,
+        user_pool_arn=args.user_pool_arn,
+        throttle_rate=args.rate,
+        throttle_burst=args.burst,
+        quota_per_day=args.quota,
+        max_body_bytes=args.max_body_bytes,
+    )
+    outputs = deploy_api(session, spec, echo)
+    url = outputs.get("InvokeUrl", "URL")
+    if spec.auth == "iam":
+        echo(
+            f"try it (SigV4-signed, with credentials allowed execute-api:Invoke): curl --aws-sigv4 "
+            f'"aws:amz:{session.region_name}:execute-api" --user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY" '
+            f'-H \'Content-Type: application/json\' -d \'{{"user_id": "u0001", "k": 5}}\' {url}'
+        )
+    else:
+        echo(
+            f"try it: curl -H \"Authorization: $ID_TOKEN\" -H 'Content-Type: application/json' "
+            f"-d '{{...}}' {url}"
+        )
     return 0
 
 
