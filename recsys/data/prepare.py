@@ -171,9 +171,9 @@ def _text(values: pd.Series) -> pd.Series:
 def _seconds(values: pd.Series) -> pd.Series:
     """Epoch seconds of a column of numbers, datetimes or text; NaN where it cannot be read."""
     if pd.api.types.is_datetime64_any_dtype(values):
+        # Whatever the unit (Parquet's are often micro- or milliseconds): a difference in seconds.
         stamps = values.dt.tz_localize("UTC") if values.dt.tz is None else values
-        seconds = stamps.astype("int64") / 1e9
-        return seconds.where(values.notna())
+        return (stamps - pd.Timestamp(0, tz="UTC")).dt.total_seconds().astype("float64")
     if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
         seconds = values.astype("float64")
         return seconds.where(np.isfinite(seconds))
@@ -443,6 +443,7 @@ def prepare(
     report.users = total(int(rows["user_id"].nunique()))
     report.items = int((item_counts > 0).sum())
     per_user = rows["user_id"].value_counts().to_numpy()
+    # The same bins on every instance: the sum of the instances' largest counts bounds them all.
     largest = float(peers.sum(np.array([per_user.max() if len(per_user) else 0], dtype=np.float64))[0])
     report.activity_histogram = _histogram(per_user, _log_edges(largest), peers)
     popular = item_counts[item_counts > 0]  # global already: the same on every instance

@@ -246,3 +246,22 @@ def test_the_parsers_output_names_are_the_data_layers() -> None:
     from recsys.sagemaker.process import COLD_OUTPUT, SPLIT_OUTPUTS
 
     assert (SPLIT_OUTPUTS, COLD_OUTPUT) == (SPLITS, COLD)
+
+
+def test_parquet_datetimes_of_any_unit_read_as_epoch_seconds(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    moments = [1_700_000_000, 1_700_000_100, 1_700_086_400]
+    for unit in ("s", "ms", "us", "ns"):
+        stamps = pa.array(
+            [m * {"s": 1, "ms": 10**3, "us": 10**6, "ns": 10**9}[unit] for m in moments],
+            pa.timestamp(unit, tz="UTC"),
+        )
+        table = pa.table({"user_id": ["u", "u", "v"], "item_id": ["a", "b", "a"], "timestamp": stamps})
+        directory = tmp_path / unit / "processing" / "input" / "interactions"
+        directory.mkdir(parents=True)
+        pq.write_table(table, directory / "log.parquet")
+        paths = ProcessingPaths(tmp_path / unit)
+        assert run_prepare(paths, PrepareConfig(holdout_last=0), {}) == 0, unit
+        assert sorted(_out(paths, "train")["timestamp"]) == [float(m) for m in moments], unit
