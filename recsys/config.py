@@ -156,6 +156,12 @@ class TrainConfig:
     sampled_eval_negatives: int = _param(
         99, "Negatives per held-out item in the NCF paper's sampled protocol.", _range(1, 100_000)
     )
+    validation_users: int = _param(
+        10_000,
+        "Validate (early stopping, the final metrics and report) on a fixed random sample of this many "
+        "held-out users, the same every epoch; 0: all of them.",
+        _range(0),
+    )
     min_rating: float | None = _param(
         None, "Only interactions with rating >= this are positives; unset means every row is one."
     )
