@@ -163,7 +163,7 @@ def child_train(
     if epoch_limit <= 0:
         return out
     device = torch.device("cpu")
-    settings = replace(fit_settings(config, num_items=len(data.items)), epochs=1)
+    settings = replace(fit_settings(config, num_items=len(data.items), device=device), epochs=1)
     loss = settings.loss
     train = DeviceInteractions.from_indexed(data.interactions, device)
     model = new_model(build_model_config(config, data), data, config.seed, device)

@@ -82,8 +82,34 @@ def measure(
     return {"samples_per_second": rate, "wall_seconds": wall, "peak_mib": peak}
 
 
+def crossover(sizes: list[int], users: int, per_user: int, batch_size: int, epochs: int) -> None:
+    """GMF samples/s with the full and the sampled softmax at each catalogue size, on the CPU:
+    where ``loss=auto`` should stop using the full one there (the loop alone, no validation)."""
+    print(f"{'items':>9} {'softmax/s':>11} {'sampled/s':>11} {'full / sampled time':>20}")
+    rows = []
+    for items in sizes:
+        data = synthetic(users, items, per_user)
+        full, sampled = (
+            measure(data, "gmf", loss, torch.device("cpu"), epochs=epochs, amp=False, batch_size=batch_size)
+            for loss in ("softmax", "sampled_softmax")
+        )
+        slower = sampled["samples_per_second"] / full["samples_per_second"]
+        print(
+            f"{items:9,} {full['samples_per_second']:11,.0f} {sampled['samples_per_second']:11,.0f} "
+            f"{slower:19.2f}x"
+        )
+        rows.append(
+            {"items": items, "softmax": full, "sampled_softmax": sampled, "full_over_sampled_time": slower}
+        )
+    print(json.dumps(rows))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--crossover",
+        help="comma-separated catalogue sizes: the full against the sampled softmax on the CPU at each",
+    )
     parser.add_argument("--users", type=int, default=5000)
     parser.add_argument("--items", type=int, default=2000)
     parser.add_argument("--per-user", type=int, default=40)
@@ -92,6 +118,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
+    if args.crossover:
+        sizes = [int(x.replace("_", "")) for x in args.crossover.split(",")]
+        crossover(sizes, args.users, args.per_user, args.batch_size, args.cpu_epochs)
+        return
     data = synthetic(args.users, args.items, args.per_user)
     print(
         f"data: {data.num_users} users, {data.num_items} items, {data.num_interactions} interactions; "

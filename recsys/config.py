@@ -29,6 +29,12 @@ HistoryEncoder = Literal["pool", "attention"]
 # Full softmax scores every item for every positive: above this catalogue size `loss=auto`
 # switches to the sampled softmax to keep memory at batch_size x num_negatives.
 FULL_SOFTMAX_MAX_ITEMS = 100_000
+# On a CPU the full softmax's cost grows with the catalogue much sooner. Measured with
+# `python -m benchmarks.train_speed --crossover ...` (GMF, batch 1024, 64 negatives, 2 cores): the
+# full softmax takes 1.4x the sampled one's time at 2,000 items, 5.4x at 8,000, 8.5x at 16,000 and
+# 12.5x at 32,000. Up to 4,096 items (about 2.5x) the full softmax's better gradients are worth it
+# (MovieLens-100K and -1M stay on it); above, `auto` samples.
+CPU_FULL_SOFTMAX_MAX_ITEMS = 4_096
 
 
 def _param(default: Any, doc: str, check: Callable[[Any], str | None] | None = None) -> Any:
@@ -88,7 +94,8 @@ class TrainConfig:
     loss: LossName = _param(
         "auto",
         "`bce` (the NCF paper's pointwise loss), `softmax` (full, listwise), `sampled_softmax`, "
-        f"or `auto`: `softmax` for `gmf` up to {FULL_SOFTMAX_MAX_ITEMS:,} items, else `sampled_softmax`.",
+        f"or `auto`: `softmax` for `gmf` up to {FULL_SOFTMAX_MAX_ITEMS:,} items on a GPU and "
+        f"{CPU_FULL_SOFTMAX_MAX_ITEMS:,} on a CPU, else `sampled_softmax`.",
     )
     user_representation: UserRepresentation = _param(
         "both",
@@ -191,12 +198,13 @@ class TrainConfig:
         _range(0, 10**9),
     )
 
-    def resolved_loss(self, num_items: int) -> Literal["bce", "softmax", "sampled_softmax"]:
+    def resolved_loss(self, num_items: int, *, on_gpu: bool) -> Literal["bce", "softmax", "sampled_softmax"]:
         if self.loss != "auto":
             return self.loss
         # The MLP tower scores each (user, item) pair separately: a full softmax would cost
         # batch x catalogue x width per step, so towers with an MLP always sample.
-        if self.model == "gmf" and num_items <= FULL_SOFTMAX_MAX_ITEMS:
+        limit = FULL_SOFTMAX_MAX_ITEMS if on_gpu else CPU_FULL_SOFTMAX_MAX_ITEMS
+        if self.model == "gmf" and num_items <= limit:
             return "softmax"
         return "sampled_softmax"
 

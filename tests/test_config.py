@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from recsys.config import (
+    CPU_FULL_SOFTMAX_MAX_ITEMS,
     FULL_SOFTMAX_MAX_ITEMS,
     TrainConfig,
     config_to_json,
@@ -223,22 +224,25 @@ def test_columns_must_differ(raw: dict[str, Any], names: tuple[str, ...]) -> Non
 
 
 @pytest.mark.parametrize(
-    ("model", "loss", "num_items", "expected"),
+    ("model", "loss", "num_items", "on_gpu", "expected"),
     [
-        ("gmf", "auto", 60, "softmax"),
-        ("gmf", "auto", FULL_SOFTMAX_MAX_ITEMS, "softmax"),
-        ("gmf", "auto", FULL_SOFTMAX_MAX_ITEMS + 1, "sampled_softmax"),
-        ("mlp", "auto", 60, "sampled_softmax"),
-        ("neumf", "auto", 60, "sampled_softmax"),
-        ("gmf", "bce", 60, "bce"),
-        ("mlp", "softmax", 60, "softmax"),
-        ("gmf", "sampled_softmax", 60, "sampled_softmax"),
+        ("gmf", "auto", 60, False, "softmax"),
+        ("gmf", "auto", CPU_FULL_SOFTMAX_MAX_ITEMS, False, "softmax"),
+        ("gmf", "auto", CPU_FULL_SOFTMAX_MAX_ITEMS + 1, False, "sampled_softmax"),
+        ("gmf", "auto", CPU_FULL_SOFTMAX_MAX_ITEMS + 1, True, "softmax"),
+        ("gmf", "auto", FULL_SOFTMAX_MAX_ITEMS, True, "softmax"),
+        ("gmf", "auto", FULL_SOFTMAX_MAX_ITEMS + 1, True, "sampled_softmax"),
+        ("mlp", "auto", 60, True, "sampled_softmax"),
+        ("neumf", "auto", 60, False, "sampled_softmax"),
+        ("gmf", "bce", 60, False, "bce"),
+        ("mlp", "softmax", 60, False, "softmax"),
+        ("gmf", "sampled_softmax", 60, True, "sampled_softmax"),
     ],
 )
-def test_resolved_loss(model: str, loss: str, num_items: int, expected: str) -> None:
+def test_resolved_loss(model: str, loss: str, num_items: int, on_gpu: bool, expected: str) -> None:
     config = resolve_train_config({"model": model, "loss": loss})
 
-    assert config.resolved_loss(num_items) == expected
+    assert config.resolved_loss(num_items, on_gpu=on_gpu) == expected
 
 
 def test_hyperparameter_table_lists_every_field() -> None:

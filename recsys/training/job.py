@@ -599,14 +599,14 @@ def build_artifact(model: NCF, data: PreparedData, config: TrainConfig, metrics:
     )
 
 
-def fit_settings(config: TrainConfig, *, num_items: int) -> FitSettings:
+def fit_settings(config: TrainConfig, *, num_items: int, device: torch.device) -> FitSettings:
     """The loop's settings from the job's hyperparameters (the loss resolved for the catalogue)."""
     return FitSettings(
         epochs=config.epochs,
         batch_size=config.batch_size,
         learning_rate=config.learning_rate,
         weight_decay=config.weight_decay,
-        loss=config.resolved_loss(num_items),
+        loss=config.resolved_loss(num_items, on_gpu=device.type == "cuda"),
         num_negatives=config.num_negatives,
         history_length=config.history_length,
         user_id_dropout=config.user_id_dropout if config.user_representation == "both" else 0.0,
@@ -648,7 +648,7 @@ def run_training(
         ", ".join(column_names(data.user_encoding)) or "none",
         device,
     )
-    settings = fit_settings(config, num_items=len(data.items))
+    settings = fit_settings(config, num_items=len(data.items), device=device)
     loss = settings.loss
     if data.validation is not None:
         fit_data = data.interactions

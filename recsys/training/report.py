@@ -70,7 +70,7 @@ def report_details(
     return {
         "model": f"{model_config.kind} (embedding_dim {model_config.embedding_dim})",
         "user representation": config.user_representation,
-        "loss": config.resolved_loss(model_config.num_items),
+        "loss": config.resolved_loss(model_config.num_items, on_gpu=device.type == "cuda"),
         "training users": num_training_users,
         "device": str(device),
     }
