@@ -52,7 +52,7 @@ help:
 	@echo "make bench-quality  MovieLens-100K: this model vs SASRec, GRU4Rec, EASE and most-popular (A, B, cold users)"
 	@echo "make bench-features synthetic data: each feature's lift (time, device, event types, user attributes)"
 	@echo "make bench-serving  serving req/s and latency at 1,682 / 100,000 / 1,000,000 items"
-	@echo "make bench-scale    load-and-encode, one epoch and peak RSS at 1M / 10M / 50M interactions"
+	@echo "make bench-scale    the default job on 10M interactions end to end (target 10 min), then load-and-encode, one epoch and peak RSS at 1M / 10M / 50M"
 	@echo "make bench-image    size of $(IMAGE), and serve's cold start (docker run -> /ping 200) over 7 runs"
 	@echo "make image          build $(IMAGE) with CUDA 12.6 torch (GPU and CPU instances; TORCH_CUDA_INDEX= for PyPI's CUDA 13.0)"
 	@echo "make image-cpu      build $(IMAGE) with CPU-only torch (a wheel in docker/wheels/ or PyTorch's CPU index)"
@@ -129,6 +129,7 @@ bench-serving: $(RUNTIME)
 	$(BIN)/python -m benchmarks.serving
 
 bench-scale: $(RUNTIME)
+	$(BIN)/python -m benchmarks.scale --job --sizes 10m
 	$(BIN)/python -m benchmarks.scale
 
 # Standard library and the Docker CLI only: the model is trained inside the image.

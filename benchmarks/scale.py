@@ -322,8 +322,76 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         print(line + " (1.00 = linear)")
 
 
+# The job's log lines that end each phase (asctime first: "2026-12-03 07:30:00,123 INFO ...").
+_STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
+_PHASE_ENDS = (
+    ("load and encode", re.compile(r"recsys\.training\.job: data: ")),
+    ("epochs (training and validation)", re.compile(r"recsys\.training\.loop: .*epoch=\d+ train_loss=")),
+    ("final evaluation", re.compile(r"best epoch \d+: ")),
+    ("report and artifact", re.compile(r"model written to ")),
+)
+
+
+def _when(line: str) -> float | None:
+    match = _STAMP.match(line)
+    if match is None:
+        return None
+    from datetime import datetime
+
+    return datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+
+
+def run_job(size: Size, data_dir: Path, work: Path, epochs: int, timeout: float | None) -> dict[str, Any]:
+    """``recsys train`` as a user runs it (its defaults, ``epochs`` epochs, validation and the final
+    evaluation included) in a fresh process; wall time per phase from its log, peak RSS."""
+    import shutil
+
+    shutil.rmtree(work, ignore_errors=True)
+    command = [
+        sys.executable, "-m", "recsys", "train", "--base-dir", str(work),
+        "--train", str(data_dir / "train"), "--items", str(data_dir / "items"),
+        "--users", str(data_dir / "users"),
+        "-H", f"epochs={epochs}", "-H", "device=cpu",
+    ]  # fmt: skip
+    started = time.time()
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
+    ended = time.time()
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+    lines = (completed.stdout + completed.stderr).splitlines()
+    if completed.returncode != 0:
+        raise RuntimeError(f"the job failed ({completed.returncode}):\n" + "\n".join(lines[-30:]))
+    phases: dict[str, float] = {}
+    previous = started
+    for name, pattern in _PHASE_ENDS:
+        stamps = [t for line in lines if pattern.search(line) and (t := _when(line)) is not None]
+        if stamps:
+            phases[name] = round(stamps[-1] - previous, 1)
+            previous = stamps[-1]
+    phases["exit"] = round(ended - previous, 1)
+    metrics = json.loads((work / "output" / "data" / "metrics.json").read_text())
+    epoch_rates = [float(m.group(1)) for line in lines if (m := re.search(r"samples_per_second=(\d+)", line))]
+    return {
+        "size": size.name,
+        "rows": size.interactions,
+        "total_seconds": round(ended - started, 1),
+        "phases": phases,
+        "samples_per_second": epoch_rates,
+        "loss": metrics.get("loss"),
+        "validation_users": metrics.get("validation_users"),
+        "ndcg@10": metrics["validation"].get("ndcg@10"),
+        "peak_rss_bytes": peak,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--job",
+        action="store_true",
+        help="run `recsys train` itself with its defaults on each size (validation and the final "
+        "evaluation included) and time its phases; the target: 10m within 10 minutes",
+    )
+    parser.add_argument("--job-epochs", type=int, default=1, help="with --job: epochs (default 1)")
     parser.add_argument("--sizes", default="1m,10m,50m", help=f"comma-separated, of {', '.join(SIZES)}")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="generated data (reused)")
     parser.add_argument("--no-epoch", action="store_true", help="load and encode only")
@@ -352,6 +420,30 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown sizes {unknown}; known: {', '.join(SIZES)}")
     print(f"machine: {platform.machine()}, {platform.system()}, python {platform.python_version()}")
+    if args.job:
+        jobs = []
+        for name in names:
+            size = SIZES[name]
+            data_dir = ensure_data(size, args.data_dir)
+            _progress(
+                f"[{name}] recsys train with its defaults, {args.job_epochs} epoch(s), in a fresh process"
+            )
+            job = run_job(size, data_dir, args.data_dir / name / "job", args.job_epochs, args.timeout)
+            jobs.append(job)
+            phases = ", ".join(f"{k} {v:.0f} s" for k, v in job["phases"].items())
+            verdict = (
+                ""
+                if name != "10m"
+                else f" (target 600 s: {'HOLDS' if job['total_seconds'] <= 600 else 'FAILS'})"
+            )
+            print(
+                f"{name}: {job['total_seconds']:.0f} s in all{verdict}: {phases}; loss {job['loss']}, "
+                f"samples/s {job['samples_per_second']}, validation users {job['validation_users']}, "
+                f"val ndcg@10 {job['ndcg@10']:.4f}, peak RSS {_mib(job['peak_rss_bytes'])} MiB"
+            )
+        args.data_dir.mkdir(parents=True, exist_ok=True)
+        (args.data_dir / "jobs.json").write_text(json.dumps(jobs, indent=1))
+        return
     rows: list[dict[str, Any]] = []
     for name in names:
         size = SIZES[name]
