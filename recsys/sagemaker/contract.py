@@ -158,9 +158,14 @@ def read_hyperparameters(paths: ContainerPaths) -> dict[str, Any]:
 
 
 def read_resource_config(paths: ContainerPaths) -> ResourceConfig:
-    if not paths.resource_config_file.exists():
+    return _resource_config(paths.resource_config_file)
+
+
+def _resource_config(path: Path) -> ResourceConfig:
+    """``resourceconfig.json`` where a job has it (training and Processing put it apart)."""
+    if not path.exists():
         return ResourceConfig()
-    raw = _read_json_object(paths.resource_config_file, "resource config")
+    raw = _read_json_object(path, "resource config")
     hosts = tuple(str(h) for h in raw.get("hosts") or ["algo-1"])
     current = str(raw.get("current_host") or hosts[0])
     return ResourceConfig(
@@ -229,12 +234,14 @@ def write_failure(paths: ContainerPaths, exc: BaseException) -> str:
     The user error's one paragraph comes first so that it fits in the 1024 characters that
     SageMaker shows as FailureReason.
     """
+    return write_failure_text(paths, _failure_text(exc))
+
+
+def _failure_text(exc: BaseException) -> str:
     if isinstance(exc, UserError):
-        text = f"{exc.message}\n"
-    else:
-        details = "".join(traceback.format_exception(exc))
-        text = f"internal error: {type(exc).__name__}: {exc}\n\n{details}"
-    return write_failure_text(paths, text)
+        return f"{exc.message}\n"
+    details = "".join(traceback.format_exception(exc))
+    return f"internal error: {type(exc).__name__}: {exc}\n\n{details}"
 
 
 def write_failure_text(paths: ContainerPaths, text: str) -> str:
@@ -263,7 +270,6 @@ def environment_base(environ: Mapping[str, str] | None = None) -> ContainerPaths
 # the first 1 KB of /opt/ml/output/message becomes the job's ExitMessage.
 PROCESSING_CONFIG_FILE = "processingjobconfig.json"
 EXIT_MESSAGE_FILE = "message"
-EXIT_MESSAGE_LIMIT = 1024
 
 
 @dataclass(frozen=True)
@@ -318,15 +324,7 @@ class ProcessingContract:
 
 
 def read_processing_contract(paths: ProcessingPaths) -> ProcessingContract:
-    resources = ResourceConfig()
-    if paths.resource_config_file.exists():
-        raw = _read_json_object(paths.resource_config_file, "resource config")
-        hosts = tuple(str(h) for h in raw.get("hosts") or ["algo-1"])
-        resources = ResourceConfig(
-            current_host=str(raw.get("current_host") or hosts[0]),
-            hosts=hosts,
-            network_interface_name=str(raw.get("network_interface_name") or "eth0"),
-        )
+    resources = _resource_config(paths.resource_config_file)
     replicated: dict[str, bool] = {}
     if paths.job_config_file.exists():
         config = _read_json_object(paths.job_config_file, "processing job config")
@@ -342,11 +340,7 @@ def read_processing_contract(paths: ProcessingPaths) -> ProcessingContract:
 def write_exit_message(paths: ProcessingPaths, exc: BaseException) -> str:
     """Write ``output/message``: a user error's message first (the 1 KB that ExitMessage shows),
     an internal error's traceback after its one line."""
-    if isinstance(exc, UserError):
-        text = f"{exc.message}\n"
-    else:
-        details = "".join(traceback.format_exception(exc))
-        text = f"internal error: {type(exc).__name__}: {exc}\n\n{details}"
+    text = _failure_text(exc)
     paths.message_file.parent.mkdir(parents=True, exist_ok=True)
     paths.message_file.write_text(text, encoding="utf-8")
     return text

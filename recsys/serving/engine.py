@@ -506,7 +506,6 @@ class Recommender:
             )
         else:
             seen = new_items
-        stored_count = 0  # how many of ``items`` come first from the stored history, when not merged
         merge = query.history_mode == "merge" and user >= 0
         if merge and len(new_items):
             items = np.concatenate([stored_items, new_items])
@@ -525,20 +524,17 @@ class Recommender:
             origin = order  # an index >= len(stored_items) is a fresh event
         elif merge or (query.history is None and user >= 0):
             items, times, events = stored_items, stored_times, stored_events
-            origin, stored_count = None, len(items)
+            origin = np.arange(len(items))
         else:
             items, times, events = new_items, new_times, new_events
-            origin = None
+            origin = len(stored_items) + np.arange(len(items))
         attributes = self._attribute_values(query.user_attributes, user) if query.user_attributes else None
         start = max(0, len(items) - self.history_length)
         # Seconds since the previous event, for the kept window (the first kept one has one too,
         # unless it is the user's first).
         before = times[max(0, start - 1) :]
-        gaps = np.diff(before) if start else np.concatenate([[math.nan], np.diff(before)])[: len(items)]
-        if origin is not None:
-            stored = int((origin[start:] < len(stored_items)).sum())
-        else:
-            stored = min(stored_count, len(items) - start)
+        gaps = previous_gaps(before, np.array([0, len(before)]))[1 if start else 0 :]
+        stored = int((origin[start:] < len(stored_items)).sum())
         return _UserSide(
             history=items[start:][::-1].copy(),
             gaps=gap_codes(gaps[::-1]).astype(np.int64),

@@ -121,11 +121,9 @@ class ModelStore:
             raise UserError(f"model {name!r} is not loaded", status_code=404)
         logger.info("unloaded model %s", name)
 
-    def _make_room(self, needed: int, keep: str) -> None:
+    def _make_room(self, needed: int) -> None:
         while self._models and self.used_bytes + needed > self.budget_bytes:
             oldest = next(iter(self._models))
-            if oldest == keep:
-                break
             self._models.pop(oldest)
             logger.info("unloaded model %s (least recently used) to make room", oldest)
 
@@ -148,7 +146,7 @@ class ModelStore:
             on_disk = _disk_bytes(directory)
             if on_disk > self.budget_bytes:
                 raise self._too_large(name, on_disk, "its files alone")
-            self._make_room(on_disk, keep="")
+            self._make_room(on_disk)
             loop = asyncio.get_running_loop()
             try:
                 recommender = await loop.run_in_executor(self._executor, self._load, directory)
@@ -161,7 +159,7 @@ class ModelStore:
             size = footprint(recommender)
             if size > self.budget_bytes:
                 raise self._too_large(name, size, "loaded")
-            self._make_room(size, keep="")
+            self._make_room(size)
             model = LoadedModel(
                 name, url, recommender, MicroBatcher(recommender.recommend, self._executor), size, time.time()
             )

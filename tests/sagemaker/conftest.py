@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -257,3 +257,21 @@ def training_run(tmp_path_factory: pytest.TempPathFactory, tiny_data: SyntheticD
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     metrics = json.loads((base / "output" / "data" / "metrics.json").read_text(encoding="utf-8"))
     return TrainingRun(lines=(result.stdout + result.stderr).splitlines(), metrics=metrics)
+
+
+Run = Callable[..., tuple[int, str, str]]
+
+
+@pytest.fixture()
+def recsys_aws(capsys: pytest.CaptureFixture[str]) -> Run:
+    """``recsys aws ARGS... --region eu-west-1``: (exit code, stdout, stderr)."""
+    from recsys.cli import main
+
+    def run(*args: str, region: str | None = REGION) -> tuple[int, str, str]:
+        capsys.readouterr()
+        argv = ["aws", *args, *(["--region", region] if region else [])]
+        code = main(argv)
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run

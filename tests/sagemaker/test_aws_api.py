@@ -7,28 +7,12 @@ import ast
 import subprocess
 import sys
 import zipfile
-from collections.abc import Callable
 from io import BytesIO
 from pathlib import Path
 
-import pytest
+from tests.sagemaker.conftest import REGION, FakeAws, Run
 
-from recsys.cli import main
-from tests.sagemaker.conftest import REGION, FakeAws
-
-Run = Callable[..., tuple[int, str, str]]
 TEMPLATE = Path(__file__).resolve().parents[2] / "recsys" / "aws" / "templates" / "api.yaml"
-
-
-@pytest.fixture()
-def recsys_aws(capsys: pytest.CaptureFixture[str]) -> Run:
-    def run(*args: str) -> tuple[int, str, str]:
-        capsys.readouterr()
-        code = main(["aws", *args, "--region", REGION])
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
 
 
 def test_the_template_passes_cfn_lint() -> None:

@@ -2,25 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-import pytest
-
-from recsys.cli import main
-from tests.sagemaker.conftest import IMAGE_URI, REGION, ROLE_ARN, FakeAws
-
-Run = Callable[..., tuple[int, str, str]]
-
-
-@pytest.fixture()
-def recsys_aws(capsys: pytest.CaptureFixture[str]) -> Run:
-    def run(*args: str) -> tuple[int, str, str]:
-        capsys.readouterr()
-        code = main(["aws", *args, "--region", REGION])
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
+from tests.sagemaker.conftest import IMAGE_URI, ROLE_ARN, FakeAws, Run
 
 
 def _prepare(*extra: str) -> list[str]:

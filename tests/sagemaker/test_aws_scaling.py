@@ -3,27 +3,12 @@ against moto's SageMaker and Application Auto Scaling."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import pytest
 
-from recsys.cli import main
-from tests.sagemaker.conftest import IMAGE_URI, REGION, ROLE_ARN, FakeAws
+from tests.sagemaker.conftest import IMAGE_URI, ROLE_ARN, FakeAws, Run
 
-Run = Callable[..., tuple[int, str, str]]
 MODEL = "s3://bucket/jobs/j/output/model.tar.gz"
 RESOURCE = "endpoint/recs/variant/AllTraffic"
-
-
-@pytest.fixture()
-def recsys_aws(capsys: pytest.CaptureFixture[str]) -> Run:
-    def run(*args: str) -> tuple[int, str, str]:
-        capsys.readouterr()
-        code = main(["aws", *args, "--region", REGION])
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
 
 
 def _deploy(*extra: str) -> list[str]:

@@ -10,7 +10,6 @@ import pytest
 
 from recsys.aws.cli import (
     duration,
-    key_value,
     parse_range,
     resolve_region,
     resolve_role,
@@ -30,6 +29,7 @@ from recsys.aws.hosting import (
 from recsys.aws.jobs import DEFAULT_TUNING_RANGES, ParameterRange, validate_hyperparameters, validate_ranges
 from recsys.config import TrainConfig
 from recsys.errors import UserError
+from recsys.options import key_value
 
 ROLE = "arn:aws:iam::123456789012:role/SageMakerRecsys"
 

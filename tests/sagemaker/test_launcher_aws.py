@@ -14,7 +14,6 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,27 +22,21 @@ import pytest
 
 from recsys.cli import main
 from recsys.sagemaker.metric_definitions import METRIC_DEFINITIONS, TUNING_OBJECTIVE
-from tests.sagemaker.conftest import ACCOUNT, IMAGE_URI, REGION, REPO_ROOT, ROLE_ARN, FakeAws, TrainingRun
+from tests.sagemaker.conftest import (
+    ACCOUNT,
+    IMAGE_URI,
+    REGION,
+    REPO_ROOT,
+    ROLE_ARN,
+    FakeAws,
+    Run,
+    TrainingRun,
+)
 
 # The SDK's own model_trainer.py still imports its deprecated sagemaker.train.configs shim.
 pytestmark = pytest.mark.filterwarnings("ignore:sagemaker.train.configs has been moved:DeprecationWarning")
 
-Run = Callable[..., tuple[int, str, str]]
 SENT_METRICS = [{"Name": d["Name"], "Regex": d["Regex"]} for d in METRIC_DEFINITIONS]
-
-
-@pytest.fixture()
-def recsys_aws(capsys: pytest.CaptureFixture[str]) -> Run:
-    """``recsys aws ARGS... --region eu-west-1``: (exit code, stdout, stderr)."""
-
-    def run(*args: str, region: str | None = REGION) -> tuple[int, str, str]:
-        capsys.readouterr()
-        argv = ["aws", *args, *(["--region", region] if region else [])]
-        code = main(argv)
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
 
 
 def _training_args(*extra: str) -> list[str]:
