@@ -25,6 +25,7 @@ UserRepresentation = Literal["id", "history", "both"]
 FinalFit = Literal["refit", "best_checkpoint"]
 DeviceName = Literal["auto", "cpu", "cuda"]
 HistoryEncoder = Literal["pool", "attention"]
+Retrieval = Literal["auto", "exact", "index"]
 
 # Full softmax scores every item for every positive: above this catalogue size `loss=auto`
 # switches to the sampled softmax to keep memory at batch_size x num_negatives.
@@ -35,6 +36,10 @@ FULL_SOFTMAX_MAX_ITEMS = 100_000
 # 12.5x at 32,000. Up to 4,096 items (about 2.5x) the full softmax's better gradients are worth it
 # (MovieLens-100K and -1M stay on it); above, `auto` samples.
 CPU_FULL_SOFTMAX_MAX_ITEMS = 4_096
+# Exact top-k scans the whole item table on every request. At 100,000 items the endpoint's p99
+# at 32 connections is 30 ms on 2 cores, at 1,000,000 it is 365 ms (`make bench-serving`): the
+# 50 ms target falls between, near 200,000, where `retrieval=auto` starts to build an index.
+INDEX_MIN_ITEMS = 200_000
 
 
 def _param(default: Any, doc: str, check: Callable[[Any], str | None] | None = None) -> Any:
@@ -169,6 +174,21 @@ class TrainConfig:
         "held-out users, the same every epoch; 0: all of them.",
         _range(0),
     )
+    retrieval: Retrieval = _param(
+        "auto",
+        "How the endpoint finds the top items: `exact` ranks the whole catalogue; `index` ships an "
+        "approximate nearest-neighbour index of the GMF item vectors (over-fetched, then ranked exactly); "
+        "`auto`: an index from `index_min_items` items on (models with a GMF tower).",
+    )
+    index_min_items: int = _param(
+        INDEX_MIN_ITEMS, "With `retrieval=auto`: the catalogue size from which an index is built.", _range(1)
+    )
+    min_index_recall: float = _param(
+        0.95,
+        "The least recall@10 against exact ranking, measured by the job on a sample of users, for the "
+        "index to ship; below it the artifact is served exactly.",
+        _range(0.0, 1.0),
+    )
     min_rating: float | None = _param(
         None, "Only interactions with rating >= this are positives; unset means every row is one."
     )
@@ -207,6 +227,12 @@ class TrainConfig:
         if self.model == "gmf" and num_items <= limit:
             return "softmax"
         return "sampled_softmax"
+
+    def wants_index(self, num_items: int) -> bool:
+        """Whether the job builds an item index (``retrieval`` and the catalogue size)."""
+        if self.retrieval == "index":
+            return True
+        return self.retrieval == "auto" and self.model != "mlp" and num_items >= self.index_min_items
 
 
 def _fields() -> dict[str, dataclasses.Field[Any]]:
@@ -327,6 +353,7 @@ _LITERALS: dict[str, tuple[Any, ...]] = {
     "FinalFit": get_args(FinalFit),
     "DeviceName": get_args(DeviceName),
     "HistoryEncoder": get_args(HistoryEncoder),
+    "Retrieval": get_args(Retrieval),
 }
 
 
@@ -367,6 +394,11 @@ def resolve_train_config(raw: Mapping[str, Any]) -> TrainConfig:
         )
     if config.user_id_column == config.item_id_column:
         raise ConfigError("hyperparameters 'user_id_column' and 'item_id_column' name the same column.")
+    if config.retrieval == "index" and config.model == "mlp":
+        raise ConfigError(
+            "hyperparameter 'retrieval' is 'index', but model 'mlp' has no GMF item vectors for an index "
+            "to search; use model 'gmf' or 'neumf', or retrieval 'exact'."
+        )
     return config
 
 

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from recsys.data.interactions import IndexedInteractions, subset
 from recsys.evaluation import metrics
-from recsys.models.ncf import NCF
+from recsys.models.ncf import NCF, UserState
 from recsys.training.batches import DeviceInteractions, user_inputs
 
 ACCURACY_METRICS: dict[str, Callable[[Tensor, Tensor, int], Tensor]] = {
@@ -71,6 +71,26 @@ def _masked_top_k(
 
 
 @torch.no_grad()
+def encode_held_users(
+    model: NCF,
+    train: DeviceInteractions,
+    users: Tensor,
+    history_length: int,
+    context: Tensor | None = None,
+    context_numeric: Tensor | None = None,
+) -> UserState:
+    """The user side of ``users`` as the held-out moment sees them: their training histories and
+    the context (indexed by user) of the moment asked about."""
+    history, mask, extras = user_inputs(
+        train,
+        users,
+        history_length,
+        context=context[users] if context is not None else None,
+        context_numeric=context_numeric[users] if context_numeric is not None else None,
+    )
+    return model.encode_users(users, history, mask, extras)
+
+
 def rank_top_k(
     model: NCF,
     train: DeviceInteractions,
@@ -88,14 +108,9 @@ def rank_top_k(
     items = model.all_items(users.device)
 
     def score(chunk: Tensor) -> Tensor:
-        history, mask, extras = user_inputs(
-            train,
-            chunk,
-            history_length,
-            context=context[chunk] if context is not None else None,
-            context_numeric=context_numeric[chunk] if context_numeric is not None else None,
+        return model.score_all(
+            encode_held_users(model, train, chunk, history_length, context, context_numeric), items
         )
-        return model.score_all(model.encode_users(chunk, history, mask, extras), items)
 
     return _masked_top_k(score, train, users, k, batch_size)
 

@@ -417,6 +417,10 @@ DEFAULT_MAX_INSTANCES = 100_000
 # (the launcher's deploy --multi-model sets it); loaded models share a memory budget.
 MULTI_MODEL_LABEL = "com.amazonaws.sagemaker.capabilities.multi-models=true"
 MULTI_MODEL_ENV = "SAGEMAKER_MULTI_MODEL"
+# `exact` ranks the whole catalogue even when the artifact carries an approximate index (to
+# compare the two, or to rule the index out); `auto`, the default, uses the index when there is one.
+RETRIEVAL_ENV = "RECSYS_RETRIEVAL"
+RETRIEVAL_CHOICES = ("auto", "exact")
 MODEL_MEMORY_ENV = "RECSYS_MODEL_MEMORY_MB"
 DEFAULT_MODEL_MEMORY_SHARE = 0.6  # of the machine's memory, when MODEL_MEMORY_ENV is unset
 
@@ -433,6 +437,7 @@ class HostingConfig:
     max_instances: int
     multi_model: bool = False
     model_memory_bytes: int = 0  # the loaded models' budget (multi-model only)
+    exact_retrieval: bool = False  # rank exactly even with an index in the artifact
 
 
 def _positive_number(environ: Mapping[str, str], name: str, default: float, *, integer: bool) -> float:
@@ -471,6 +476,12 @@ def read_hosting_config(environ: Mapping[str, str], *, cpu_count: int) -> Hostin
         integer=False,
     )
     workers = int(_positive_number(environ, WORKERS_ENV, default_workers(cpu_count), integer=True))
+    retrieval = environ.get(RETRIEVAL_ENV, "").strip().lower() or "auto"
+    if retrieval not in RETRIEVAL_CHOICES:
+        raise UserError(
+            f"environment variable {RETRIEVAL_ENV} must be one of {', '.join(RETRIEVAL_CHOICES)}; "
+            f"got {environ.get(RETRIEVAL_ENV)!r}."
+        )
     return HostingConfig(
         model_dir=paths.model_dir,
         port=int(_positive_number(environ, BIND_TO_PORT_ENV, DEFAULT_PORT, integer=True)),
@@ -484,4 +495,5 @@ def read_hosting_config(environ: Mapping[str, str], *, cpu_count: int) -> Hostin
             _positive_number(environ, MAX_PAYLOAD_ENV, DEFAULT_MAX_PAYLOAD_MB, integer=False) * 1024 * 1024
         ),
         max_instances=int(_positive_number(environ, MAX_INSTANCES_ENV, DEFAULT_MAX_INSTANCES, integer=True)),
+        exact_retrieval=retrieval == "exact",
     )

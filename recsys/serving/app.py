@@ -8,6 +8,7 @@ a 4xx status; anything else is a 500 whose body says nothing of the internals.
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import json
 import logging
@@ -48,10 +49,14 @@ def create_app(config: HostingConfig) -> InvocationsEndpoint:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(config.workers, 1)))
         if config.multi_model:
             # No model of its own: SageMaker loads them through /models as requests name them.
-            app.state.models = ModelStore(config.model_memory_bytes, executor)
+            app.state.models = ModelStore(
+                config.model_memory_bytes,
+                executor,
+                load=functools.partial(Recommender.load, exact=config.exact_retrieval),
+            )
             logger.info("multi-model endpoint: a budget of %.0f MiB", config.model_memory_bytes / 2**20)
         else:
-            app.state.recommender = Recommender.load(config.model_dir)
+            app.state.recommender = Recommender.load(config.model_dir, exact=config.exact_retrieval)
             app.state.batcher = MicroBatcher(app.state.recommender.recommend, executor)
             logger.info("model loaded from %s: %d items", config.model_dir, app.state.recommender.num_items)
         # Everything alive now (imported modules, the model) lives as long as the worker: keep it

@@ -36,6 +36,7 @@ from recsys.data.features import encode_values
 from recsys.errors import UserError
 from recsys.evaluation.protocols import segment_positions
 from recsys.models.ncf import NCF, AttributeValues, ItemState, UserExtras, UserState
+from recsys.models.retrieval import MAX_FETCH, OVERFETCH, ItemIndex, query_vectors, score_fetched
 from recsys.training.artifact import Artifact, load_artifact
 from recsys.training.batches import history_positions
 
@@ -159,9 +160,13 @@ class _Attribute:
 class Recommender:
     """Top-k recommendations for known users, histories, similar items, or the popular fallback."""
 
-    def __init__(self, artifact: Artifact, device: torch.device) -> None:
+    def __init__(self, artifact: Artifact, device: torch.device, *, exact: bool = False) -> None:
         self.artifact = artifact
         self.device = device
+        # The approximate index of a large catalogue, unless the host asks for exact ranking.
+        self.index: ItemIndex | None = None if exact else artifact.item_index
+        if self.index is not None:
+            self.index.set_threads(torch.get_num_threads())
         self.model: NCF = artifact.build_model(device)
         # The module holds its own copy of the weights now; the loaded one would double the
         # memory of a large catalogue (512 MB at 1,000,000 items).
@@ -224,8 +229,8 @@ class Recommender:
         return ItemState(joined([p.gmf for p in parts]), joined([p.mlp for p in parts]), bias)
 
     @classmethod
-    def load(cls, model_dir: Path, device: torch.device | None = None) -> Recommender:
-        return cls(load_artifact(model_dir), device or torch.device("cpu"))
+    def load(cls, model_dir: Path, device: torch.device | None = None, *, exact: bool = False) -> Recommender:
+        return cls(load_artifact(model_dir), device or torch.device("cpu"), exact=exact)
 
     @staticmethod
     def _attributes(artifact: Artifact) -> dict[str, _Attribute]:
@@ -391,33 +396,19 @@ class Recommender:
             state = UserState(
                 *(None if a is None or b is None else a + b for a, b in zip(state, moment, strict=True))
             )
-        logits = self.model.score_all(state, self.items).float()
-        # Rows that exclude all their stored items: one scatter over the CSR arrays.
-        mask_stored = np.fromiter(
-            (q.excludes_seen and not q.exclude_event_types for q in queries), dtype=bool, count=size
-        )
-        rows = np.nonzero(known & mask_stored)[0]
-        if len(rows):
-            owner, flat = segment_positions(self.seen_indptr, torch.from_numpy(index[rows]).to(self.device))
-            logits[torch.from_numpy(rows).to(self.device)[owner], self.seen_flat[flat]] = float("-inf")
-        for row, query in enumerate(queries):
-            given = built.get(row)
-            extra_seen = (
-                given.seen
-                if given is not None and (query.excludes_seen or query.exclude_event_types)
-                else None
-            )
-            if extra_seen is not None or query.exclude or query.items is not None or query.filter:
-                seen = extra_seen if extra_seen is not None else np.zeros(0, dtype=np.int64)
-                self._restrict(logits[row], query, seen, unknown_rows[row])
-        top_k = min(max(q.size for q in queries), self.num_items)
-        top = torch.topk(logits, top_k, dim=1)
-        all_values, all_indices = top.values.tolist(), top.indices.tolist()
+        tops: list[tuple[list[float], list[int]] | None] = [None] * size
+        if self.index is not None:
+            self._index_tops(queries, state, index, known, built, unknown_rows, tops)
+        exact = [row for row in range(size) if tops[row] is None]
+        if exact:
+            self._exact_tops(queries, state, index, known, built, unknown_rows, exact, tops)
         ids = self.artifact.items.ids
         counts = self.seen_counts
         out = []
         for row, query in enumerate(queries):
-            values, indices = all_values[row][: query.size], all_indices[row][: query.size]
+            found = tops[row]
+            assert found is not None  # every row was ranked, by the index or exactly
+            values, indices = found
             # Scores come sorted, so the masked (-inf) items are a tail to cut.
             cut = next((j for j, v in enumerate(values) if v == float("-inf")), len(values))
             kind: QueryKind = "user" if query.history is None else "history"
@@ -441,6 +432,124 @@ class Recommender:
                 )
             )
         return out
+
+    # -- ranking: exact or through the index -------------------------------------------------
+
+    def _extra_seen(self, query: Query, built: Mapping[int, _UserSide], row: int) -> np.ndarray | None:
+        """Items to leave out beyond the stored ones: the fresh events (or those of the excluded
+        event types), when the query excludes seen items."""
+        given = built.get(row)
+        if given is not None and (query.excludes_seen or query.exclude_event_types):
+            return given.seen
+        return None
+
+    def _exact_tops(
+        self,
+        queries: Sequence[Query],
+        state: UserState,
+        index: np.ndarray,
+        known: np.ndarray,
+        built: Mapping[int, _UserSide],
+        unknown_rows: list[list[str]],
+        rows: list[int],
+        tops: list[tuple[list[float], list[int]] | None],
+    ) -> None:
+        """Rank the whole catalogue for ``rows``: one [len(rows), N] block of logits."""
+        picked = torch.tensor(rows, device=self.device)
+        logits = self.model.score_all(
+            UserState(*(t[picked] if t is not None else None for t in state)), self.items
+        ).float()
+        local = np.asarray(rows)
+        # Rows that exclude all their stored items: one scatter over the CSR arrays.
+        mask_stored = np.fromiter(
+            (queries[r].excludes_seen and not queries[r].exclude_event_types for r in rows),
+            dtype=bool,
+            count=len(rows),
+        )
+        masked = np.nonzero(known[local] & mask_stored)[0]
+        if len(masked):
+            users = torch.from_numpy(index[local[masked]]).to(self.device)
+            owner, flat = segment_positions(self.seen_indptr, users)
+            logits[torch.from_numpy(masked).to(self.device)[owner], self.seen_flat[flat]] = float("-inf")
+        for position, row in enumerate(rows):
+            query = queries[row]
+            extra_seen = self._extra_seen(query, built, row)
+            if extra_seen is not None or query.exclude or query.items is not None or query.filter:
+                seen = extra_seen if extra_seen is not None else np.zeros(0, dtype=np.int64)
+                self._restrict(logits[position], query, seen, unknown_rows[row])
+        top_k = min(max(queries[r].size for r in rows), self.num_items)
+        top = torch.topk(logits, top_k, dim=1)
+        for position, (values, indices) in enumerate(
+            zip(top.values.tolist(), top.indices.tolist(), strict=True)
+        ):
+            size = queries[rows[position]].size
+            tops[rows[position]] = (values[:size], indices[:size])
+
+    def _index_tops(
+        self,
+        queries: Sequence[Query],
+        state: UserState,
+        index: np.ndarray,
+        known: np.ndarray,
+        built: Mapping[int, _UserSide],
+        unknown_rows: list[list[str]],
+        tops: list[tuple[list[float], list[int]] | None],
+    ) -> None:
+        """Rank what the index fetches for each row it can serve; rows it cannot stay ``None``.
+
+        A row fetches ``OVERFETCH`` candidates per wanted item plus one per item it rules out
+        (seen, excluded), and ``1 / share`` times that under a filter that keeps a share of the
+        catalogue. Candidate lists rank only their candidates, exactly; a row that would fetch more
+        than ``MAX_FETCH``, or whose fetch leaves fewer than k items standing once its exclusions
+        and filter are applied, is ranked exactly instead (the caller does), so exclusions,
+        filters and k hold whatever the index returns.
+        """
+        assert self.index is not None  # the caller checks
+        plans: dict[int, tuple[np.ndarray, np.ndarray | None, list[str]]] = {}
+        need = 0
+        for row, query in enumerate(queries):
+            if query.items is not None:
+                continue
+            unknown: list[str] = []
+            parts: list[np.ndarray] = []
+            if known[row] and query.excludes_seen and not query.exclude_event_types:
+                start, end = self.artifact.seen_indptr[index[row]], self.artifact.seen_indptr[index[row] + 1]
+                parts.append(self.artifact.seen_items[start:end].astype(np.int64))
+            extra_seen = self._extra_seen(query, built, row)
+            if extra_seen is not None:
+                parts.append(extra_seen)
+            if query.exclude:
+                parts.append(self._lookup(query.exclude, unknown))
+            blocked = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+            allowed = self.filter_mask(query.filter) if query.filter else None
+            share = float(allowed.mean()) if allowed is not None else 1.0
+            wanted = (OVERFETCH * query.size + len(blocked)) / max(share, 1e-12)
+            if share == 0.0 or wanted > MAX_FETCH:
+                continue
+            plans[row] = (blocked, allowed, unknown)
+            need = max(need, math.ceil(wanted))
+        if not plans:
+            return
+        rows = list(plans)
+        picked = torch.tensor(rows, device=self.device)
+        sub = UserState(*(t[picked] if t is not None else None for t in state))
+        fetched = self.index.search(query_vectors(sub), min(need, self.num_items))
+        scores, _ = score_fetched(self.model, sub, self.items, fetched)
+        for position, row in enumerate(rows):
+            blocked, allowed, unknown = plans[row]
+            candidates = fetched[position]
+            out = candidates < 0
+            if len(blocked):
+                out |= np.isin(candidates, blocked)
+            if allowed is not None:
+                out |= ~allowed[np.maximum(candidates, 0)]
+            row_scores = scores[position].masked_fill(torch.from_numpy(out).to(scores.device), float("-inf"))
+            size = queries[row].size
+            if int((~out).sum()) < size:
+                continue  # too few survived: ranked exactly
+            top = torch.topk(row_scores, size)
+            tops[row] = (top.values.tolist(), candidates[top.indices.cpu().numpy()].tolist())
+            unknown_rows[row].extend(unknown)
 
     # -- the user side ----------------------------------------------------------------------
 

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from recsys.errors import ServerStateError, UserError
+from recsys.models.retrieval import ItemIndex
 from recsys.serving.batching import MicroBatcher
 from recsys.serving.engine import Recommender
 
@@ -67,6 +68,10 @@ def footprint(root: object) -> int:
             if id(base) not in seen:
                 seen.add(id(base))
                 total += base.nbytes
+        elif isinstance(value, ItemIndex):  # faiss's memory, out of Python's sight
+            if id(value) not in seen:
+                seen.add(id(value))
+                total += value.nbytes
         elif isinstance(value, torch.nn.Module):
             stack.extend(value.parameters())
             stack.extend(value.buffers())

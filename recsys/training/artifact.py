@@ -21,6 +21,9 @@ Layout (all under ``model/``):
 - ``item_popularity.npy``: interaction count per item (popular-items fallback, novelty).
 - ``item_labels.parquet`` (when the items table has text the model does not use: titles,
   names): one row per item, for people reading recommendations.
+- ``item_index.faiss`` (large catalogues, ``recsys.models.retrieval``): an HNSW graph over the
+  GMF item vectors in faiss's own binary format. The manifest's ``retrieval`` object says how the
+  job built it and the recall@10 it measured; without the file the endpoint ranks exactly.
 - ``train_config.json``, ``metrics.json``, ``fingerprint.json``.
 - ``manifest.json``: written last, lists every file with its SHA-256. A directory without it,
   or whose files do not match it, is incomplete and refuses to load.
@@ -65,6 +68,7 @@ from recsys.data.features import FeatureArrays, FeatureEncoding, load_encoding, 
 from recsys.data.vocab import Vocabulary
 from recsys.errors import UserError
 from recsys.models.ncf import NCF, ModelConfig
+from recsys.models.retrieval import ItemIndex
 
 ARTIFACT_FORMAT = 2
 MANIFEST = "manifest.json"
@@ -74,6 +78,7 @@ ENCODINGS = "encodings.json"
 ITEM_LABELS = "item_labels.parquet"
 SEEN_TIMESTAMPS = "seen_timestamps.npy"
 SEEN_EVENTS = "seen_events.npy"
+ITEM_INDEX = "item_index.faiss"
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +119,10 @@ class Artifact:
     # Vocabularies of inputs beyond ids and attributes (event types, contexts): any JSON object,
     # kept opaque here so that whoever encodes the inputs owns its shape.
     feature_encodings: dict[str, Any] = field(default_factory=dict)
+    # The approximate top-k index of a large catalogue, and how it was built (or refused): the
+    # manifest's ``retrieval``. A report without an index says why the endpoint ranks exactly.
+    item_index: ItemIndex | None = None
+    retrieval: dict[str, Any] | None = None
 
     def build_model(self, device: torch.device) -> NCF:
         # Built on the meta device, the module allocates nothing and draws no random initial
@@ -247,14 +256,21 @@ def save_artifact(artifact: Artifact, model_dir: Path) -> None:
         _write_json(staging / "fingerprint.json", artifact.fingerprint)
         if artifact.item_labels is not None and artifact.item_labels.num_columns:
             pq.write_table(artifact.item_labels, staging / ITEM_LABELS)
+        if artifact.item_index is not None:
+            artifact.item_index.save(staging / ITEM_INDEX)
         files = sorted(p.name for p in staging.iterdir())
-        manifest = {
+        manifest: dict[str, Any] = {
             "format": ARTIFACT_FORMAT,
             "kind": "recsys-ncf",
             "recsys_version": recsys_version(),
             "torch_version": str(torch.__version__),
             "files": {name: sha256_file(staging / name) for name in files},
         }
+        if artifact.retrieval is not None:
+            manifest["retrieval"] = {
+                **artifact.retrieval,
+                "index_file": ITEM_INDEX if artifact.item_index else None,
+            }
         for name in files:
             os.replace(staging / name, model_dir / name)
         _write_json(staging / MANIFEST, manifest)
@@ -330,6 +346,28 @@ def _optional_array(model_dir: Path, name: str, manifest: dict[str, Any]) -> np.
     return np.load(model_dir / name, allow_pickle=False) if name in manifest["files"] else None
 
 
+def _load_index(model_dir: Path, manifest: dict[str, Any], config: ModelConfig) -> ItemIndex | None:
+    if ITEM_INDEX not in manifest["files"]:
+        return None
+    retrieval = manifest.get("retrieval")
+    breadth = retrieval.get("search_breadth") if isinstance(retrieval, dict) else None
+    if not isinstance(breadth, int) or isinstance(breadth, bool) or breadth < 1:
+        raise ArtifactError(
+            f"model artifact {model_dir} is corrupt: {MANIFEST} lists {ITEM_INDEX} but its 'retrieval' "
+            f"has no positive search_breadth (got {breadth!r})."
+        )
+    try:
+        index = ItemIndex.load(model_dir / ITEM_INDEX, breadth)
+    except (RuntimeError, ValueError) as exc:  # faiss raises RuntimeError on a file it cannot read
+        raise ArtifactError(f"model artifact {model_dir}: cannot read {ITEM_INDEX}: {exc}") from exc
+    if index.num_items != config.num_items or index.dim != config.embedding_dim + 1:
+        raise ArtifactError(
+            f"model artifact {model_dir} is inconsistent: {ITEM_INDEX} holds {index.num_items} vectors of "
+            f"{index.dim} dimensions, the model {config.num_items} items of {config.embedding_dim} + 1."
+        )
+    return index
+
+
 def load_artifact(model_dir: Path) -> Artifact:
     manifest = verify_artifact(model_dir)
     model_config = ModelConfig.from_json(_read_json(model_dir, "model_config.json"))
@@ -360,7 +398,9 @@ def load_artifact(model_dir: Path) -> Artifact:
             feature_encodings=feature_encodings,
             seen_timestamps=_optional_array(model_dir, SEEN_TIMESTAMPS, manifest),
             seen_events=_optional_array(model_dir, SEEN_EVENTS, manifest),
+            retrieval=manifest.get("retrieval") if isinstance(manifest.get("retrieval"), dict) else None,
         )
+        artifact.item_index = _load_index(model_dir, manifest, model_config)
     except (OSError, ValueError, RuntimeError, pa.ArrowException, safetensors.SafetensorError) as exc:
         raise ArtifactError(f"model artifact {model_dir} cannot be loaded: {exc}") from exc
     for name, aligned in ((SEEN_TIMESTAMPS, artifact.seen_timestamps), (SEEN_EVENTS, artifact.seen_events)):

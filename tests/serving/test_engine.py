@@ -44,9 +44,16 @@ class Catalogue:
         return set(self.item_ids) - self.seen[user]
 
 
-@pytest.fixture(scope="module")
-def recommender(tmp_path_factory: pytest.TempPathFactory, tiny_data: SyntheticData) -> Recommender:
-    return Recommender.load(trained_tree(tmp_path_factory, tiny_data) / "model")
+@pytest.fixture(scope="module", params=["exact", "index"])
+def recommender(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, tiny_data: SyntheticData
+) -> Recommender:
+    """The trained model, ranking its catalogue exactly, and again through an item index: every
+    test of exclusions, candidates and filters below holds for both."""
+    extra = {"retrieval": "index"} if request.param == "index" else {}
+    loaded = Recommender.load(trained_tree(tmp_path_factory, tiny_data, extra) / "model")
+    assert (loaded.index is not None) == (request.param == "index")
+    return loaded
 
 
 @pytest.fixture(scope="module")

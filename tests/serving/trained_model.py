@@ -8,6 +8,7 @@ happens once however the tests are selected.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -20,23 +21,27 @@ from tests.conftest import FAST_HYPERPARAMETERS, build_tree
 # 20 sampled-evaluation negatives: the tiny catalogue has 60 items, 99 would mostly be redraws.
 HYPERPARAMETERS = {**FAST_HYPERPARAMETERS, "sampled_eval_negatives": "20"}
 
-# (the session's base temporary directory, id of the data) -> the trained tree.
-_TREES: dict[tuple[Path, int], Path] = {}
+# (the session's base temporary directory, id of the data, extra hyperparameters) -> the tree.
+_TREES: dict[tuple[Path, int, tuple[tuple[str, str], ...]], Path] = {}
 
 
-def trained_tree(factory: pytest.TempPathFactory, data: SyntheticData) -> Path:
+def trained_tree(
+    factory: pytest.TempPathFactory, data: SyntheticData, extra: Mapping[str, str] | None = None
+) -> Path:
     """The base directory of a finished training job on ``data``: ``model/`` holds the artifact.
 
-    Cached per session (``tmp_path_factory``) and data set (the session's ``tiny_data``): one run.
+    Cached per session (``tmp_path_factory``), data set (the session's ``tiny_data``) and
+    ``extra`` hyperparameters (``{"retrieval": "index"}``: the same model with an item index).
     """
-    key = (factory.getbasetemp(), id(data))
+    key = (factory.getbasetemp(), id(data), tuple(sorted((extra or {}).items())))
     if key not in _TREES:
-        _TREES[key] = _train(factory, data)
+        _TREES[key] = _train(factory, data, extra or {})
     return _TREES[key]
 
 
-def _train(factory: pytest.TempPathFactory, data: SyntheticData) -> Path:
-    base = build_tree(factory.mktemp("served_opt_ml"), data, hyperparameters=HYPERPARAMETERS)
+def _train(factory: pytest.TempPathFactory, data: SyntheticData, extra: Mapping[str, str]) -> Path:
+    hyperparameters = {**HYPERPARAMETERS, **extra}
+    base = build_tree(factory.mktemp("served_opt_ml"), data, hyperparameters=hyperparameters)
     paths = ContainerPaths(base)
     code = train(paths)
     if code != 0:
