@@ -5,7 +5,8 @@ table (``read_interactions`` streams it through ``open_channel``; ``clean_intera
 same code on a table already in memory):
 
 - the user and item id columns must exist; ids are opaque text; a row with an empty or null id
-  is skipped (and counted);
+  is skipped (and counted), and so is one whose id holds a NUL byte (corrupt data, not an id:
+  the log names the first such row and its file);
 - with ``min_rating``, every rating must be a number and only rows with ``rating >= min_rating``
   are positives;
 - times are epoch seconds (numbers, numeric strings, ISO 8601 strings, Arrow timestamps or
@@ -318,6 +319,19 @@ def _id_codes(
     return codes, missing, dictionary
 
 
+def _nul_ids(codes: np.ndarray, missing: np.ndarray, dictionary: pa.StringArray) -> np.ndarray:
+    """Rows whose (present) id holds a NUL byte; looked for in the distinct ids, not per row."""
+    if not len(dictionary):
+        return np.zeros(len(codes), dtype=bool)
+    nul = np.asarray(
+        pc.fill_null(pc.match_substring(dictionary, "\x00"), False).to_numpy(zero_copy_only=False), dtype=bool
+    )
+    if not nul.any():
+        return np.zeros(len(codes), dtype=bool)
+    rows: np.ndarray = nul[codes] & ~missing
+    return rows
+
+
 class _Encoder:
     """Applies the rules batch by batch; ``finish`` checks what needs every batch and unifies ids."""
 
@@ -372,6 +386,9 @@ class _Encoder:
         self._stamps: list[np.ndarray] = []
         self._passed = 0  # rows that pass min_rating (all rows without it)
         self._missing = 0  # of those, rows with an empty user or item id
+        self._nul = 0  # of those, rows with a user or item id that holds a NUL byte (and no empty one)
+        self._first_nul: tuple[int, Path | None] | None = None  # (its row, 1-based in its file; the file)
+        self._rows_read: dict[Path | None, int] = {}  # rows of each file before the next batch
         # (first value that is no time, how many such values, the file of the first)
         self._bad_stamp: tuple[Any, int, Path | None] | None = None
         self._empty_stamp: tuple[Path | None] | None = None  # (the file of the first empty time)
@@ -379,6 +396,8 @@ class _Encoder:
     def add(self, batch: pa.RecordBatch, source: Path | None = None) -> None:
         """Apply the rules to one batch; ``source``, its file, is named in errors about its values."""
         columns = self.columns
+        first_row = self._rows_read.get(source, 0)
+        self._rows_read[source] = first_row + batch.num_rows
         keep: np.ndarray | None = None
         if self.min_rating is not None:
             ratings = _batch_ratings(
@@ -409,13 +428,23 @@ class _Encoder:
         item_codes, item_missing, item_values = _id_codes(
             batch.column(columns.item), column=columns.item, channel=self.channel, source=source
         )
-        valid = ~(user_missing | item_missing)
+        empty = user_missing | item_missing
+        nul = (
+            _nul_ids(user_codes, user_missing, user_values) | _nul_ids(item_codes, item_missing, item_values)
+        ) & ~empty
         if keep is not None:
-            self._missing += int((keep & ~valid).sum())
+            empty &= keep
+            nul &= keep
+        self._missing += int(empty.sum())
+        if nul.any():
+            self._nul += int(nul.sum())
+            if self._first_nul is None:
+                self._first_nul = (first_row + int(np.argmax(nul)) + 1, source)
+        valid = ~(user_missing | item_missing) & ~nul
+        if keep is not None:
             valid &= keep
             stamps = stamps[valid[keep]]
         else:
-            self._missing += int((~valid).sum())
             stamps = stamps[valid]
         self._users.append(pa.DictionaryArray.from_arrays(pa.array(user_codes[valid]), user_values))
         self._items.append(pa.DictionaryArray.from_arrays(pa.array(item_codes[valid]), item_values))
@@ -480,11 +509,24 @@ class _Encoder:
                 f"channel '{channel}': column '{columns.timestamp}' has empty values{where}; every "
                 f"interaction needs a time, or drop the column."
             )
-        if self._missing == self._passed:
-            raise DataError(f"channel '{channel}': every row has an empty user or item id.")
+        nul_where = ""
+        if self._first_nul is not None:
+            row, source = self._first_nul
+            nul_where = f"row {row} of {source}" if source is not None else f"row {row}"
+        if self._missing + self._nul == self._passed:
+            either = f", or one that holds a NUL byte (the first: {nul_where})" if self._nul else ""
+            raise DataError(f"channel '{channel}': every row has an empty user or item id{either}.")
         if self._missing:
             logger.warning(
                 "channel '%s': skipped %d rows with an empty user or item id", channel, self._missing
+            )
+        if self._nul:
+            logger.warning(
+                "channel '%s': skipped %d rows whose user or item id holds a NUL byte, the first at %s "
+                "(data rows counted from 1); such bytes mean a corrupt or mis-encoded file",
+                channel,
+                self._nul,
+                nul_where,
             )
         user_codes, user_values = _unify(self._users)
         item_codes, item_values = _unify(self._items)

@@ -291,10 +291,25 @@ def _data_files(directory: Path, *, channel: str) -> list[_DataFile]:
     return files
 
 
-def _no_rows(directory: Path, num_files: int, *, channel: str) -> DataError:
+# How many empty files a "no rows" error names before it only counts the rest.
+_NAMED_EMPTY_FILES = 3
+
+
+def _no_rows(directory: Path, files: Sequence[_DataFile], *, channel: str) -> DataError:
+    """The error for a channel whose files are all empty, naming them: "no rows" alone sent people
+    looking for the file that a failed upload (a header, nothing after it) had left."""
+    if len(files) == 1:
+        (file,) = files
+        header = " (only a header)" if file.file_format in ("csv", "tsv") else ""
+        return DataError(
+            f"channel '{channel}': file {file.path} holds no rows{header}, and it is the only data file "
+            f"in {directory}."
+        )
+    named = ", ".join(str(file.path) for file in files[:_NAMED_EMPTY_FILES])
+    more = len(files) - _NAMED_EMPTY_FILES
     return DataError(
-        f"channel '{channel}': directory {directory} holds no rows "
-        f"({num_files} file{'s' if num_files != 1 else ''} read, all empty)."
+        f"channel '{channel}': directory {directory} holds no rows ({len(files)} files read, all "
+        f"empty): {named}{f' and {more} more' if more > 0 else ''}."
     )
 
 
@@ -347,7 +362,7 @@ def read_table(directory: Path, *, channel: str, string_columns: Collection[str]
             ) from error
 
     if table.num_rows == 0:
-        raise _no_rows(directory, len(files), channel=channel)
+        raise _no_rows(directory, files, channel=channel)
     logger.info(
         "channel '%s': read %d rows, %d columns from %d file(s) in %s",
         channel,
@@ -554,7 +569,7 @@ def open_channel(directory: Path, *, channel: str, string_columns: Collection[st
         any_rows = any_rows or has_rows
     unified = _unify_schemas(schemas, [f.path for f in files], channel=channel)
     if not any_rows:
-        raise _no_rows(directory, len(files), channel=channel)
+        raise _no_rows(directory, files, channel=channel)
     return ChannelScan(
         channel,
         directory,

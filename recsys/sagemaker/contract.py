@@ -136,10 +136,21 @@ def decode_hyperparameter(raw: Any) -> Any:
 
 
 def _read_json_object(path: Path, what: str) -> dict[str, Any]:
+    """The JSON object in ``path``; a file that cannot be read, is not UTF-8 (Latin-1 text, a
+    binary file) or not JSON is a ``UserError`` naming it, never an internal error."""
     try:
-        value = json.loads(path.read_text(encoding="utf-8"))
+        # Decoded whole, not by read_text: its error's offset would be into a chunk, not the file.
+        text = path.read_bytes().decode("utf-8")
+        value = json.loads(text)
+    except UnicodeDecodeError as exc:
+        raise UserError(
+            f"{what} {path} is not valid UTF-8 JSON: byte 0x{exc.object[exc.start]:02x} at offset "
+            f"{exc.start} is not UTF-8. Write the file as UTF-8 JSON."
+        ) from exc
     except json.JSONDecodeError as exc:
         raise UserError(f"{what} {path} is not valid JSON: {exc.msg} at line {exc.lineno}.") from exc
+    except OSError as exc:
+        raise UserError(f"{what} {path} cannot be read: {exc.strerror or exc}.") from exc
     if not isinstance(value, dict):
         raise UserError(f"{what} {path} must hold a JSON object, found {type(value).__name__}.")
     return value

@@ -52,9 +52,10 @@ import logging
 import math
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -69,6 +70,7 @@ from recsys.data.vocab import Vocabulary
 from recsys.errors import UserError
 from recsys.models.ncf import NCF, ModelConfig
 from recsys.models.retrieval import ItemIndex
+from recsys.training.disk import DiskFullError, is_disk_full
 
 ARTIFACT_FORMAT = 2
 MANIFEST = "manifest.json"
@@ -223,17 +225,20 @@ def save_artifact(artifact: Artifact, model_dir: Path) -> None:
     """Write the artifact so that a crash never leaves a directory that looks complete.
 
     Files are written to a staging directory inside ``model_dir`` (same filesystem, so the moves
-    are atomic renames), moved into place, and the manifest goes last. Weights and
-    ``feature_encodings`` that cannot be stored raise ``ValueError`` before anything is touched.
+    are atomic renames), moved into place, and the manifest goes last. Every byte is written in
+    staging, the manifest too, so that once the moves begin nothing more needs space. On any error
+    the staging directory is removed; a full disk raises ``DiskFullError`` naming ``model_dir``.
+    Weights and ``feature_encodings`` that cannot be stored raise ``ValueError`` before anything
+    is touched.
     """
     _check_json_value(artifact.feature_encodings, "feature_encodings")
     weights = _weights_to_save(artifact.state_dict)
-    model_dir.mkdir(parents=True, exist_ok=True)
-    (model_dir / MANIFEST).unlink(missing_ok=True)
     staging = model_dir / f".staging-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
     try:
+        model_dir.mkdir(parents=True, exist_ok=True)
+        (model_dir / MANIFEST).unlink(missing_ok=True)
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
         safetensors.torch.save_file(weights, staging / WEIGHTS)
         del weights  # the copies, if any, can go before the rest is written
         (staging / "model_config.json").write_text(artifact.model_config.dumps(), encoding="utf-8")
@@ -271,10 +276,15 @@ def save_artifact(artifact: Artifact, model_dir: Path) -> None:
                 **artifact.retrieval,
                 "index_file": ITEM_INDEX if artifact.item_index else None,
             }
+        _write_json(staging / MANIFEST, manifest)
         for name in files:
             os.replace(staging / name, model_dir / name)
-        _write_json(staging / MANIFEST, manifest)
         os.replace(staging / MANIFEST, model_dir / MANIFEST)
+    except Exception as exc:
+        # Judged before the staging directory goes: the space it holds is part of the evidence.
+        if not is_disk_full(exc, staging):
+            raise
+        raise DiskFullError(model_dir, "the model artifact") from exc
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -282,8 +292,60 @@ def save_artifact(artifact: Artifact, model_dir: Path) -> None:
 def _read_json(model_dir: Path, name: str) -> Any:
     try:
         return json.loads((model_dir / name).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ArtifactError(f"model artifact {model_dir}: cannot read {name}: {exc}") from exc
+    except (OSError, ValueError) as exc:  # ValueError: JSONDecodeError, and UnicodeDecodeError
+        raise ArtifactError(
+            f"model artifact {model_dir} is corrupt: cannot read {name}: {_one_line(exc)}"
+        ) from exc
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception's message on one line: the CLI prints an artifact error as a single line."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+_T = TypeVar("_T")
+# What a reader of a file raises on content it cannot make sense of: numpy, json and the
+# vocabulary ValueError, safetensors its own error, pyarrow its own, a from_json KeyError or
+# TypeError on a JSON value of the wrong shape.
+_READ_ERRORS = (
+    OSError,
+    ValueError,
+    TypeError,
+    KeyError,
+    IndexError,
+    RuntimeError,
+    pa.ArrowException,
+    safetensors.SafetensorError,
+)
+
+
+def _reading(model_dir: Path, name: str, read: Callable[[], _T]) -> _T:
+    """``read()``, a failure of it an ``ArtifactError`` naming ``name``. A file can match its
+    checksum and still be broken: rewritten after training, its manifest entry updated to match."""
+    try:
+        return read()
+    except ArtifactError:
+        raise
+    except _READ_ERRORS as exc:
+        raise ArtifactError(
+            f"model artifact {model_dir} is corrupt: cannot read {name}: {_one_line(exc)}"
+        ) from exc
+
+
+def _array(model_dir: Path, name: str) -> np.ndarray:
+    return _reading(model_dir, name, lambda: np.load(model_dir / name, allow_pickle=False))
+
+
+def _feature_arrays(model_dir: Path, prefix: str, encoding: FeatureEncoding) -> FeatureArrays:
+    try:
+        return FeatureArrays.load(model_dir, prefix, encoding)
+    except _READ_ERRORS as exc:
+        # It reads several files and its errors name none: find the one that fails on its own.
+        for path in sorted(model_dir.glob(f"{prefix}_*.npy")):
+            _array(model_dir, path.name)
+        raise ArtifactError(
+            f"model artifact {model_dir} is corrupt: cannot read {prefix}_*.npy: {_one_line(exc)}"
+        ) from exc
 
 
 def _check_format(model_dir: Path, manifest: dict[str, Any]) -> None:
@@ -322,6 +384,8 @@ def verify_artifact(model_dir: Path) -> dict[str, Any]:
             f"model artifact {model_dir} is incomplete: {MANIFEST} is missing (training did not finish, "
             f"or this is not a recsys model directory)."
         )
+    if not (model_dir / MANIFEST).is_file():
+        raise ArtifactError(f"model artifact {model_dir} is corrupt: {MANIFEST} is not a file.")
     manifest = _read_json(model_dir, MANIFEST)
     if not isinstance(manifest, dict):
         raise ArtifactError(f"model artifact {model_dir} is corrupt: {MANIFEST} is not a JSON object.")
@@ -337,13 +401,15 @@ def verify_artifact(model_dir: Path) -> dict[str, Any]:
         path = model_dir / name
         if not path.exists():
             raise ArtifactError(f"model artifact {model_dir} is incomplete: {name} is missing.")
-        if sha256_file(path) != digest:
+        if not path.is_file():  # a directory in its place: reading it would be an IsADirectoryError
+            raise ArtifactError(f"model artifact {model_dir} is corrupt: {name} is not a file.")
+        if _reading(model_dir, name, functools.partial(sha256_file, path)) != digest:
             raise ArtifactError(f"model artifact {model_dir} is corrupt: {name} does not match its checksum.")
     return dict(manifest)
 
 
 def _optional_array(model_dir: Path, name: str, manifest: dict[str, Any]) -> np.ndarray | None:
-    return np.load(model_dir / name, allow_pickle=False) if name in manifest["files"] else None
+    return _array(model_dir, name) if name in manifest["files"] else None
 
 
 def _load_index(model_dir: Path, manifest: dict[str, Any], config: ModelConfig) -> ItemIndex | None:
@@ -359,7 +425,9 @@ def _load_index(model_dir: Path, manifest: dict[str, Any], config: ModelConfig) 
     try:
         index = ItemIndex.load(model_dir / ITEM_INDEX, breadth)
     except (RuntimeError, ValueError) as exc:  # faiss raises RuntimeError on a file it cannot read
-        raise ArtifactError(f"model artifact {model_dir}: cannot read {ITEM_INDEX}: {exc}") from exc
+        raise ArtifactError(
+            f"model artifact {model_dir} is corrupt: cannot read {ITEM_INDEX}: {_one_line(exc)}"
+        ) from exc
     if index.num_items != config.num_items or index.dim != config.embedding_dim + 1:
         raise ArtifactError(
             f"model artifact {model_dir} is inconsistent: {ITEM_INDEX} holds {index.num_items} vectors of "
@@ -369,40 +437,54 @@ def _load_index(model_dir: Path, manifest: dict[str, Any], config: ModelConfig) 
 
 
 def load_artifact(model_dir: Path) -> Artifact:
+    """Verify, then read every file of the artifact; any fault is an ``ArtifactError`` naming the
+    file and what is wrong with it, so that no broken artifact gets as far as serving."""
     manifest = verify_artifact(model_dir)
-    model_config = ModelConfig.from_json(_read_json(model_dir, "model_config.json"))
-    item_encoding = load_encoding(model_dir / "item_features.json")
-    user_encoding = load_encoding(model_dir / "user_features.json")
+    model_config = _reading(
+        model_dir,
+        "model_config.json",
+        lambda: ModelConfig.from_json(_read_json(model_dir, "model_config.json")),
+    )
+    item_encoding = _reading(
+        model_dir, "item_features.json", lambda: load_encoding(model_dir / "item_features.json")
+    )
+    user_encoding = _reading(
+        model_dir, "user_features.json", lambda: load_encoding(model_dir / "user_features.json")
+    )
     feature_encodings = _read_json(model_dir, ENCODINGS)
     if not isinstance(feature_encodings, dict):
         raise ArtifactError(f"model artifact {model_dir} is corrupt: {ENCODINGS} is not a JSON object.")
-    try:
-        state_dict = safetensors.torch.load_file(model_dir / WEIGHTS, device="cpu")
-        artifact = Artifact(
-            model_config=model_config,
-            state_dict=state_dict,
-            users=Vocabulary.load(model_dir / "users.json"),
-            items=Vocabulary.load(model_dir / "items.json"),
-            item_encoding=item_encoding,
-            item_arrays=FeatureArrays.load(model_dir, "item", item_encoding),
-            user_encoding=user_encoding,
-            user_arrays=FeatureArrays.load(model_dir, "user", user_encoding),
-            seen_indptr=np.load(model_dir / "seen_indptr.npy", allow_pickle=False),
-            seen_items=np.load(model_dir / "seen_items.npy", allow_pickle=False),
-            item_popularity=np.load(model_dir / "item_popularity.npy", allow_pickle=False),
-            train_config=_read_json(model_dir, "train_config.json"),
-            metrics=_read_json(model_dir, "metrics.json"),
-            fingerprint=_read_json(model_dir, "fingerprint.json"),
-            # Optional: artifacts of items tables without unused text have none.
-            item_labels=pq.read_table(model_dir / ITEM_LABELS) if ITEM_LABELS in manifest["files"] else None,
-            feature_encodings=feature_encodings,
-            seen_timestamps=_optional_array(model_dir, SEEN_TIMESTAMPS, manifest),
-            seen_events=_optional_array(model_dir, SEEN_EVENTS, manifest),
-            retrieval=manifest.get("retrieval") if isinstance(manifest.get("retrieval"), dict) else None,
-        )
-        artifact.item_index = _load_index(model_dir, manifest, model_config)
-    except (OSError, ValueError, RuntimeError, pa.ArrowException, safetensors.SafetensorError) as exc:
-        raise ArtifactError(f"model artifact {model_dir} cannot be loaded: {exc}") from exc
+    state_dict = _reading(
+        model_dir, WEIGHTS, lambda: safetensors.torch.load_file(model_dir / WEIGHTS, device="cpu")
+    )
+    _check_weights(model_dir, model_config, state_dict)
+    artifact = Artifact(
+        model_config=model_config,
+        state_dict=state_dict,
+        users=_reading(model_dir, "users.json", lambda: Vocabulary.load(model_dir / "users.json")),
+        items=_reading(model_dir, "items.json", lambda: Vocabulary.load(model_dir / "items.json")),
+        item_encoding=item_encoding,
+        item_arrays=_feature_arrays(model_dir, "item", item_encoding),
+        user_encoding=user_encoding,
+        user_arrays=_feature_arrays(model_dir, "user", user_encoding),
+        seen_indptr=_array(model_dir, "seen_indptr.npy"),
+        seen_items=_array(model_dir, "seen_items.npy"),
+        item_popularity=_array(model_dir, "item_popularity.npy"),
+        train_config=_read_json(model_dir, "train_config.json"),
+        metrics=_read_json(model_dir, "metrics.json"),
+        fingerprint=_read_json(model_dir, "fingerprint.json"),
+        # Optional: artifacts of items tables without unused text have none.
+        item_labels=(
+            _reading(model_dir, ITEM_LABELS, lambda: pq.read_table(model_dir / ITEM_LABELS))
+            if ITEM_LABELS in manifest["files"]
+            else None
+        ),
+        feature_encodings=feature_encodings,
+        seen_timestamps=_optional_array(model_dir, SEEN_TIMESTAMPS, manifest),
+        seen_events=_optional_array(model_dir, SEEN_EVENTS, manifest),
+        retrieval=manifest.get("retrieval") if isinstance(manifest.get("retrieval"), dict) else None,
+    )
+    artifact.item_index = _load_index(model_dir, manifest, model_config)
     for name, aligned in ((SEEN_TIMESTAMPS, artifact.seen_timestamps), (SEEN_EVENTS, artifact.seen_events)):
         if aligned is not None and len(aligned) != len(artifact.seen_items):
             raise ArtifactError(
@@ -419,4 +501,47 @@ def load_artifact(model_dir: Path) -> Artifact:
             f"model artifact {model_dir} is inconsistent: vocabularies hold {len(artifact.users)} users and "
             f"{len(artifact.items)} items, the model {model_config.num_users} and {model_config.num_items}."
         )
+    _check_seen(model_dir, artifact)
     return artifact
+
+
+def _check_weights(model_dir: Path, config: ModelConfig, state_dict: dict[str, torch.Tensor]) -> None:
+    """The weights must be the ones ``model_config.json`` builds: the same names and shapes."""
+    # On the meta device the module allocates nothing: only the names and shapes are made.
+    with torch.device("meta"):
+        expected = {name: tuple(t.shape) for name, t in NCF(config).state_dict().items()}
+    got = {name: tuple(t.shape) for name, t in state_dict.items()}
+    problems = [f"{name} is missing" for name in expected if name not in got]
+    problems += [f"{name} is not in the model" for name in got if name not in expected]
+    problems += [
+        f"{name} is {list(got[name])}, the model's {list(shape)}"
+        for name, shape in expected.items()
+        if name in got and got[name] != shape
+    ]
+    if problems:
+        shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
+        raise ArtifactError(
+            f"model artifact {model_dir} is inconsistent: {WEIGHTS} does not fit model_config.json: {shown}."
+        )
+
+
+def _check_seen(model_dir: Path, artifact: Artifact) -> None:
+    """Each known user's items (CSR) must index the users and items the model has: out of range,
+    they would fail requests, or the start-up, far from the file that is wrong."""
+    indptr, seen, popularity = artifact.seen_indptr, artifact.seen_items, artifact.item_popularity
+    num_users, num_items = artifact.model_config.num_users, artifact.model_config.num_items
+    problem = ""
+    if indptr.ndim != 1 or len(indptr) != num_users + 1 or not np.issubdtype(indptr.dtype, np.integer):
+        problem = f"seen_indptr.npy must hold {num_users + 1} integers (users + 1), it holds {indptr.shape}"
+    elif indptr[0] != 0 or indptr[-1] != len(seen) or bool((np.diff(indptr) < 0).any()):
+        problem = f"seen_indptr.npy must rise from 0 to {len(seen)} (the rows of seen_items.npy)"
+    elif seen.ndim != 1 or not np.issubdtype(seen.dtype, np.integer):
+        problem = f"seen_items.npy must be a list of item indices, it is {seen.dtype} of shape {seen.shape}"
+    elif len(seen) and (int(seen.min()) < 0 or int(seen.max()) >= num_items):
+        problem = f"seen_items.npy holds item indices outside 0..{num_items - 1}"
+    elif popularity.shape != (num_items,):
+        problem = (
+            f"item_popularity.npy must hold {num_items} counts (one per item), it holds {popularity.shape}"
+        )
+    if problem:
+        raise ArtifactError(f"model artifact {model_dir} is inconsistent: {problem}.")

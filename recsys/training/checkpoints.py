@@ -11,6 +11,11 @@ on SIGTERM (a spot interruption leaves 120 seconds). Each checkpoint has two kin
 Every file is written to a temporary name and renamed, then a ``.sha256`` sidecar is written the
 same way: a file without a matching sidecar (truncated, corrupt, or cut off between the two
 renames) is skipped with a log line. Files load with ``weights_only=True``, never full pickle.
+
+A checkpoint is an optimisation (it saves a spot-interrupted job the work already done), so one
+that does not fit on a full disk is not worth the job: its files are removed, a warning is logged
+once, and training goes on; a restarted job resumes from the previous checkpoint, if any. Any
+other error while saving is raised.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from typing import Any
 import torch
 
 from recsys.training.artifact import sha256_file
+from recsys.training.disk import DiskFullError, disk_full_error
 from recsys.training.distributed import DistContext, broadcast_object
 from recsys.training.stop import StopRequest, TrainingInterrupted
 
@@ -47,16 +53,42 @@ class Restored:
     rng: dict[str, Any] | None  # this rank's generator states; None when its file is missing
 
 
+def _sidecar(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
 def _write_atomic(path: Path, payload: dict[str, Any]) -> None:
+    """Write ``path`` and its sidecar, or nothing: on any error both (and their temporary files)
+    are removed; a full disk raises ``DiskFullError``."""
+    sidecar = _sidecar(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(payload, tmp)
-    with tmp.open("rb+") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    sidecar = path.with_name(path.name + ".sha256")
     tmp_sidecar = sidecar.with_name(f".{sidecar.name}.tmp")
-    tmp_sidecar.write_text(sha256_file(path) + "\n")
-    os.replace(tmp_sidecar, sidecar)
+    replaced = False
+    try:
+        # Through a Python file object: torch's own file writer reports a full disk as "unexpected
+        # pos", while this way the OSError(ENOSPC) of the write that failed stays in the chain.
+        with open(tmp, "wb") as handle:
+            torch.save(payload, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+        replaced = True
+        with open(tmp_sidecar, "wb") as handle:
+            handle.write((sha256_file(path) + "\n").encode("ascii"))
+        os.replace(tmp_sidecar, sidecar)
+    except BaseException as exc:
+        # Judged before the files go: the space they hold is what tells a full disk apart.
+        full = (
+            disk_full_error(exc, path.parent, f"checkpoint {path.name}")
+            if isinstance(exc, Exception)
+            else None
+        )
+        # A file of the same name that this write did not replace is left as it was.
+        for partial in (tmp, tmp_sidecar, *((path, sidecar) if replaced else ())):
+            partial.unlink(missing_ok=True)
+        if full is not None:
+            raise full from exc
+        raise
 
 
 def _read_verified(path: Path) -> dict[str, Any] | None:
@@ -91,6 +123,7 @@ class Checkpointer:
         self.identity = identity
         self.interval_steps = interval_steps
         self.keep = keep
+        self._warned_disk_full = False
         # The newest position of each phase this job wrote or resumed from. Pruning looks only at
         # positions up to it: a foreign job's later checkpoints (a reused directory, a local tree
         # laid out anew) would otherwise count as the newest and get this job's deleted at once.
@@ -118,20 +151,54 @@ class Checkpointer:
     def save(self, phase: str, epoch: int, step: int, *, shared: dict[str, Any], rng: dict[str, Any]) -> None:
         """Write this rank's part of the checkpoint at (epoch, step); ``DONE`` marks a finished phase.
 
-        ``shared`` is only written by rank 0 (every rank holds the same values)."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self._newest[phase] = max(self._newest.get(phase, (epoch, step)), (epoch, step))
+        ``shared`` is only written by rank 0 (every rank holds the same values). On a full disk
+        nothing of this checkpoint is left behind and training goes on (see the module's doc)."""
         rank = self.ctx.rank
-        _write_atomic(self.directory / self._name(phase, epoch, step, rank), rng)
+        written: list[Path] = []
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            path = self.directory / self._name(phase, epoch, step, rank)
+            _write_atomic(path, rng)
+            written.append(path)
+            if self.ctx.is_main:
+                payload = {"identity": self.identity, "phase": phase, "epoch": epoch, "step": step, **shared}
+                _write_atomic(self.directory / self._name(phase, epoch, step, None), payload)
+        except Exception as exc:
+            full = (
+                exc
+                if isinstance(exc, DiskFullError)
+                else disk_full_error(exc, self.directory, "a checkpoint")
+            )
+            if full is None:
+                raise
+            # Half a checkpoint (this rank's random state without the model) is no checkpoint.
+            for done in written:
+                done.unlink(missing_ok=True)
+                _sidecar(done).unlink(missing_ok=True)
+            self._disk_full(full, phase, epoch, step)
+            return
         if self.ctx.is_main:
-            payload = {"identity": self.identity, "phase": phase, "epoch": epoch, "step": step, **shared}
-            _write_atomic(self.directory / self._name(phase, epoch, step, None), payload)
             # Every epoch end and every interval writes one: useful when debugging, noise otherwise.
             logger.debug(
                 "checkpoint saved: %s",
                 self._name(phase, epoch, step, None) if (epoch, step) != DONE else f"{phase} finished",
             )
+        self._newest[phase] = max(self._newest.get(phase, (epoch, step)), (epoch, step))
         self._prune(phase)
+
+    def _disk_full(self, exc: DiskFullError, phase: str, epoch: int, step: int) -> None:
+        where = f"{phase} finished" if (epoch, step) == DONE else f"{phase} {epoch}, step {step}"
+        if self._warned_disk_full:
+            logger.debug("checkpoint (%s) not saved: %s", where, exc.message)
+            return
+        self._warned_disk_full = True
+        logger.warning(
+            "checkpoint (%s) not saved: no space left on device at %s; training goes on without "
+            "checkpoints that do not fit (this warning is not repeated), and a job restarted after an "
+            "interruption resumes from the previous one, if any",
+            where,
+            self.directory,
+        )
 
     def _prune(self, phase: str) -> None:
         kinds: list[int | None] = [self.ctx.rank] + ([None] if self.ctx.is_main else [])

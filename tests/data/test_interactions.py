@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -658,3 +659,44 @@ def test_combine_orders_both_tables_by_user_and_time_and_keeps_a_pairs_latest_ro
     assert both.items.tolist() == [4, 2, 1, 3, 0]  # user 0 by time; item 1 once, at its later time
     assert both.timestamps.tolist() == [20.0, 30.0, 40.0, 5.0, 50.0]
     assert both.events is not None and both.events.tolist() == [2, 1, 3, 1, 2]  # item 1: the later row's
+
+
+def test_ids_with_nul_bytes_are_skipped_like_empty_ones(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="recsys.data.interactions"):
+        frame = _clean(
+            {
+                "user_id": ["u", "u\x00v", "", "v"],
+                "item_id": ["a", "b", "\x00", "\x00c"],
+                "timestamp": [1, 2, 3, 4],
+            }
+        )
+    assert _rows(frame) == [("u", "a", 1.0)]
+    # The row with an empty user id (and a NUL item) counts once, as empty.
+    assert "skipped 1 rows with an empty user or item id" in caplog.text
+    assert "skipped 2 rows whose user or item id holds a NUL byte, the first at row 2" in caplog.text
+
+
+def test_only_ids_with_nul_bytes_is_an_error_naming_the_first() -> None:
+    with pytest.raises(
+        DataError, match=r"empty user or item id, or one that holds a NUL byte \(the first: row 1\)"
+    ):
+        _clean({"user_id": ["\x00", "u"], "item_id": ["a", "b\x00"]})
+
+
+def test_a_nul_id_is_located_by_file_and_row_across_batches(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    channel = tmp_path / "train"
+    channel.mkdir()
+    (channel / "a.csv").write_text("user_id,item_id\nu,a\nv,b\n", encoding="utf-8")
+    rows = ["user_id,item_id", *(f"u{n},i{n}" for n in range(6)), "w\x00,i9", "x,i\x00"]
+    (channel / "b.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+
+    with caplog.at_level(logging.WARNING, logger="recsys.data.interactions"):
+        encoded = read_interactions(channel, COLUMNS, channel="train", min_rating=None, batch_rows=3)
+
+    assert encoded.num_rows == 8
+    assert (
+        f"skipped 2 rows whose user or item id holds a NUL byte, the first at row 7 of {channel / 'b.csv'}"
+        in (caplog.text)
+    )

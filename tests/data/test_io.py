@@ -514,3 +514,22 @@ def test_batches_are_at_most_batch_rows(tmp_path: Path) -> None:
     sizes = [batch.num_rows for batch in scan.batches(["user_id"], batch_rows=30)]
 
     assert sum(sizes) == 200 and max(sizes) <= 30
+
+
+@pytest.mark.parametrize("reader", [open_channel, read_table], ids=["open_channel", "read_table"])
+def test_a_channel_whose_only_file_is_a_header_names_that_file(tmp_path: Path, reader: Any) -> None:
+    header_only = _write_text(tmp_path / "train" / "part-0000.csv", "user_id,item_id,timestamp\n")
+
+    with pytest.raises(DataError, match=re.escape(f"file {header_only} holds no rows (only a header)")):
+        reader(tmp_path / "train", channel="train")
+
+
+@pytest.mark.parametrize("reader", [open_channel, read_table], ids=["open_channel", "read_table"])
+def test_a_channel_of_empty_files_names_the_first_of_them(tmp_path: Path, reader: Any) -> None:
+    paths = [_write_text(tmp_path / "train" / f"part-{n}.csv", "user_id,item_id\n") for n in range(5)]
+
+    with pytest.raises(DataError) as info:
+        reader(tmp_path / "train", channel="train")
+
+    assert "(5 files read, all empty)" in info.value.message
+    assert f"{paths[0]}, {paths[1]}, {paths[2]} and 2 more" in info.value.message
