@@ -94,9 +94,13 @@ def epoch_seconds(value: Any) -> float:
     if isinstance(value, str):
         text = value.strip()
         try:
-            return float(text)
+            seconds = float(text)
         except ValueError:
             pass
+        else:  # float() also reads "inf" and "nan", which are no moment
+            if not math.isfinite(seconds):
+                raise ValueError(f"a timestamp must be a finite number of seconds; got {value!r}")
+            return seconds
         try:
             moment = dt.datetime.fromisoformat(text)
         except ValueError:

@@ -29,7 +29,13 @@ from recsys.serving import codecs
 from recsys.serving.batching import MicroBatcher
 from recsys.serving.engine import Recommender
 from recsys.serving.models import ModelStore
-from recsys.serving.schemas import InvocationResponse, parse_instances, request_json_schema
+from recsys.serving.processes import exit_with_parent
+from recsys.serving.schemas import (
+    InvocationResponse,
+    error_responses,
+    parse_instances,
+    request_json_schema,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +85,12 @@ def create_app(config: HostingConfig) -> InvocationsEndpoint:
         logger.exception("internal error on %s", request.url.path)
         return JSONResponse({"error": "internal error; see the endpoint's logs"}, status_code=500)
 
-    @app.get("/ping", summary="Health check: 200 with an empty body once the model can serve")
+    @app.get(
+        "/ping",
+        summary="Health check: 200 with an empty body once the model can serve",
+        response_class=Response,
+        responses={200: {"description": "Ready"}, 503: {"description": "Not ready yet (an empty body)"}},
+    )
     async def ping(request: Request) -> Response:
         state = request.app.state
         ready = getattr(state, "recommender", None) is not None or getattr(state, "models", None) is not None
@@ -95,21 +106,37 @@ def create_app(config: HostingConfig) -> InvocationsEndpoint:
             "MaxPayloadInMB": 1,
         }
 
+    jsonlines_body = {
+        "type": "string",
+        "minLength": 1,
+        "description": "one instance (a JSON object) per line",
+    }
+
     @app.post(
         "/invocations",
         summary="Recommend",
         response_model=InvocationResponse,
+        responses={
+            200: {
+                "description": "One prediction per instance, in order, in the format Accept chose",
+                "content": {
+                    "application/jsonlines": {"schema": {"type": "string", "description": "one per line"}},
+                    "text/csv": {"schema": {"type": "string", "description": "item ids, one line each"}},
+                },
+            },
+            **error_responses(400, 404, 406, 413, 415, 500, 503, 504),
+        },
         openapi_extra={
             "requestBody": {
                 "required": True,
                 "content": {
-                    "application/json": {"schema": request_json_schema()},
-                    "application/jsonlines": {
-                        "schema": {"type": "string", "description": "one instance per line"}
-                    },
+                    "application/json": {"schema": request_json_schema(config.max_instances)},
+                    "application/jsonlines": {"schema": jsonlines_body},
+                    "application/x-jsonlines": {"schema": jsonlines_body},
                     "text/csv": {
                         "schema": {
                             "type": "string",
+                            "minLength": 1,
                             "description": "one `user_id[,k[,history]]` per line, the history's item "
                             "ids separated by `|`",
                         }
@@ -126,6 +153,23 @@ def create_app(config: HostingConfig) -> InvocationsEndpoint:
         return Response(payload, status_code=status, headers=kept)
 
     _add_model_routes(app)
+    generic_openapi = app.openapi
+
+    def model_openapi() -> dict[str, Any]:
+        # Built on the first GET /openapi.json, after the lifespan loaded the model: the request
+        # schema then names its attributes, context keys and event types, which the server checks.
+        if app.openapi_schema is None:
+            document = generic_openapi()
+            recommender = getattr(app.state, "recommender", None)
+            if recommender is None:  # multi-model, or not loaded: the generic schema, not cached
+                app.openapi_schema = None
+                return document
+            body = document["paths"]["/invocations"]["post"]["requestBody"]["content"]["application/json"]
+            body["schema"] = request_json_schema(config.max_instances, recommender)
+            return document
+        return app.openapi_schema
+
+    app.openapi = model_openapi  # type: ignore[method-assign]
     return InvocationsEndpoint(app)
 
 
@@ -148,7 +192,12 @@ def _add_model_routes(app: FastAPI) -> None:
     def answer(error: UserError | ServerStateError) -> JSONResponse:
         return JSONResponse({"error": error.message}, status_code=error.status_code)
 
-    @app.post("/models", summary="Multi-model: load a model", status_code=200)
+    @app.post(
+        "/models",
+        summary="Multi-model: load a model",
+        status_code=200,
+        responses=error_responses(400, 404, 409, 500, 503, 507),
+    )
     async def load_model(request: Request) -> Response:
         try:
             store = _store(request.app)
@@ -165,7 +214,7 @@ def _add_model_routes(app: FastAPI) -> None:
             return answer(error)
         return JSONResponse({"message": f"model {model.name!r} loaded", **model.describe()})
 
-    @app.get("/models", summary="Multi-model: the loaded models")
+    @app.get("/models", summary="Multi-model: the loaded models", responses=error_responses(404, 500, 503))
     async def list_models(request: Request) -> Response:
         try:
             store = _store(request.app)
@@ -181,7 +230,9 @@ def _add_model_routes(app: FastAPI) -> None:
             listed["nextPageToken"] = str(start + size)
         return JSONResponse(listed)
 
-    @app.get("/models/{name}", summary="Multi-model: one loaded model")
+    @app.get(
+        "/models/{name}", summary="Multi-model: one loaded model", responses=error_responses(404, 500, 503)
+    )
     async def describe_model(request: Request, name: str) -> Response:
         try:
             model = _store(request.app).get(name)
@@ -189,7 +240,9 @@ def _add_model_routes(app: FastAPI) -> None:
             return answer(error)
         return JSONResponse(model.describe())
 
-    @app.delete("/models/{name}", summary="Multi-model: unload a model")
+    @app.delete(
+        "/models/{name}", summary="Multi-model: unload a model", responses=error_responses(404, 500, 503)
+    )
     async def unload_model(request: Request, name: str) -> Response:
         try:
             _store(request.app).unload(name)
@@ -197,7 +250,11 @@ def _add_model_routes(app: FastAPI) -> None:
             return answer(error)
         return JSONResponse({"message": f"model {name!r} unloaded"})
 
-    @app.post("/models/{name}/invoke", summary="Multi-model: recommend with one model")
+    @app.post(
+        "/models/{name}/invoke",
+        summary="Multi-model: recommend with one model",
+        responses=error_responses(400, 404, 406, 413, 415, 500, 503, 504),
+    )
     async def invoke_model(request: Request, name: str) -> Response:
         status, headers, payload = await respond(request.app, request.scope, request.receive, model=name)
         kept = {k.decode(): v.decode("latin-1") for k, v in headers if k != b"content-length"}
@@ -312,4 +369,5 @@ def _too_large(limit: int) -> str:
 
 def app_from_environment() -> InvocationsEndpoint:
     """The uvicorn factory of each worker process: the edge that reads the environment."""
+    exit_with_parent()  # a worker must not outlive a master killed with SIGKILL
     return create_app(read_hosting_config(os.environ, cpu_count=os.cpu_count() or 1))

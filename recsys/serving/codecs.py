@@ -27,6 +27,7 @@ import io
 import itertools
 import json
 import math
+import re
 from typing import Any, Literal
 
 from recsys.errors import UserError
@@ -178,6 +179,80 @@ def _split_lines(text: str) -> list[str]:
     return lines
 
 
+# Longer integers are refused while the JSON is parsed. Python will not convert an integer of
+# over 4,300 digits to or from text (a ValueError, so a 500, wherever an id is turned into text),
+# and one of over 308 digits overflows a float (a numeric filter); no id, k or bound needs more.
+MAX_INTEGER_DIGITS = 100
+# A \u escape of a UTF-16 surrogate (U+D800-U+DFFF). json joins a high and a low one into one
+# character and keeps any other as a lone surrogate: a str that UTF-8 cannot encode, which fails
+# far from here (a vocabulary lookup, the response). Raw UTF-8 text cannot hold one, so only a
+# body with such an escape can produce one, and only then are the decoded strings searched.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _excerpt(text: str, limit: int = 40) -> str:
+    return text if len(text) <= limit else f"{text[: limit // 2]}...({len(text):,} characters)"
+
+
+def _parse_int(text: str) -> int:
+    digits = len(text) - text.startswith("-")
+    if digits > MAX_INTEGER_DIGITS:
+        raise UserError(
+            f"the request holds an integer of {digits:,} digits; at most {MAX_INTEGER_DIGITS} are accepted"
+        )
+    return int(text)
+
+
+def _parse_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise UserError(f"the number {_excerpt(text)} is not finite: it is beyond the range of a double")
+    return value
+
+
+def _parse_constant(name: str) -> float:
+    # json otherwise takes NaN, Infinity and -Infinity, which are not JSON.
+    raise UserError(f"{name} is not a finite number (nor valid JSON); send finite numbers only")
+
+
+# One decoder for every request: json.loads with hooks would build a new one per call.
+_DECODER = json.JSONDecoder(parse_int=_parse_int, parse_float=_parse_float, parse_constant=_parse_constant)
+
+
+def _lone_surrogate_in(value: Any, where: str) -> str | None:
+    """Where in a decoded value a string (or a key) holds a lone surrogate; None if nowhere."""
+    if isinstance(value, str):
+        return (where or "a string") if _LONE_SURROGATE.search(value) else None
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            found = _lone_surrogate_in(item, f"{where}[{index}]")
+            if found is not None:
+                return found
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if _LONE_SURROGATE.search(key):
+                return f"a key of {where or 'the instance'}"
+            found = _lone_surrogate_in(item, f"{where}.{key}" if where else key)
+            if found is not None:
+                return found
+    return None
+
+
+def _loads(text: str) -> Any:
+    """``json.loads`` that refuses what would fail later as an internal error: absurdly long
+    integers, non-finite numbers and lone surrogates, each a 400 naming it."""
+    value = _DECODER.decode(text)
+    if "\\u" in text and _SURROGATE_ESCAPE.search(text):
+        where = _lone_surrogate_in(value, "")
+        if where is not None:
+            raise UserError(
+                f"{where}: the request holds a lone surrogate (a \\uD800-\\uDFFF escape without its "
+                "pair), which is not valid Unicode"
+            )
+    return value
+
+
 def _check_objects(values: list[Any], where: str) -> list[dict[str, Any]]:
     if not values:
         raise UserError(f"{where} is empty; send at least one instance")
@@ -189,7 +264,7 @@ def _check_objects(values: list[Any], where: str) -> list[dict[str, Any]]:
 
 def _decode_json(text: str) -> list[dict[str, Any]]:
     try:
-        document = json.loads(text)
+        document = _loads(text)
     except json.JSONDecodeError as error:
         raise UserError(f"invalid JSON at line {error.lineno}, column {error.colno}: {error.msg}") from None
     except RecursionError:  # json raises this, not JSONDecodeError, for very deep nesting
@@ -217,9 +292,11 @@ def _decode_jsonlines(lines: list[str]) -> list[dict[str, Any]]:
     instances: list[dict[str, Any]] = []
     for number, line in enumerate(lines, start=1):
         try:
-            value = json.loads(line)
+            value = _loads(line)
         except json.JSONDecodeError as error:
             raise UserError(f"line {number}: invalid JSON at column {error.colno}: {error.msg}") from None
+        except UserError as error:
+            raise UserError(f"line {number}: {error.message}") from None
         except RecursionError:
             raise UserError(f"line {number}: invalid JSON: arrays or objects nested too deeply") from None
         if not isinstance(value, dict):
@@ -235,6 +312,10 @@ def _parse_k(field: str, number: int) -> int:
     if not (digits.isascii() and digits.isdigit()):
         hint = " (header lines are not supported: the first line is data)" if number == 1 else ""
         raise UserError(f"line {number}: k must be an integer, got {field!r}{hint}")
+    if len(digits) > MAX_INTEGER_DIGITS:  # int() refuses over 4,300 digits with a ValueError
+        raise UserError(
+            f"line {number}: k has {len(digits):,} digits; at most {MAX_INTEGER_DIGITS} are accepted"
+        )
     return int(text)
 
 

@@ -276,6 +276,15 @@ class Recommender:
 
     def filter_mask(self, spec: Mapping[str, Any]) -> np.ndarray:
         """[N] bool: items that satisfy every constraint (AND across attributes, OR within one)."""
+
+        def is_number(value: Any, name: str) -> bool:
+            try:
+                return _is_number(value)
+            except OverflowError:  # an int beyond a double's range: neither isfinite nor float take it
+                raise UserError(
+                    f"filter '{name}': a number beyond the range of a double (over 1.8e308)."
+                ) from None
+
         mask = np.ones(self.num_items, dtype=bool)
         for name, condition in spec.items():
             attribute = self.attributes.get(name)
@@ -299,7 +308,11 @@ class Recommender:
             if isinstance(condition, dict):
                 unknown = set(condition) - {"min", "max"}
                 bounds = [condition.get("min"), condition.get("max")]
-                if unknown or not all(b is None or _is_number(b) for b in bounds) or bounds == [None, None]:
+                if (
+                    unknown
+                    or not all(b is None or is_number(b, name) for b in bounds)
+                    or bounds == [None, None]
+                ):
                     raise UserError(
                         f'filter \'{name}\': a numeric attribute takes {{"min": x, "max": y}} (either or '
                         f"both) or a number; got {condition!r}."
@@ -309,7 +322,7 @@ class Recommender:
                         mask &= numbers >= float(bounds[0])
                     if bounds[1] is not None:
                         mask &= numbers <= float(bounds[1])
-            elif _is_number(condition):
+            elif is_number(condition, name):
                 mask &= numbers == float(condition)
             else:
                 raise UserError(
@@ -335,6 +348,14 @@ class Recommender:
                 raise UserError(f"items: at most {MAX_K} candidates; got {len(query.items)}.")
             if query.exclude_event_types:
                 self._check_event_types(query)
+            # Checked for every query, not only where they are read: a request the model cannot
+            # read is a 400 whether it is scored personally or answered with the popular fallback.
+            if query.context:
+                self._check_context(query.context)
+            if query.history and any(
+                not isinstance(e, str) and e.event_type is not None for e in query.history
+            ):
+                self._event_codes([Event(e) if isinstance(e, str) else e for e in query.history])
         results: list[Recommendation | None] = [None] * len(queries)
         personal: list[int] = []
         for row, query in enumerate(queries):
@@ -831,11 +852,7 @@ class Recommender:
         for row, query in enumerate(queries):
             if not query.context:
                 continue
-            given = {k: v for k, v in query.context.items() if k != TIMESTAMP_KEY}
-            extra = sorted(set(given) - set(encoding.context_columns))
-            if extra:
-                known = ", ".join(self.context_keys)
-                raise UserError(f"context: unknown key {extra[0]!r}; the model's context keys: {known}.")
+            given = {k: v for k, v in query.context.items() if k != TIMESTAMP_KEY}  # checked keys
             for c, (name, values) in enumerate(encoding.categorical):
                 value = given.get(name)
                 if value is None:
@@ -850,8 +867,6 @@ class Recommender:
                 value = given.get(column.name)
                 if value is None:
                     continue
-                if not _is_number(value):
-                    raise UserError(f"context: {column.name!r} is numeric; got {value!r}.")
                 assert numeric is not None
                 numeric[row, f] = standardise(np.array([float(value)]), column)[0]
 
@@ -859,6 +874,20 @@ class Recommender:
             return None if array is None else torch.from_numpy(array).to(self.device)
 
         return device(codes), device(numeric)
+
+    def _check_context(self, context: Mapping[str, Any]) -> None:
+        """A request's context may name only the model's context keys, a number for a numeric one."""
+        encoding = self.rows
+        extra = sorted(set(context) - set(self.context_keys))
+        if extra:
+            known = ", ".join(self.context_keys)
+            raise UserError(f"context: unknown key {extra[0]!r}; the model's context keys: {known}.")
+        if TIMESTAMP_KEY in context:
+            _moment(context[TIMESTAMP_KEY])
+        for column in encoding.numeric:
+            value = context.get(column.name)
+            if value is not None and not _is_number(value):
+                raise UserError(f"context: {column.name!r} is numeric; got {value!r}.")
 
     def _cached_state(self, users: Tensor) -> UserState:
         assert self.user_cache is not None  # checked by the caller

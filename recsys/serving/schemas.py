@@ -6,18 +6,34 @@ import math
 from typing import Annotated, Any, Literal, cast
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
     ValidatorFunctionWrapHandler,
+    WithJsonSchema,
     WrapValidator,
 )
 
 from recsys.data.context import epoch_seconds
 from recsys.errors import UserError
-from recsys.serving.engine import MAX_K, Event, Query
+from recsys.serving.engine import MAX_K, TIMESTAMP_KEY, Event, Query, Recommender
+
+# What the validators below accept, as JSON Schema: the OpenAPI page must promise no more and no
+# less than the server takes, or a client generated from it sends what we refuse.
+_ID_SCHEMA: dict[str, Any] = {"anyOf": [{"type": "string", "minLength": 1}, {"type": "integer"}]}
+# epoch_seconds takes a number, a finite number written as text, or ISO 8601 text. The pattern
+# bounds the digits (at most 10**100 times 10**99) so that every text it admits is finite.
+_NUMERIC_TEXT = r"^\s*[-+]?([0-9]{1,100}\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]{1,2})?\s*$"
+_MOMENT_SCHEMAS: list[dict[str, Any]] = [
+    {"type": "number"},
+    {"type": "string", "format": "date-time"},
+    {"type": "string", "pattern": _NUMERIC_TEXT},
+]
+_CONTEXT_VALUE_SCHEMA: dict[str, Any] = {"type": ["string", "number", "boolean", "null"]}
+_NUMBER_OR_NULL: dict[str, Any] = {"type": ["number", "null"]}
 
 
 def _as_id(value: Any) -> Any:
@@ -27,7 +43,14 @@ def _as_id(value: Any) -> Any:
     return value
 
 
-Id = Annotated[str, BeforeValidator(_as_id), Field(min_length=1)]
+Id = Annotated[str, BeforeValidator(_as_id), Field(min_length=1), WithJsonSchema(_ID_SCHEMA)]
+
+
+def _as_whole(value: Any) -> Any:
+    # JSON Schema's "integer" takes 5.0 (JSON has one number type), so the server takes it too.
+    if type(value) is float and value.is_integer():
+        return int(value)
+    return value
 
 
 def _as_event(value: Any) -> Any:
@@ -47,16 +70,27 @@ class HistoryEvent(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     item_id: Id
-    timestamp: Annotated[float | None, BeforeValidator(_as_seconds)] = Field(
+    timestamp: Annotated[
+        float | None,
+        BeforeValidator(_as_seconds),
+        WithJsonSchema({"anyOf": [*_MOMENT_SCHEMAS, {"type": "null"}]}),
+    ] = Field(
         None,
         description="Epoch seconds, or ISO 8601 text (UTC unless it says). Without it: the moment of "
         "the request.",
-        json_schema_extra={"type": ["number", "string", "null"]},
     )
     event_type: str | None = Field(None, description="One of the model's event types (click, purchase...).")
 
 
 ContextValue = str | int | float | bool | None
+
+
+def _checked_context(context: dict[str, ContextValue] | None) -> dict[str, ContextValue] | None:
+    # The engine reads the moment only for personal queries: checked here, a bad timestamp is a
+    # 400 whichever way the instance is answered (a popular fallback too), as the schema says.
+    if context is not None and TIMESTAMP_KEY in context:
+        epoch_seconds(context[TIMESTAMP_KEY])  # its ValueError names the value
+    return context
 
 
 _EVENT_KEYS = frozenset(HistoryEvent.model_fields)
@@ -127,9 +161,15 @@ class Instance(BaseModel):
     item_id: Id | None = Field(
         None, description="With no user or history: the k items most similar to this one."
     )
-    k: int | None = Field(
-        None, ge=1, le=MAX_K, description="How many items to return: 10, or every candidate of `items`."
-    )
+    k: (
+        Annotated[
+            int,
+            BeforeValidator(_as_whole),
+            Field(ge=1, le=MAX_K),
+            WithJsonSchema({"type": "integer", "minimum": 1, "maximum": MAX_K}),
+        ]
+        | None
+    ) = Field(None, description="How many items to return: 10, or every candidate of `items`.")
     exclude_seen: bool | None = Field(
         None,
         description="Leave out items the user (or the history) already has: true by default, false "
@@ -151,7 +191,7 @@ class Instance(BaseModel):
         None,
         description='Item-attribute constraints, e.g. {"genres": ["Comedy"], "release_year": {"min": 1990}}.',
     )
-    context: dict[str, ContextValue] | None = Field(
+    context: Annotated[dict[str, ContextValue] | None, AfterValidator(_checked_context)] = Field(
         None,
         description="The moment: the model's context columns (device, country...) and an optional "
         "timestamp (epoch seconds or ISO 8601) for the time features; without one, the server's "
@@ -183,7 +223,38 @@ class Instance(BaseModel):
 class InvocationRequest(BaseModel):
     """A JSON request: a list of instances (a bare instance object is accepted too)."""
 
-    instances: list[Instance]
+    model_config = ConfigDict(extra="forbid")
+
+    instances: list[Instance] = Field(min_length=1)
+
+
+class ErrorBody(BaseModel):
+    """Every error's body, whatever the status: a message for the person who sent the request."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    error: str
+
+
+# The statuses the endpoint answers besides 200, and when.
+ERROR_STATUSES: dict[int, str] = {
+    400: "The request is malformed or names something the model does not have; the message says what.",
+    404: "Not served here: /invocations on a multi-model endpoint (POST /models/<name>/invoke), a "
+    "model that is not loaded, or the /models API on a single-model endpoint.",
+    406: "No media type in Accept can be answered (application/json, application/jsonlines, text/csv).",
+    413: "The body is over the endpoint's limit (SAGEMAKER_MAX_PAYLOAD_IN_MB).",
+    415: "The Content-Type is not one of application/json, application/jsonlines, text/csv.",
+    500: "An internal error; its details are in the endpoint's logs only.",
+    503: "The model is not loaded yet: retry once /ping answers 200.",
+    504: "Scoring took longer than the endpoint's timeout: send fewer instances.",
+    409: "A model of that name is loaded already.",
+    507: "The model is larger than the endpoint's memory budget (RECSYS_MODEL_MEMORY_MB).",
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """FastAPI ``responses=`` entries: each status with the ``{"error": ...}`` body."""
+    return {status: {"model": ErrorBody, "description": ERROR_STATUSES[status]} for status in statuses}
 
 
 class Prediction(BaseModel):
@@ -213,8 +284,16 @@ class InvocationResponse(BaseModel):
     predictions: list[Prediction]
 
 
-def request_json_schema() -> dict[str, Any]:
+def request_json_schema(
+    max_instances: int | None = None, recommender: Recommender | None = None
+) -> dict[str, Any]:
     """The JSON schema of a JSON request body, self-contained for the OpenAPI page.
+
+    The body is ``{"instances": [...]}``, a bare list of instances, or one bare instance (what
+    ``codecs.decode_instances`` reads), holding 1 to ``max_instances`` instances. With the
+    ``recommender``, the schema names what its model knows (filterable attributes and their values,
+    context keys, user attribute columns, event types): the server refuses any other with a 400,
+    so a schema without them would call such requests valid.
 
     Pydantic puts ``Instance`` under ``$defs`` and points at it with ``#/$defs/Instance``; inside the
     OpenAPI document that pointer starts at the document's root, where there is no ``$defs``, so no
@@ -234,7 +313,99 @@ def request_json_schema() -> dict[str, Any]:
             return [inline(value) for value in node]
         return node
 
-    return dict(inline(schema))
+    envelope: dict[str, Any] = inline(schema)
+    instances = envelope["properties"]["instances"]
+    instance: dict[str, Any] = instances["items"]
+    # A history entry may be a bare item id (_as_event), which pydantic's schema does not show.
+    history = instance["properties"]["history"]["anyOf"][0]
+    history["items"] = {"anyOf": [*_ID_SCHEMA["anyOf"], history["items"]]}
+    # Bounds of the decoders, not of pydantic: at least one instance, at most the endpoint's limit.
+    if max_instances is not None:
+        instances["maxItems"] = max_instances
+    if recommender is not None:
+        _describe_model(instance, recommender)
+    listed = {"type": "array", "items": instance, "minItems": 1, **_only("maxItems", instances)}
+    return {
+        "title": "InvocationRequest",
+        "description": '{"instances": [...]}, a list of instances, or one instance.',
+        "anyOf": [envelope, listed, instance],
+    }
+
+
+def _only(key: str, node: dict[str, Any]) -> dict[str, Any]:
+    return {key: node[key]} if key in node else {}
+
+
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+def _describe_model(instance: dict[str, Any], recommender: Recommender) -> None:
+    """Narrow an instance's schema to what ``recommender``'s model accepts (in place)."""
+    properties = instance["properties"]
+
+    def narrowed(name: str, schema: dict[str, Any]) -> None:
+        # The field's description stays; its type is the model's.
+        description = properties[name].get("description")
+        properties[name] = {**schema, **({"description": description} if description else {})}
+
+    # filter: each attribute by its kind (Recommender.filter_mask).
+    attributes: dict[str, Any] = {}
+    for name, attribute in recommender.attributes.items():
+        if attribute.values is not None:
+            value = {"type": "string", "enum": sorted(attribute.values)}
+            attributes[name] = {"anyOf": [value, {"type": "array", "items": value, "minItems": 1}]}
+        else:
+            bounds = {
+                "type": "object",
+                "properties": {"min": _NUMBER_OR_NULL, "max": _NUMBER_OR_NULL},
+                "additionalProperties": False,
+                # Either bound, or both; not neither.
+                "anyOf": [
+                    {"required": [bound], "properties": {bound: {"type": "number"}}}
+                    for bound in ("min", "max")
+                ],
+            }
+            attributes[name] = {"anyOf": [{"type": "number"}, bounds]}
+    narrowed(
+        "filter",
+        _nullable({"type": "object", "properties": attributes, "additionalProperties": False}),
+    )
+    # context: the declared columns (any value of a categorical one: unknown ones are scored as
+    # unknown), and the moment.
+    rows = recommender.rows
+    context: dict[str, Any] = {column: _CONTEXT_VALUE_SCHEMA for column, _ in rows.categorical}
+    context.update({column.name: _NUMBER_OR_NULL for column in rows.numeric})
+    context[TIMESTAMP_KEY] = {"anyOf": _MOMENT_SCHEMAS}
+    narrowed("context", _nullable({"type": "object", "properties": context, "additionalProperties": False}))
+    # user_attributes: the users table's columns; none at all when the model had no users table.
+    encoding = recommender.artifact.user_encoding
+    columns: dict[str, Any] = {c.name: _CONTEXT_VALUE_SCHEMA for c in encoding.categorical}
+    columns.update({c.name: _NUMBER_OR_NULL for c in encoding.numeric})
+    if recommender.model.config.user_features.is_empty:
+        columns = {}
+    narrowed(
+        "user_attributes",
+        _nullable({"type": "object", "properties": columns, "additionalProperties": False}),
+    )
+    # Event types: the model's, in a history's events and in exclude_event_types.
+    typed = rows.event_column is not None
+    event_type: dict[str, Any] = {"type": "string", "enum": list(rows.event_types)} if typed else {}
+    history = properties["history"]["anyOf"][0]["items"]["anyOf"][-1]
+    history["properties"]["event_type"] = {
+        **(_nullable(event_type) if typed else {"type": "null"}),
+        "description": history["properties"]["event_type"].get("description", ""),
+    }
+    excluded = properties["exclude_event_types"]
+    if typed and recommender.seen_event_codes is not None:
+        excluded["items"] = event_type
+        # exclude_event_types and "exclude_seen": true contradict each other (a 400).
+        instance["not"] = {
+            "required": ["exclude_event_types", "exclude_seen"],
+            "properties": {"exclude_event_types": {"minItems": 1}, "exclude_seen": {"const": True}},
+        }
+    else:
+        excluded["maxItems"] = 0
 
 
 def parse_instances(raw: list[dict[str, Any]]) -> list[Query]:

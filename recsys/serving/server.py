@@ -1,36 +1,43 @@
-"""``recsys serve``: check the artifact, then run uvicorn under the hosting contract."""
+"""``recsys serve``: check the artifact, then run uvicorn under the hosting contract.
+
+The process model. With one worker, uvicorn serves in the ``recsys serve`` process itself. With
+more, that process is the master: it binds the port, starts the workers and restarts one that
+dies. Before any of that it loads the artifact once in full, so a broken model is one ``error:``
+line and exit 1 whatever the worker count. A worker whose master is gone (killed with SIGKILL,
+say) stops by itself: no orphan keeps serving a port nothing supervises.
+"""
 
 from __future__ import annotations
 
+import gc
 import inspect
 import logging
 import os
 import signal
 import socket
+import time
 from collections.abc import Mapping
 from types import FrameType
 from typing import Any
 
 import uvicorn
+from uvicorn.config import STARTUP_FAILURE
 from uvicorn.supervisors import Multiprocess
 
-from recsys.sagemaker.contract import read_hosting_config
-from recsys.training.artifact import verify_artifact
+from recsys.sagemaker.contract import HostingConfig, read_hosting_config
+from recsys.serving.engine import Recommender
+from recsys.serving.processes import GRACEFUL_SHUTDOWN_SECONDS
 
 logger = logging.getLogger(__name__)
 
-# SIGTERM lets in-flight requests finish for up to this long before workers are stopped.
-GRACEFUL_SHUTDOWN_SECONDS = 30
 APP = "recsys.serving.app:app_from_environment"
 
 
 def serve(environ: Mapping[str, str], *, host: str = "0.0.0.0") -> int:
     """Serve until stopped; returns the exit code. A bad artifact fails here, before any port opens."""
     config = read_hosting_config(environ, cpu_count=os.cpu_count() or 1)
-    # Checked once in this process so that a missing or corrupt model is one clear error and a
-    # quick non-zero exit, not workers that crash and restart behind a port that never says 200.
     if not config.multi_model:  # a multi-model endpoint starts empty: SageMaker loads its models
-        verify_artifact(config.model_dir)
+        _check_model(config)
     logger.info(
         "serving %s on %s:%d with %d worker(s), timeout %gs, max payload %d bytes",
         "the /models API (multi-model)" if config.multi_model else config.model_dir,
@@ -55,15 +62,34 @@ def serve(environ: Mapping[str, str], *, host: str = "0.0.0.0") -> int:
     previous = signal.signal(signal.SIGTERM, _exit_cleanly)
     try:
         if config.workers > 1:
-            _run_workers(uvicorn.Config(APP, **options))
-        else:
-            uvicorn.run(APP, **options)
+            return _run_workers(uvicorn.Config(APP, **options))
+        uvicorn.run(APP, **options)  # it exits with STARTUP_FAILURE (3) itself if the app fails to start
     finally:
         signal.signal(signal.SIGTERM, previous)
     return 0
 
 
-def _run_workers(config: uvicorn.Config) -> None:
+def _check_model(config: HostingConfig) -> None:
+    """Load the model in full once, here, then drop it.
+
+    Checksums alone pass a file rewritten after training with its manifest entry updated; loaded
+    first in a worker, such a file was a traceback and exit 3 with one worker, and exit 0 with no
+    error at all with several (uvicorn stops quietly when a worker fails to start). Loaded here,
+    before any port opens, it is one ``ArtifactError`` naming the file: ``error:`` and exit 1.
+    """
+    started = time.monotonic()
+    recommender = Recommender.load(config.model_dir, exact=config.exact_retrieval)
+    logger.info(
+        "checked the model in %s: %d items, loaded in %.1f s",
+        config.model_dir,
+        recommender.num_items,
+        time.monotonic() - started,
+    )
+    del recommender
+    gc.collect()  # the workers load their own copy: give this one's memory back first
+
+
+def _run_workers(config: uvicorn.Config) -> int:
     """``uvicorn.run``'s multi-worker branch, with the shared listening socket marked as TCP.
 
     uvicorn binds it with ``proto`` 0 (Kludex/uvicorn#3149). Accepted connections inherit that, and
@@ -73,9 +99,17 @@ def _run_workers(config: uvicorn.Config) -> None:
     bound = config.bind_socket()
     listener = socket.socket(bound.family, bound.type, socket.IPPROTO_TCP, fileno=bound.detach())
     if "target" in inspect.signature(Multiprocess).parameters:  # older uvicorn: the worker target too
-        Multiprocess(config, target=uvicorn.Server(config).run, sockets=[listener]).run()  # type: ignore[call-arg]
+        supervisor = Multiprocess(config, target=uvicorn.Server(config).run, sockets=[listener])  # type: ignore[call-arg]
     else:
-        Multiprocess(config, sockets=[listener]).run()
+        supervisor = Multiprocess(config, sockets=[listener])
+    supervisor.run()
+    # uvicorn stops every worker when one fails to start, but returns as if all went well: exit
+    # as one worker would (uvicorn.run exits STARTUP_FAILURE), not 0.
+    failed = [p.pid for p in supervisor.processes if p.exitcode == STARTUP_FAILURE]
+    if failed:
+        logger.error("worker process %s failed to start (see its log above); stopping", failed[0])
+        return STARTUP_FAILURE
+    return 0
 
 
 def _exit_cleanly(signum: int, frame: FrameType | None) -> None:

@@ -307,7 +307,7 @@ def test_openapi_describes_invocations_and_the_instance(server: Server) -> None:
     assert {"/ping", "/invocations", "/execution-parameters"} <= set(document["paths"])
     content = document["paths"]["/invocations"]["post"]["requestBody"]["content"]
     assert {"application/json", "application/jsonlines", "text/csv"} <= set(content)
-    request = _resolve(document, content["application/json"]["schema"])
+    request = _resolve(document, content["application/json"]["schema"])["anyOf"][0]  # {"instances": [...]}
     instance = _resolve(document, request["properties"]["instances"]["items"])
     assert {"user_id", "history", "item_id", "k", "exclude_seen", "exclude", "items", "filter"} <= set(
         instance["properties"]

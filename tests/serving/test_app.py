@@ -132,7 +132,15 @@ def test_concurrent_requests_are_scored_together_and_answered_as_alone(
 
     alone, together = _run(scenario())
 
-    assert [r.json() for r in together] == [r.json() for r in alone]
+    # The same items in the same order, and the same scores up to the last of their six decimals:
+    # a [B, N] product rounds a last bit differently from a [1, N] one now and then.
+    for merged, single in zip(together, alone, strict=True):
+        (got,), (expected,) = merged.json()["predictions"], single.json()["predictions"]
+        assert got["item_ids"] == expected["item_ids"]
+        assert got["scores"] == pytest.approx(expected["scores"], abs=1.5e-6)
+        assert {k: v for k, v in got.items() if k != "scores"} == {
+            k: v for k, v in expected.items() if k != "scores"
+        }
     assert sum(passes) == len(users)
     assert len(passes) < len(users) / 2, passes  # merged into few passes, not one per request
 
@@ -198,7 +206,9 @@ def test_the_openapi_schema_documents_every_request_and_response_field(model_dir
     document = _run(scenario())
     operation = document["paths"]["/invocations"]["post"]
     request = operation["requestBody"]["content"]["application/json"]["schema"]
-    instance = request["properties"]["instances"]["items"]
+    envelope, listed, bare = request["anyOf"]  # {"instances": [...]}, [...], or one instance
+    instance = envelope["properties"]["instances"]["items"]
+    assert envelope["properties"]["instances"]["minItems"] == 1 and listed["items"] == bare == instance
     for name in (
         "user_id",
         "history",
@@ -214,7 +224,7 @@ def test_the_openapi_schema_documents_every_request_and_response_field(model_dir
         "user_attributes",
     ):
         assert instance["properties"][name].get("description"), name
-    event = instance["properties"]["history"]["anyOf"][0]["items"]
+    event = instance["properties"]["history"]["anyOf"][0]["items"]["anyOf"][-1]  # or a bare item id
     assert set(event["properties"]) == {"item_id", "timestamp", "event_type"}
     assert "$ref" not in json.dumps(request)
     assert "history" in operation["requestBody"]["content"]["text/csv"]["schema"]["description"]

@@ -403,3 +403,101 @@ def test_encode_no_predictions(fmt: str) -> None:
 
 def test_encode_csv_only_empty_lists_keeps_count() -> None:
     assert encode_predictions([{"item_ids": []}] * 3, "csv") == b"\n\n\n"
+
+
+# --- Numbers and strings Python would choke on later -------------------------------------------
+
+LONG_INTEGER = "1" * 4301  # past Python's int <-> str conversion limit (4,300 digits)
+
+
+@pytest.mark.parametrize(
+    "instance",
+    [
+        '{"user_id": %s}',
+        '{"user_id": "u1", "k": %s}',
+        '{"history": [%s]}',
+        '{"history": [{"item_id": %s}]}',
+        '{"user_id": "u1", "exclude": [%s]}',
+        '{"user_id": "u1", "items": [%s]}',
+        '{"item_id": %s}',
+        '{"user_id": "u1", "filter": {"price": %s}}',
+        '{"user_id": "u1", "filter": {"price": {"min": %s}}}',
+        '{"user_id": "u1", "filter": {"genre": [%s]}}',
+    ],
+)
+@pytest.mark.parametrize("digits", [LONG_INTEGER, "1" * 310, "-" + LONG_INTEGER])
+@pytest.mark.parametrize("fmt", ["json", "jsonlines"])
+def test_an_absurdly_long_integer_is_400(instance: str, digits: str, fmt: str) -> None:
+    body = (instance % digits).encode()
+
+    message = client_error(body, fmt).message
+
+    assert "integer" in message
+    assert f"{len(digits.lstrip('-')):,} digits" in message
+    if fmt == "jsonlines":
+        assert message.startswith("line 1: ")
+
+
+def test_integers_of_ordinary_length_still_decode() -> None:
+    body = b'{"user_id": 12345678901234567890123456789012345678, "k": 5, "filter": {"price": -3}}'
+
+    assert decode(body, "json") == [
+        {"user_id": 12345678901234567890123456789012345678, "k": 5, "filter": {"price": -3}}
+    ]
+
+
+@pytest.mark.parametrize("number", ["1e400", "-1e400", "NaN", "Infinity", "-Infinity"])
+@pytest.mark.parametrize("fmt", ["json", "jsonlines"])
+def test_a_non_finite_number_is_400(number: str, fmt: str) -> None:
+    body = b'{"user_id": "u1", "filter": {"price": {"min": %s}}}' % number.encode()
+
+    message = client_error(body, fmt).message
+
+    assert "finite" in message
+    assert number.lstrip("-") in message
+
+
+def test_finite_floats_still_decode() -> None:
+    assert decode(b'{"filter": {"price": {"min": 1.5e300, "max": -0.25}}}', "json") == [
+        {"filter": {"price": {"min": 1.5e300, "max": -0.25}}}
+    ]
+
+
+@pytest.mark.parametrize(
+    ("body", "where"),
+    [
+        (rb'{"item_id": "\ud800"}', "item_id"),
+        (rb'{"user_id": "\uDFFF"}', "user_id"),
+        (rb'{"history": ["i1", "\ud83d"]}', "history[1]"),
+        (rb'{"instances": [{"user_id": "u1"}, {"user_id": "u2", "exclude": ["a\udc00b"]}]}', "exclude[0]"),
+        (rb'{"user_id": "u1", "filter": {"\ud800": "x"}}', "filter"),
+        (rb'{"history": ["\ude00\ud83d"]}', "history[0]"),  # a pair in the wrong order is two lone halves
+    ],
+)
+@pytest.mark.parametrize("fmt", ["json", "jsonlines"])
+def test_a_lone_surrogate_is_400(body: bytes, where: str, fmt: str) -> None:
+    if fmt == "jsonlines":
+        body = b'{"user_id": "u0"}\n' + body
+
+    message = client_error(body, fmt).message
+
+    assert "lone surrogate" in message
+    assert "not valid Unicode" in message
+    assert where in message
+    if fmt == "jsonlines":
+        assert message.startswith("line 2: ")
+
+
+@pytest.mark.parametrize("fmt", ["json", "jsonlines"])
+def test_surrogate_pairs_and_escaped_backslashes_still_decode(fmt: str) -> None:
+    body = rb'{"item_id": "\ud83d\ude00", "exclude": ["\\ud800", "\u00e9"]}'
+
+    assert decode(body, fmt) == [{"item_id": "\U0001f600", "exclude": ["\\ud800", "\u00e9"]}]
+
+
+def test_a_csv_k_of_absurd_length_is_400() -> None:
+    message = client_error(b"u1,5\nu2,%s\n" % LONG_INTEGER.encode(), "csv").message
+
+    assert message.startswith("line 2: ")
+    assert "k" in message
+    assert "4,301 digits" in message

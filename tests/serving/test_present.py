@@ -317,6 +317,16 @@ def test_exclude_event_types_leaves_out_what_was_bought_but_not_what_was_clicked
         ),
         (Query(history=(Event("tv-x-0", event_type="wishlist"),)), ["history[0].event_type", "'wishlist'"]),
         (Query(user_id="u000", items=tuple(f"i{n}" for n in range(1001))), ["items: at most 1000"]),
+        # The same faults where the answer would be the popular fallback (nobody and nothing known).
+        (
+            Query(user_id="nobody", context={"colour": "red"}),
+            ["context: unknown key 'colour'", "device", "timestamp"],
+        ),
+        (Query(user_id="nobody", context={"timestamp": "inf"}), ["context.timestamp", "finite", "'inf'"]),
+        (
+            Query(history=(Event("not-an-item", event_type="wishlist"),)),
+            ["history[0].event_type", "'wishlist'"],
+        ),
     ],
     ids=[
         "context-key",
@@ -326,6 +336,9 @@ def test_exclude_event_types_leaves_out_what_was_bought_but_not_what_was_clicked
         "both-exclusions",
         "fresh-type",
         "too-many",
+        "fallback-context-key",
+        "fallback-timestamp",
+        "fallback-fresh-type",
     ],
 )
 def test_every_bad_field_is_a_400_that_names_it(shelved: Recommender, query: Query, named: list[str]) -> None:
