@@ -218,6 +218,11 @@ def discover_channels(paths: ContainerPaths) -> dict[str, Path]:
         directory = paths.channel_dir(name)
         if directory.is_dir():
             channels[name] = directory
+        elif directory.exists():  # a file: skipped, it would be data silently left out
+            raise UserError(
+                f"channel '{name}': {directory} is a file, but a channel is a directory of files; move "
+                f"it into a directory of that name ({directory}/{directory.name}.csv, say)."
+            )
         elif name in declared:
             raise UserError(
                 f"channel '{name}' is declared in inputdataconfig.json but {directory} does not exist."

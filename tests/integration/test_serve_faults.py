@@ -328,6 +328,31 @@ def test_workers_exit_when_the_master_is_killed(served_base: Path, tmp_path: Pat
         _stop(server)
 
 
+def test_a_killed_worker_is_replaced_and_the_endpoint_keeps_answering(
+    served_base: Path, tmp_path: Path, user_ids: list[str]
+) -> None:
+    server = _serve(served_base, tmp_path / "server.log", workers=2)
+    workers: list[int] = []
+    try:
+        _wait_ready(server)
+        workers = _worker_pids(server, 2)
+
+        os.kill(workers[0], signal.SIGKILL)  # the OOM killer's way: no shutdown, no goodbye
+        replaced = _worker_pids(server, 3)  # the master logs a third worker's start
+
+        assert replaced[2] not in workers and _alive(replaced[2])
+        assert _alive(server.process.pid)
+        # Every request gets its answer afterwards, whichever worker takes the connection.
+        for user in user_ids[:20]:
+            reply = _invoke(server, {"user_id": user, "k": 3})
+            assert reply.status == 200, reply.body[:500]
+    finally:
+        _stop(server)
+        for pid in workers:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
 # --- broken artifacts --------------------------------------------------------------------------
 
 

@@ -218,6 +218,21 @@ def test_missing_train_channel_names_it_and_its_path(tmp_path: Path) -> None:
     assert str(tmp_path / "input" / "data" / "train") in info.value.message
 
 
+@pytest.mark.parametrize("name", ["train", "validation", "items"])
+def test_a_channel_that_is_a_file_is_refused_by_name_not_skipped(tmp_path: Path, name: str) -> None:
+    paths = ContainerPaths(tmp_path)
+    if name != "train":
+        _make_channel(paths, "train")
+    paths.channel_dir(name).parent.mkdir(parents=True, exist_ok=True)
+    paths.channel_dir(name).write_text("user_id,item_id\nu1,i1\n")
+
+    with pytest.raises(UserError) as info:
+        discover_channels(paths)
+
+    assert f"channel '{name}'" in info.value.message
+    assert f"{paths.channel_dir(name)} is a file" in info.value.message
+
+
 def test_declared_channel_missing_on_disk(tmp_path: Path) -> None:
     paths = ContainerPaths(tmp_path)
     _make_channel(paths, "train")
