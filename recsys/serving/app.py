@@ -14,14 +14,14 @@ import json
 import logging
 import os
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any, cast
 
 import torch
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from recsys.errors import ServerStateError, UserError
 from recsys.sagemaker.contract import CUSTOM_ATTRIBUTES_HEADER, HostingConfig, read_hosting_config
@@ -29,7 +29,7 @@ from recsys.serving import codecs
 from recsys.serving.batching import MicroBatcher
 from recsys.serving.engine import Recommender
 from recsys.serving.models import ModelStore
-from recsys.serving.processes import exit_with_parent
+from recsys.serving.processes import LARGE_REQUEST_BYTES, exit_with_parent, release_freed_memory
 from recsys.serving.schemas import (
     InvocationResponse,
     error_responses,
@@ -170,7 +170,7 @@ def create_app(config: HostingConfig) -> InvocationsEndpoint:
         return app.openapi_schema
 
     app.openapi = model_openapi  # type: ignore[method-assign]
-    return InvocationsEndpoint(app)
+    return InvocationsEndpoint(app, executor)
 
 
 def _store(app: FastAPI) -> ModelStore:
@@ -301,16 +301,55 @@ class InvocationsEndpoint:
     Everything else (/ping, /execution-parameters, the OpenAPI page, the lifespan) goes to FastAPI.
     """
 
-    def __init__(self, app: FastAPI) -> None:
+    def __init__(self, app: FastAPI, executor: Executor) -> None:
         self.app = app
+        self._executor = executor  # the scoring thread
+        self._trimming = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] != "/invocations" or scope["method"] != "POST":
+        if scope["type"] != "http" or scope["method"] != "POST":
             await self.app(scope, receive, send)
+            return
+        if scope["path"] != "/invocations":  # a multi-model /models/<name>/invoke among them
+            sent = 0
+
+            async def counted(message: Message) -> None:
+                nonlocal sent
+                sent += len(message.get("body", b""))
+                await send(message)
+
+            await self.app(scope, receive, counted)
+            if sent >= LARGE_REQUEST_BYTES or _declared_length(scope) >= LARGE_REQUEST_BYTES:
+                self._release_memory()
             return
         status, headers, payload = await respond(self.app, scope, receive)
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": payload})
+        if len(payload) >= LARGE_REQUEST_BYTES or _declared_length(scope) >= LARGE_REQUEST_BYTES:
+            del payload  # the request's last large buffer: everything it made is freed by now
+            self._release_memory()
+
+    def _release_memory(self) -> None:
+        # On the scoring thread, after the response is sent: no client waits for it, and requests
+        # queued meanwhile are scored after it (a few ms) rather than beside it. One at a time.
+        if self._trimming:
+            return
+        self._trimming = True
+
+        def trim() -> None:
+            try:
+                release_freed_memory()
+            finally:
+                self._trimming = False
+
+        asyncio.get_running_loop().run_in_executor(self._executor, trim)
+
+
+def _declared_length(scope: Scope) -> int:
+    for name, value in scope["headers"]:
+        if name.lower() == b"content-length":
+            return int(value) if value.isdigit() else 0
+    return 0
 
 
 async def respond(

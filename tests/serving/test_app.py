@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -24,8 +25,10 @@ import pytest
 from recsys.data.synthetic import SyntheticData
 from recsys.errors import ServerStateError
 from recsys.sagemaker.contract import HostingConfig
+from recsys.serving import app as app_module
 from recsys.serving.app import InvocationsEndpoint, create_app, invoke
 from recsys.serving.engine import Query, Recommendation
+from recsys.serving.processes import LARGE_REQUEST_BYTES, release_freed_memory
 from recsys.serving.schemas import InvocationResponse
 from tests.serving.trained_model import trained_tree
 
@@ -231,3 +234,68 @@ def test_the_openapi_schema_documents_every_request_and_response_field(model_dir
     response = document["components"]["schemas"]["Prediction"]["properties"]
     for name in ("stored_events", "fresh_events", "unknown_context", "unknown_attributes", "unknown_items"):
         assert response[name].get("description"), name
+
+
+def test_release_freed_memory_trims_glibc_heaps_on_linux_only() -> None:
+    assert release_freed_memory() is sys.platform.startswith("linux")
+
+
+def test_a_large_request_is_followed_by_one_trim_on_the_scoring_thread(
+    model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trims: list[str] = []
+    trimmed = threading.Event()
+
+    def recorded() -> bool:
+        trims.append(threading.current_thread().name)
+        trimmed.set()
+        return True
+
+    monkeypatch.setattr(app_module, "release_freed_memory", recorded)
+    endpoint = create_app(_config(model_dir, max_payload_bytes=4 << 20))
+    # JSON's insignificant whitespace makes a small request's body large.
+    padded = b'{"user_id": "u1"' + b" " * LARGE_REQUEST_BYTES + b"}"
+
+    async def scenario() -> list[int]:
+        async with _client(endpoint) as client:
+            small = await client.post("/invocations", json={"user_id": "u1"})
+            await asyncio.sleep(0.2)
+            after_small = len(trims)
+            large = await client.post(
+                "/invocations", content=padded, headers={"Content-Type": "application/json"}
+            )
+            await asyncio.get_running_loop().run_in_executor(None, trimmed.wait, 5)
+            return [small.status_code, after_small, large.status_code]
+
+    small_status, after_small, large_status = _run(scenario())
+
+    assert (small_status, large_status) == (200, 200)
+    assert after_small == 0  # a small request costs no trim
+    assert len(trims) == 1
+    assert trims[0].startswith("recommend"), trims  # not on the event loop's thread
+
+
+def test_a_large_multi_model_invocation_is_followed_by_a_trim_too(
+    model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trimmed = threading.Event()
+    monkeypatch.setattr(app_module, "release_freed_memory", lambda: trimmed.set() or True)
+    endpoint = create_app(
+        _config(model_dir, multi_model=True, model_memory_bytes=1 << 30, max_payload_bytes=4 << 20)
+    )
+    padded = b'{"user_id": "u1"' + b" " * LARGE_REQUEST_BYTES + b"}"
+
+    async def scenario() -> tuple[int, int, bool]:
+        async with _client(endpoint) as client:
+            loaded = await client.post("/models", json={"model_name": "m", "url": str(model_dir)})
+            small = await client.post("/models/m/invoke", json={"user_id": "u1"})
+            await asyncio.sleep(0.2)
+            early = trimmed.is_set()
+            large = await client.post(
+                "/models/m/invoke", content=padded, headers={"Content-Type": "application/json"}
+            )
+            done = await asyncio.get_running_loop().run_in_executor(None, trimmed.wait, 5)
+            assert loaded.status_code == 200, loaded.text
+            return small.status_code, large.status_code, done and not early
+
+    assert _run(scenario()) == (200, 200, True)
