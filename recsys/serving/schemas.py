@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from itertools import repeat
 from typing import Annotated, Any, Literal, cast
 
 from pydantic import (
@@ -130,8 +131,51 @@ def _plain_event(entry: Any) -> Event | None:
     return Event(item, stamp, event_type)
 
 
+_NONE = type(None)
+_STAMP_KINDS = frozenset((float, int, _NONE))
+_TYPE_KINDS = frozenset((str, _NONE))
+_EVENTS = repeat(Event)  # tuple.__new__(Event, fields) is Event(*fields) with no Python frame per event
+
+
+def _plain_events(value: list[Any]) -> tuple[Event, ...] | None:
+    """``_plain_event`` over a whole list of bare ids, or of event objects, column by column: C-level
+    passes (``map``, ``set``) instead of a Python call per event. None unless every entry is one
+    that ``_plain_event`` takes, so that the caller falls back to it (or to pydantic)."""
+    kinds = set(map(type, value))
+    if kinds == {str}:
+        if "" in value:
+            return None
+        return tuple(map(tuple.__new__, _EVENTS, zip(value, repeat(None), repeat(None), strict=False)))
+    if kinds != {dict} or not _EVENT_KEYS.issuperset(set().union(*value)):
+        return None
+    items = list(map(dict.get, value, repeat("item_id")))
+    if set(map(type, items)) != {str} or "" in items:
+        return None
+    stamps: list[Any] = list(map(dict.get, value, repeat("timestamp")))
+    stamp_kinds = set(map(type, stamps))
+    if not stamp_kinds <= _STAMP_KINDS:
+        return None
+    if stamp_kinds != {_NONE}:
+        numbers = stamps if _NONE not in stamp_kinds else [t for t in stamps if t is not None]
+        if int in stamp_kinds:
+            whole = numbers if stamp_kinds == {int} else [t for t in numbers if type(t) is int]
+            if min(whole) < -_EXACT_FLOAT or max(whole) > _EXACT_FLOAT:
+                return None
+        if float in stamp_kinds and not all(map(math.isfinite, numbers)):
+            return None
+        if int in stamp_kinds:
+            stamps = [None if t is None else float(t) for t in stamps]
+    types = list(map(dict.get, value, repeat("event_type")))
+    if not set(map(type, types)) <= _TYPE_KINDS:
+        return None
+    return tuple(map(tuple.__new__, _EVENTS, zip(items, stamps, types, strict=True)))
+
+
 def _history(value: Any, checked: ValidatorFunctionWrapHandler) -> tuple[Event, ...] | None:
     if type(value) is list:
+        plain = _plain_events(value)
+        if plain is not None:
+            return plain
         events = [_plain_event(entry) for entry in value]
         if all(event is not None for event in events):
             return tuple(cast(list[Event], events))

@@ -348,3 +348,69 @@ def test_every_bad_field_is_a_400_that_names_it(shelved: Recommender, query: Que
     assert caught.value.status_code == 400
     for part in named:
         assert part in str(caught.value)
+
+
+def _random_queries(recommender: Recommender, rng: np.random.Generator, count: int) -> list[Query]:
+    """Queries of every shape that builds a user side: known and new users, fresh events with
+    repeats, with and without times and event types, unknown items, both history modes,
+    excluded event types and attributes where the model has them."""
+    users = list(recommender.artifact.users.ids)
+    items = list(recommender.artifact.items.ids)
+    types = list(recommender.rows.event_types)
+    stored = recommender.seen_times
+    assert stored is not None
+    moments = [float(stored.min()), float(np.median(stored)), float(stored.max()), float(stored.max()) + 60]
+    queries = []
+    for _ in range(count):
+        user = users[rng.integers(len(users))] if rng.random() < 0.75 else None
+        history: list[str | Event] = []
+        for _ in range(int(rng.choice([0, 1, 3, 12, 60]))):
+            # Repeats are common: half the events come from a few items.
+            item = items[rng.integers(4)] if rng.random() < 0.5 else items[rng.integers(len(items))]
+            item = item if rng.random() < 0.95 else "no-such-item"
+            if rng.random() < 0.3:
+                history.append(item)
+                continue
+            stamp = (
+                None if rng.random() < 0.3 else moments[rng.integers(len(moments))] + float(rng.integers(3))
+            )
+            kind = types[rng.integers(len(types))] if types and rng.random() < 0.5 else None
+            history.append(Event(item, stamp, kind))
+        attributes = None
+        if not recommender.model.config.user_features.is_empty and rng.random() < 0.3:
+            attributes = {"segment": str(rng.choice(SEGMENTS))}
+        queries.append(
+            Query(
+                user_id=user,
+                history=tuple(history) if history or user is None or rng.random() < 0.5 else None,
+                history_mode="replace" if rng.random() < 0.3 else "merge",
+                exclude_event_types=(types[rng.integers(len(types))],)
+                if types and rng.random() < 0.2
+                else (),
+                user_attributes=attributes,
+                k=8,
+            )
+        )
+    return queries
+
+
+@pytest.mark.parametrize("model", ["paired", "shelved"])
+def test_a_batch_of_fresh_requests_is_answered_as_each_alone(
+    model: str, request: pytest.FixtureRequest
+) -> None:
+    # From a few rows on, a pass builds its user sides together (one array operation over every
+    # event of the batch); alone, each is built by itself. Both must give the same answer.
+    recommender: Recommender = request.getfixturevalue(model)
+    rng = np.random.default_rng(7)
+    for _ in range(6):
+        queries = _random_queries(recommender, rng, 24)
+        together = recommender.recommend(queries)
+        alone = [one(recommender, query) for query in queries]
+        for merged, single, query in zip(together, alone, queries, strict=True):
+            assert merged.item_ids == single.item_ids, query
+            assert merged.scores == pytest.approx(single.scores, abs=1e-5), query
+            assert (merged.stored_events, merged.fresh_events, merged.unknown_items) == (
+                single.stored_events,
+                single.fresh_events,
+                single.unknown_items,
+            ), query

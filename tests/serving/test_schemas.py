@@ -10,7 +10,7 @@ from pydantic import BeforeValidator, TypeAdapter, ValidationError, ValidatorFun
 
 from recsys.errors import UserError
 from recsys.serving.engine import Event
-from recsys.serving.schemas import HistoryEvent, _as_event, _history, parse_instances
+from recsys.serving.schemas import HistoryEvent, _as_event, _history, _plain_event, parse_instances
 
 
 def test_history_entries_are_ids_or_events_with_a_time_in_either_form() -> None:
@@ -144,6 +144,19 @@ def test_the_history_fast_path_accepts_and_returns_exactly_what_pydantic_does() 
     for _ in range(300):
         entries = rng.sample(cases, 4)
         assert _served_history(entries) == _checked_history(entries), entries
+    # Lists of one kind (all ids, all objects) take the column-by-column path: the same answers.
+    strings = [case for case in cases if isinstance(case, str)]
+    objects = [case for case in cases if isinstance(case, dict)]
+    good = [case for case in objects if _plain_event(case) is not None]
+    for _ in range(600):
+        pool = rng.choice([strings, objects, good, good])
+        entries = rng.sample(pool, rng.randint(1, 6))
+        served, expected = _served_history(entries), _checked_history(entries)
+        assert served == expected, entries
+        if isinstance(served, tuple) and isinstance(
+            expected, tuple
+        ):  # times as floats, as pydantic makes them
+            assert [type(e.timestamp) for e in served] == [type(e.timestamp) for e in expected]
 
 
 def test_common_history_entries_never_reach_pydantics_per_event_validators() -> None:
@@ -155,4 +168,15 @@ def test_common_history_entries_never_reach_pydantics_per_event_validators() -> 
         Event("i1"),
         Event("i2"),
         Event("i3", 1_764_700_000.0, "click"),
+    )
+    assert _history(["i1", "i2"], cast(ValidatorFunctionWrapHandler, refuse)) == (Event("i1"), Event("i2"))
+    objects = [
+        {"item_id": "i2", "timestamp": 1_764_700_000.5},
+        {"item_id": "i3"},
+        {"item_id": "i4", "timestamp": 1_764_700_001, "event_type": "click"},
+    ]
+    assert _history(objects, cast(ValidatorFunctionWrapHandler, refuse)) == (
+        Event("i2", 1_764_700_000.5),
+        Event("i3"),
+        Event("i4", 1_764_700_001.0, "click"),
     )
