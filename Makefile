@@ -41,7 +41,7 @@ STAGE_LABEL := recsys.stage=torch-cpu
 BUILD_FLAGS = --platform $(PLATFORM) --build-arg BASE_IMAGE=$(BASE_IMAGE)
 PRUNE_STAGES = docker image prune -f --filter label=$(STAGE_LABEL) >/dev/null
 
-.PHONY: help install run serve test lint format bench-quality bench-features bench-serving bench-scale bench-image image image-cpu local-train local-serve push clean
+.PHONY: help install run serve test lint format bench-quality bench-features bench-serving bench-soak bench-scale bench-image image image-cpu local-train local-serve push clean
 
 help:
 	@echo "make install        create $(VENV) with everything: recsys, its dev tools and the aws extra (idempotent)"
@@ -52,6 +52,7 @@ help:
 	@echo "make bench-quality  MovieLens-100K: this model vs SASRec, GRU4Rec, EASE and most-popular (A, B, cold users)"
 	@echo "make bench-features synthetic data: each feature's lift (time, device, event types, user attributes)"
 	@echo "make bench-serving  serving req/s and latency at 1,682 / 100,000 / 1,000,000 items"
+	@echo "make bench-soak     3 minutes at 70% of the measured maximum rate, mixed requests (errors, p50/p99, RSS per 30 s), then 5 rounds of the heaviest requests"
 	@echo "make bench-scale    the default job on 10M interactions end to end (target 10 min), then load-and-encode, one epoch and peak RSS at 1M / 10M / 50M"
 	@echo "make bench-image    size of $(IMAGE), and serve's cold start (docker run -> /ping 200) over 7 runs"
 	@echo "make image          build $(IMAGE) with CUDA 12.6 torch (GPU and CPU instances; TORCH_CUDA_INDEX= for PyPI's CUDA 13.0)"
@@ -127,6 +128,9 @@ bench-features: $(RUNTIME)
 
 bench-serving: $(RUNTIME)
 	$(BIN)/python -m benchmarks.serving
+
+bench-soak: $(RUNTIME)
+	$(BIN)/python -m benchmarks.soak
 
 bench-scale: $(RUNTIME)
 	$(BIN)/python -m benchmarks.scale --job --sizes 10m

@@ -5,9 +5,22 @@ Run from the repository root::
     python -m benchmarks.serving                           # 1,682 / 100,000 / 1,000,000 items
     python -m benchmarks.serving --catalogues 1682 --concurrency 1,32 --duration 5 --workers 2
 
-For each catalogue a synthetic GMF artifact (randomly initialised: serving cost does not depend on
-the weights' values) is written once under ``benchmarks/.cache/serving/<N>/model`` with
-``save_artifact`` and reused afterwards. ``python -m recsys serve`` is then started as a child
+Below 200,000 items (where a job's ``retrieval=auto`` starts to build an item index) each
+catalogue is a synthetic GMF artifact (randomly initialised: exact ranking's cost does not depend
+on the weights' values), written once under ``benchmarks/.cache/serving/<N>/model`` with
+``save_artifact`` and reused afterwards.
+
+From 200,000 items on, an index's recall does depend on the vectors, so the artifact is trained:
+``recsys train`` with its defaults (one epoch; ``context_columns=device``) on 4,000,000 generated
+interactions of 200,000 users over the catalogue (Zipf popularity, genre tastes, timestamps, a
+device per event; ``benchmarks/.cache/serving/<N>-trained/``, built once, about 10 minutes at 1M
+items). The job builds the index and measures its recall, as for any user. That artifact is served
+twice: first with ``RECSYS_RETRIEVAL=exact`` (the baseline: the whole catalogue ranked per
+request), then as deployed (through its index). Both servers answer the top 10 of the same 1,000
+users first; the recall@10 of the indexed answers against the exact ones is printed beside the
+job's own figure, the index's build time and size.
+
+``python -m recsys serve`` is then started as a child
 process exactly as the container starts it (``SAGEMAKER_BASE_DIR``, ``SAGEMAKER_BIND_TO_PORT``,
 and ``SAGEMAKER_MODEL_SERVER_WORKERS`` only when ``--workers`` is given), and loaded over
 127.0.0.1 at each concurrency (keep-alive connections, for ``--duration`` seconds each) with:
@@ -32,7 +45,8 @@ Printed: req/s, p50 and p99 latency per endpoint and concurrency, the ratio of /
 req/s, the fresh requests' p50 and p99 against the plain ones', and whether the targets hold:
 
 * ``/invocations`` >= 0.5 x ``/ping`` req/s at 32 connections with 1,682 items;
-* p99 < 50 ms at 1,000,000 items, judged at 1 connection and at 32 connections (both shown);
+* p99 < 50 ms at 1,000,000 items through the index, judged at 1 and at 32 connections, with
+  recall@10 >= 0.95 against the exact server's answers in the same run;
 * fresh requests' p50 and p99 <= 1.5 x the plain requests', at 1,682 items, 1 and 32 connections.
 
 The same numbers go to ``benchmarks/.cache/serving.json``; each server's log to
@@ -62,6 +76,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute
 import torch
 
 from recsys.data.context import RowEncoding
@@ -71,6 +87,7 @@ from recsys.models.ncf import NCF, ModelConfig
 from recsys.sagemaker.contract import (
     BASE_DIR_ENV,
     BIND_TO_PORT_ENV,
+    RETRIEVAL_ENV,
     WORKERS_ENV,
     ContainerPaths,
     default_workers,
@@ -96,6 +113,7 @@ WARMUP_S = 2.0
 PING_TARGET = (1682, 32, 0.5)  # (items, connections, minimum /invocations : /ping req/s)
 P99_TARGET = (1_000_000, (1, 32), 50.0)  # (items, connections judged, p99 limit in ms)
 FRESH_TARGET = (1682, (1, 32), 1.5)  # (items, connections judged, most fresh / plain p50 and p99)
+INDEX_TARGET = (1_000_000, 0.95)  # (items, least recall@10 of the indexed server's against exact)
 FRESH = "/invocations fresh"  # the endpoint label of the fresh-events requests
 FRESH_EVENTS = 50
 REQUEST_POOL = 2000  # distinct requests each load generator makes up front and draws from
@@ -111,6 +129,7 @@ class LoadResult:
     items: int
     endpoint: str
     connections: int
+    retrieval: str  # "exact", or "index" (the artifact's item index)
     requests: int
     seconds: float
     requests_per_second: float
@@ -197,6 +216,126 @@ def ensure_artifact(num_items: int) -> ContainerPaths:
     return paths
 
 
+# Catalogues from this size are served from a model the job trained, with the index the job
+# built: an index's recall depends on the vectors it holds, which random weights do not resemble.
+TRAINED_FROM = 200_000
+TRAINED_USERS = 200_000
+TRAINED_INTERACTIONS = 4_000_000
+TRAINED_EPOCHS = 1
+RECALL_USERS = 1000  # known users whose top 10 the exact and the indexed server both answer
+
+
+@dataclass(frozen=True)
+class Served:
+    """A served artifact: its tree, and what its requests may name."""
+
+    paths: ContainerPaths
+    items: int
+    users: int
+    trained: bool
+
+
+def _renumbered(column: pa.ChunkedArray, prefix: str) -> pa.Array:
+    """``u0000123`` (the scaled writer's ids, from 1) -> ``u122``: the load generators' ids."""
+    import pyarrow.compute as pc
+
+    numbers = pc.subtract(pc.cast(pc.utf8_slice_codeunits(column, 1), pa.int64()), 1)
+    return pc.binary_join_element_wise(prefix, pc.cast(numbers, pa.string()), "")
+
+
+def _rewrite_for_load(data_dir: Path, seed: int) -> None:
+    """Ids as the load generators write them, and a ``device`` column (each user's own mix of
+    the three, as a log has it) for the requests' context."""
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(seed)
+    mixes = rng.dirichlet((5.0, 3.0, 2.0), size=TRAINED_USERS)
+    for path in sorted((data_dir / "train").glob("*.parquet")):
+        table = pq.read_table(path)
+        users = _renumbered(table["user_id"], "u")
+        user_numbers = np.asarray(pa.compute.cast(pa.compute.utf8_slice_codeunits(users, 1), pa.int64()))
+        cumulative = np.cumsum(mixes[user_numbers], axis=1)
+        devices = (rng.random(len(user_numbers))[:, None] > cumulative).sum(axis=1).clip(max=2)
+        table = table.set_column(table.schema.get_field_index("user_id"), "user_id", users)
+        table = table.set_column(
+            table.schema.get_field_index("item_id"), "item_id", _renumbered(table["item_id"], "i")
+        )
+        table = table.append_column("device", pa.array(np.asarray(DEVICES, dtype=object)[devices]))
+        pq.write_table(table, path)
+    for channel, column, prefix in (("items", "item_id", "i"), ("users", "user_id", "u")):
+        for path in sorted((data_dir / channel).glob("*.parquet")):
+            table = pq.read_table(path)
+            index = table.schema.get_field_index(column)
+            pq.write_table(table.set_column(index, column, _renumbered(table[column], prefix)), path)
+
+
+def ensure_trained_artifact(num_items: int) -> Served:
+    """``recsys train`` with its defaults (``epochs`` aside) on a generated catalogue of
+    ``num_items`` items: Zipf popularity, genre tastes, timestamps, a device per event. Built once;
+    the job builds the item index and measures its recall, as it does for a user."""
+    from recsys.data.synthetic import ScaledSpec, write_scaled_channels
+
+    root = RUNS / f"{num_items}-trained"
+    paths = ContainerPaths(root / "opt_ml")
+    spec = ScaledSpec(num_users=TRAINED_USERS, num_items=num_items, num_interactions=TRAINED_INTERACTIONS)
+    wanted = {**asdict(spec), "epochs": TRAINED_EPOCHS, "context_columns": "device"}
+    marker = root / "spec.json"
+    served = Served(paths, num_items, TRAINED_USERS, trained=True)
+    if marker.exists() and json.loads(marker.read_text()) == wanted and (paths.model_dir / MANIFEST).exists():
+        return served
+    marker.unlink(missing_ok=True)
+    data_dir = root / "data"
+    _progress(
+        f"[{num_items:,} items] generating {TRAINED_INTERACTIONS:,} interactions of {TRAINED_USERS:,} users"
+    )
+    write_scaled_channels(spec, data_dir, parts=4)
+    _rewrite_for_load(data_dir, spec.seed)
+    command = [
+        sys.executable, "-m", "recsys", "train", "--base-dir", str(paths.base),
+        "--train", str(data_dir / "train"), "--items", str(data_dir / "items"),
+        "--users", str(data_dir / "users"),
+        "-H", f"epochs={TRAINED_EPOCHS}", "-H", "device=cpu", "-H", "context_columns=device",
+    ]  # fmt: skip
+    _progress(f"[{num_items:,} items] {' '.join(command[1:])}")
+    started = time.perf_counter()
+    log_file = root / "train.log"
+    with log_file.open("w") as log:
+        completed = subprocess.run(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, check=False)
+    if completed.returncode != 0:
+        raise RuntimeError(
+            f"training the {num_items:,}-item model failed ({completed.returncode}); see {log_file}"
+        )
+    _progress(f"[{num_items:,} items] trained in {time.perf_counter() - started:.0f} s (log: {log_file})")
+    marker.write_text(json.dumps(wanted))
+    return served
+
+
+def retrieval_of(model_dir: Path) -> dict[str, Any]:
+    """The manifest's account of the index (built, refused, or none)."""
+    manifest = json.loads((model_dir / MANIFEST).read_text())
+    return dict(manifest.get("retrieval") or {"kind": "exact", "reason": "no index recorded"})
+
+
+def top_items(url: str, users: Sequence[int]) -> list[list[str]]:
+    """Each user's top K from the server, 100 instances per request."""
+    out: list[list[str]] = []
+    for start in range(0, len(users), 100):
+        body = json.dumps({"instances": [{"user_id": f"u{u}", "k": K} for u in users[start : start + 100]]})
+        request = urllib.request.Request(
+            f"{url}/invocations",
+            data=body.encode(),
+            headers={"Content-Type": "application/json", "Accept": "application/json"},
+            method="POST",
+        )
+        with urllib.request.urlopen(request, timeout=120) as response:
+            out += [p["item_ids"] for p in json.loads(response.read())["predictions"]]
+    return out
+
+
+def recall_against(found: Sequence[Sequence[str]], truth: Sequence[Sequence[str]]) -> float:
+    return float(np.mean([len(set(f) & set(t)) / max(len(t), 1) for f, t in zip(found, truth, strict=True)]))
+
+
 # -- the server ----------------------------------------------------------------------------------
 
 
@@ -219,9 +358,14 @@ def _get(url: str, timeout: float = 5.0) -> int:
 class Server:
     """``python -m recsys serve`` as a child process, in its own process group."""
 
-    def __init__(self, paths: ContainerPaths, workers: int | None, log_file: Path) -> None:
+    def __init__(
+        self, paths: ContainerPaths, workers: int | None, log_file: Path, *, exact: bool = False
+    ) -> None:
         self.port = free_port()
         environ = dict(os.environ)
+        environ.pop(RETRIEVAL_ENV, None)
+        if exact:
+            environ[RETRIEVAL_ENV] = "exact"  # the baseline: the same artifact, its index unused
         environ[BASE_DIR_ENV] = str(paths.base)
         environ[BIND_TO_PORT_ENV] = str(self.port)
         environ.pop(WORKERS_ENV, None)
@@ -355,7 +499,14 @@ WRK_LINE = re.compile(r"^WRK_RESULT (\{.*\})$", re.MULTILINE)
 
 
 def run_wrk(
-    wrk: str, url: str, endpoint: str, connections: int, duration: float, threads: int, num_items: int
+    wrk: str,
+    url: str,
+    endpoint: str,
+    connections: int,
+    duration: float,
+    threads: int,
+    num_items: int,
+    num_users: int,
 ) -> dict[str, Any]:
     mode = {"/ping": "ping", FRESH: "fresh"}.get(endpoint, "invocations")
     command = [
@@ -369,7 +520,7 @@ def run_wrk(
         url,
         "--",
         mode,
-        str(NUM_USERS),
+        str(num_users),
         str(K),
         str(num_items),
         str(FRESH_EVENTS),
@@ -411,7 +562,7 @@ async def _read_response(reader: asyncio.StreamReader) -> int:
 
 
 async def _python_load(
-    port: int, endpoint: str, connections: int, duration: float, num_items: int
+    port: int, endpoint: str, connections: int, duration: float, num_items: int, num_users: int
 ) -> dict[str, Any]:
     """``connections`` keep-alive connections, each sending its next request as soon as the last ends."""
     latencies: list[float] = []
@@ -420,7 +571,7 @@ async def _python_load(
     def build(rng: random.Random) -> bytes:
         if endpoint == "/ping":
             return f"GET /ping HTTP/1.1\r\nHost: {HOST}:{port}\r\n\r\n".encode()
-        user = rng.randrange(NUM_USERS)
+        user = rng.randrange(num_users)
         body = fresh_body(user, num_items, rng) if endpoint == FRESH else invocation_body(user)
         head = (
             f"POST /invocations HTTP/1.1\r\nHost: {HOST}:{port}\r\nContent-Type: application/json\r\n"
@@ -468,20 +619,23 @@ async def _python_load(
 def measure(
     server: Server,
     wrk: str | None,
-    items: int,
+    served: Served,
     endpoint: str,
     connections: int,
     duration: float,
     threads: int,
+    retrieval: str,
 ) -> LoadResult:
+    items, users = served.items, served.users
     if wrk is not None:
-        raw = run_wrk(wrk, server.url, endpoint, connections, duration, threads, items)
+        raw = run_wrk(wrk, server.url, endpoint, connections, duration, threads, items, users)
     else:
-        raw = asyncio.run(_python_load(server.port, endpoint, connections, duration, items))
+        raw = asyncio.run(_python_load(server.port, endpoint, connections, duration, items, users))
     return LoadResult(
         items=items,
         endpoint=endpoint,
         connections=connections,
+        retrieval=retrieval,
         requests=raw["requests"],
         seconds=round(raw["seconds"], 3),
         requests_per_second=round(raw["requests"] / raw["seconds"], 1) if raw["seconds"] > 0 else 0.0,
@@ -496,22 +650,56 @@ def measure(
 # -- the report ----------------------------------------------------------------------------------
 
 
-def _find(results: Sequence[LoadResult], items: int, endpoint: str, connections: int) -> LoadResult | None:
-    for result in results:
-        if (result.items, result.endpoint, result.connections) == (items, endpoint, connections):
-            return result
-    return None
+def _find(
+    results: Sequence[LoadResult], items: int, endpoint: str, connections: int, retrieval: str | None = None
+) -> LoadResult | None:
+    """The run of that cell; ``retrieval`` None: the served one (the index where there is one)."""
+    matching = [r for r in results if (r.items, r.endpoint, r.connections) == (items, endpoint, connections)]
+    if retrieval is not None:
+        matching = [r for r in matching if r.retrieval == retrieval]
+    else:
+        matching.sort(key=lambda r: r.retrieval != "index")
+    return matching[0] if matching else None
 
 
 def ratio(results: Sequence[LoadResult], items: int, connections: int) -> float | None:
-    ping = _find(results, items, "/ping", connections)
-    invocations = _find(results, items, "/invocations", connections)
+    ping = _find(results, items, "/ping", connections, "exact")
+    invocations = _find(results, items, "/invocations", connections, "exact")
     if ping is None or invocations is None or ping.requests_per_second == 0:
         return None
     return invocations.requests_per_second / ping.requests_per_second
 
 
-def judge_targets(results: Sequence[LoadResult]) -> dict[str, Any]:
+def judge_index(results: Sequence[LoadResult], indexes: dict[str, Any]) -> dict[str, Any]:
+    items, least = INDEX_TARGET
+    found = indexes.get(str(items), {})
+    job = found.get("job", {})
+    measured = found.get("served_recall@10")
+    speedups = {}
+    for connections in sorted({r.connections for r in results if r.items == items}):
+        exact = _find(results, items, "/invocations", connections, "exact")
+        index = _find(results, items, "/invocations", connections, "index")
+        if exact is not None and index is not None and index.p99_ms > 0:
+            speedups[str(connections)] = {
+                "exact_p99_ms": exact.p99_ms,
+                "index_p99_ms": index.p99_ms,
+                "p99_ratio": round(exact.p99_ms / index.p99_ms, 2),
+                "req_per_s_ratio": round(index.requests_per_second / max(exact.requests_per_second, 1e-9), 2),
+            }
+    return {
+        "target": f"recall@10 >= {least:g} of the indexed server's top 10 against the exact server's, "
+        f"at {items:,} items",
+        "served_recall@10": measured,
+        "job_recall@10": job.get("recall@10"),
+        "search_breadth": job.get("search_breadth"),
+        "build_seconds": job.get("build_seconds"),
+        "index_bytes": job.get("index_bytes"),
+        "against_exact": speedups,
+        "holds": None if measured is None else measured >= least,
+    }
+
+
+def judge_targets(results: Sequence[LoadResult], indexes: dict[str, Any]) -> dict[str, Any]:
     items, connections, minimum = PING_TARGET
     measured = ratio(results, items, connections)
     throughput = {
@@ -523,7 +711,7 @@ def judge_targets(results: Sequence[LoadResult]) -> dict[str, Any]:
     }
     items, judged, limit = P99_TARGET
     latency: dict[str, Any] = {
-        "target": f"/invocations p99 < {limit:g} ms at {items:,} items",
+        "target": f"/invocations p99 < {limit:g} ms at {items:,} items (through its index)",
         "by_connections": {},
     }
     for connections in judged:
@@ -532,7 +720,12 @@ def judge_targets(results: Sequence[LoadResult]) -> dict[str, Any]:
             "p99_ms": None if result is None else result.p99_ms,
             "holds": None if result is None else result.p99_ms < limit,
         }
-    return {"throughput": throughput, "latency": latency, "fresh": judge_fresh(results)}
+    return {
+        "throughput": throughput,
+        "latency": latency,
+        "fresh": judge_fresh(results),
+        "index": judge_index(results, indexes),
+    }
 
 
 def fresh_ratios(results: Sequence[LoadResult], items: int, connections: int) -> tuple[float, float] | None:
@@ -569,21 +762,29 @@ def print_report(results: Sequence[LoadResult], targets: dict[str, Any], header:
     print(header)
     print()
     line = (
-        f"{'items':>9}  {'conns':>5}  {'/ping req/s':>11}  {'p50 ms':>7}  {'p99 ms':>7}  "
+        f"{'items':>9}  {'ranking':>7}  {'conns':>5}  {'/ping req/s':>11}  {'p50 ms':>7}  {'p99 ms':>7}  "
         f"{'/inv req/s':>10}  {'p50 ms':>7}  {'p99 ms':>7}  {'inv/ping':>8}  "
         f"{'fresh req/s':>11}  {'p50 ms':>7}  {'p99 ms':>7}  {'p50 x':>5}  {'p99 x':>5}  {'errors':>6}"
     )
     print(line)
     print("-" * len(line))
-    keys = sorted({(r.items, r.connections) for r in results})
+    keys = sorted({(r.items, r.retrieval, r.connections) for r in results})
     _, judged, _ = P99_TARGET
-    for items, connections in keys:
-        ping = _find(results, items, "/ping", connections)
-        inv = _find(results, items, "/invocations", connections)
-        fresh = _find(results, items, FRESH, connections)
-        measured = ratio(results, items, connections)
-        against = fresh_ratios(results, items, connections)
-        mark = " *" if items == P99_TARGET[0] and connections in judged else ""
+    for items, retrieval, connections in keys:
+        ping = _find(results, items, "/ping", connections, retrieval)
+        inv = _find(results, items, "/invocations", connections, retrieval)
+        fresh = _find(results, items, FRESH, connections, retrieval)
+        served = _find(results, items, "/invocations", connections)
+        judged_row = served is not None and served.retrieval == retrieval
+        measured = (
+            None
+            if ping is None or inv is None or not ping.requests_per_second
+            else (inv.requests_per_second / ping.requests_per_second)
+        )
+        against = None
+        if inv is not None and fresh is not None and inv.p50_ms > 0 and inv.p99_ms > 0:
+            against = (fresh.p50_ms / inv.p50_ms, fresh.p99_ms / inv.p99_ms)
+        mark = " *" if items == P99_TARGET[0] and connections in judged and judged_row else ""
         mark += " +" if (items, connections) == PING_TARGET[:2] else ""
         errors = sum(r.errors for r in (ping, inv, fresh) if r is not None)
         mark += " f" if items == FRESH_TARGET[0] and connections in FRESH_TARGET[1] else ""
@@ -595,7 +796,7 @@ def print_report(results: Sequence[LoadResult], targets: dict[str, Any], header:
 
         times = ("-", "-") if against is None else (f"{against[0]:.2f}", f"{against[1]:.2f}")
         print(
-            f"{items:>9,}  {connections:>5}  {cells(ping, 11)}  {cells(inv, 10)}  "
+            f"{items:>9,}  {retrieval:>7}  {connections:>5}  {cells(ping, 11)}  {cells(inv, 10)}  "
             f"{'-' if measured is None else f'{measured:.2f}':>8}  {cells(fresh, 11)}  "
             f"{times[0]:>5}  {times[1]:>5}  {errors:>6}{mark}"
         )
@@ -621,6 +822,22 @@ def print_report(results: Sequence[LoadResult], targets: dict[str, Any], header:
             f"target: {fresh_target['target']}, judged at {connections} connection(s): "
             f"{_verdict(verdict['holds'])}{shown}"
         )
+    index = targets["index"]
+    if index["served_recall@10"] is not None:
+        size = index["index_bytes"] or 0
+        print(
+            f"index at {INDEX_TARGET[0]:,} items: built by the job in {index['build_seconds']:.1f} s, "
+            f"{size / 2**20:.0f} MiB, search breadth {index['search_breadth']}, recall@10 "
+            f"{index['job_recall@10']:.4f} as the job measured it"
+        )
+        for connections, row in index["against_exact"].items():
+            print(
+                f"  {connections} connection(s): p99 {row['exact_p99_ms']:.1f} ms exact -> "
+                f"{row['index_p99_ms']:.1f} ms indexed ({row['p99_ratio']:.1f}x lower), req/s "
+                f"{row['req_per_s_ratio']:.1f}x"
+            )
+    shown = "" if index["served_recall@10"] is None else f" (measured {index['served_recall@10']:.4f})"
+    print(f"target: {index['target']}: {_verdict(index['holds'])}{shown}")
     latency = targets["latency"]
     for connections, verdict in latency["by_connections"].items():
         p99 = verdict["p99_ms"]
@@ -662,39 +879,81 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     results: list[LoadResult] = []
     servers: dict[str, Any] = {}
+    indexes: dict[str, Any] = {}
     for items in args.catalogues:
-        paths = ensure_artifact(items)
-        server = Server(paths, args.workers, paths.base / "server.log")
-        try:
-            ready_s = server.wait_ready()
-            check_invocation(server.url, items)
-            rss = server_rss_mib(server.process.pid)
-            _progress(
-                f"[{items:,} items] server ready in {ready_s:.1f} s on port {server.port}, RSS {rss:.0f} MiB"
+        served = (
+            ensure_trained_artifact(items)
+            if items >= TRAINED_FROM
+            else Served(ensure_artifact(items), items, NUM_USERS, trained=False)
+        )
+        modes = ["exact"]
+        if served.trained:
+            retrieval = retrieval_of(served.paths.model_dir)
+            _progress(f"[{items:,} items] the job's retrieval: {json.dumps(retrieval)}")
+            if retrieval.get("index_file"):
+                modes.append("index")  # after the exact baseline, on the same artifact
+            indexes[str(items)] = {"job": retrieval}
+        answers: dict[str, list[list[str]]] = {}
+        sample = random.Random(0).sample(range(served.users), min(RECALL_USERS, served.users))
+        for mode in modes:
+            key = f"{items} {mode}" if served.trained else str(items)
+            log_file = (
+                served.paths.base.parent / f"server-{mode}.log"
+                if served.trained
+                else served.paths.base / "server.log"
             )
-            # Warm-up, not recorded: first requests pay for lazy imports, allocator growth, thread pools.
-            measure(server, wrk, items, "/invocations", max(args.concurrency), WARMUP_S, args.wrk_threads)
-            for connections in args.concurrency:
-                for endpoint in ("/ping", "/invocations", FRESH):
-                    result = measure(
-                        server, wrk, items, endpoint, connections, args.duration, args.wrk_threads
-                    )
-                    results.append(result)
-                    _progress(
-                        f"[{items:,} items] {endpoint:<12} c={connections:<3} "
-                        f"{result.requests_per_second:>9,.1f} req/s  p50 {result.p50_ms:7.2f} ms  "
-                        f"p99 {result.p99_ms:7.2f} ms  errors {result.errors}"
-                    )
-            servers[str(items)] = {"ready_seconds": round(ready_s, 2), "rss_mib_after_load": round(rss, 1)}
-        finally:
-            code = server.stop()
-            _progress(f"[{items:,} items] server stopped (exit code {code})")
-            if str(items) in servers:
-                servers[str(items)]["exit_code"] = code
+            server = Server(served.paths, args.workers, log_file, exact=served.trained and mode == "exact")
+            try:
+                ready_s = server.wait_ready()
+                check_invocation(server.url, items)
+                rss = server_rss_mib(server.process.pid)
+                _progress(
+                    f"[{items:,} items, {mode}] server ready in {ready_s:.1f} s on port {server.port}, "
+                    f"RSS {rss:.0f} MiB"
+                )
+                if served.trained:
+                    answers[mode] = top_items(server.url, sample)
+                # Warm-up, not recorded: first requests pay for lazy imports, allocator growth, thread pools.
+                measure(
+                    server,
+                    wrk,
+                    served,
+                    "/invocations",
+                    max(args.concurrency),
+                    WARMUP_S,
+                    args.wrk_threads,
+                    mode,
+                )
+                for connections in args.concurrency:
+                    for endpoint in ("/ping", "/invocations", FRESH):
+                        result = measure(
+                            server, wrk, served, endpoint, connections, args.duration, args.wrk_threads, mode
+                        )
+                        results.append(result)
+                        _progress(
+                            f"[{items:,} items, {mode}] {endpoint:<12} c={connections:<3} "
+                            f"{result.requests_per_second:>9,.1f} req/s  p50 {result.p50_ms:7.2f} ms  "
+                            f"p99 {result.p99_ms:7.2f} ms  errors {result.errors}"
+                        )
+                servers[key] = {"ready_seconds": round(ready_s, 2), "rss_mib_after_load": round(rss, 1)}
+            finally:
+                code = server.stop()
+                _progress(f"[{items:,} items, {mode}] server stopped (exit code {code})")
+                if key in servers:
+                    servers[key]["exit_code"] = code
+        if "index" in answers:
+            measured = recall_against(answers["index"], answers["exact"])
+            indexes[str(items)]["served_recall@10"] = round(measured, 4)
+            indexes[str(items)]["recall_users"] = len(sample)
+            _progress(
+                f"[{items:,} items] recall@10 of the indexed server against the exact one: {measured:.4f}"
+            )
 
-    targets = judge_targets(results)
+    targets = judge_targets(results, indexes)
     header = (
-        f"Serving benchmark: GMF (D={EMBEDDING_DIM}, {NUM_USERS:,} users, time and device context), "
+        f"Serving benchmark: GMF (D={EMBEDDING_DIM}, time and device context; {NUM_USERS:,} users "
+        f"and random weights under {TRAINED_FROM:,} items, a trained model of {TRAINED_USERS:,} users "
+        f"from there), "
         f"top-{K} for a random known user, plain or with {FRESH_EVENTS} fresh events and a context, "
         f"one instance per request; {tool} over {HOST} keep-alive, {args.duration:g} s per cell; "
         f"{workers} worker(s){' (default)' if args.workers is None else ''} on {cpu_count} CPU(s), "
@@ -721,6 +980,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for items, connections in sorted({(r.items, r.connections) for r in results})
             for value in [ratio(results, items, connections)]
         },
+        "indexes": indexes,
         "targets": targets,
     }
     RESULTS_FILE.write_text(json.dumps(report, indent=1))
