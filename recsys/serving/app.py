@@ -310,7 +310,13 @@ class InvocationsEndpoint:
         if scope["type"] != "http" or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
-        if scope["path"] != "/invocations":  # a multi-model /models/<name>/invoke among them
+        if scope["path"] == "/invocations":
+            status, headers, payload = await respond(self.app, scope, receive)
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": payload})
+            sent = len(payload)
+            del payload  # the request's last large buffer: everything it made is freed by now
+        else:  # a multi-model /models/<name>/invoke among them
             sent = 0
 
             async def counted(message: Message) -> None:
@@ -319,14 +325,7 @@ class InvocationsEndpoint:
                 await send(message)
 
             await self.app(scope, receive, counted)
-            if sent >= LARGE_REQUEST_BYTES or _declared_length(scope) >= LARGE_REQUEST_BYTES:
-                self._release_memory()
-            return
-        status, headers, payload = await respond(self.app, scope, receive)
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": payload})
-        if len(payload) >= LARGE_REQUEST_BYTES or _declared_length(scope) >= LARGE_REQUEST_BYTES:
-            del payload  # the request's last large buffer: everything it made is freed by now
+        if sent >= LARGE_REQUEST_BYTES or _declared_length(scope) >= LARGE_REQUEST_BYTES:
             self._release_memory()
 
     def _release_memory(self) -> None:

@@ -725,10 +725,10 @@ class Recommender:
             sent[r] = len(row_ids)
             if row_types.count(None) != len(row_types):
                 typed[r] = list(entries)
-        found = self.artifact.items.lookup(ids)
-        new_row = np.repeat(np.arange(count), sent)
-        new_times = np.array(stamps, dtype=np.float64)  # None (not given) -> NaN
-        new_events = np.zeros(len(ids), np.int64)
+        found: np.ndarray = self.artifact.items.lookup(ids)
+        new_row: np.ndarray = np.repeat(np.arange(count), sent)
+        new_times: np.ndarray = np.array(stamps, dtype=np.float64)  # None (not given) -> NaN
+        new_events: np.ndarray = np.zeros(len(ids), np.int64)
         if typed:
             sent_end = np.cumsum(sent)
             for r, typed_entries in typed.items():
@@ -738,10 +738,7 @@ class Recommender:
             for position in np.flatnonzero(~known_new):
                 unknown[rows[int(new_row[position])]].append(ids[position])
             found, new_times, new_events, new_row = (
-                found[known_new],
-                new_times[known_new],
-                new_events[known_new],
-                new_row[known_new],
+                a[known_new] for a in (found, new_times, new_events, new_row)
             )
         new_counts = np.bincount(new_row, minlength=count)
         new_end = np.cumsum(new_counts)
@@ -801,13 +798,7 @@ class Recommender:
         elif count > 1:  # rows of stored events, then rows of fresh ones: grouped by row
             order = np.argsort(row_of, kind="stable")
         if order is not None:
-            row_of, items, times, events, fresh = (
-                row_of[order],
-                items[order],
-                times[order],
-                events[order],
-                fresh[order],
-            )
+            row_of, items, times, events, fresh = (a[order] for a in (row_of, items, times, events, fresh))
 
         lengths = np.bincount(row_of, minlength=count)
         end = np.cumsum(lengths)
