@@ -123,7 +123,7 @@ def _config(batch_size: int | None = None, loss: str | None = None) -> Any:
 
 
 def _prepare(data_dir: Path, config: Any) -> Any:
-    from recsys.training.job import Channels, prepare_data
+    from recsys.data.prepared import Channels, prepare_data
 
     channels = Channels(train=data_dir / "train", items=data_dir / "items", users=data_dir / "users")
     return prepare_data(channels, config)
@@ -139,9 +139,9 @@ def child_train(
     """
     import torch
 
-    from recsys.training.batches import DeviceInteractions
-    from recsys.training.job import build_model_config, fit_settings, new_model
-    from recsys.training.loop import fit
+    from recsys.data.device import DeviceInteractions
+    from recsys.training.loop import RunContext, fit
+    from recsys.training.setup import build_model, fit_settings
     from recsys.training.stop import StopRequest, TrainingInterrupted
 
     baseline = _peak_rss_bytes()
@@ -166,14 +166,14 @@ def child_train(
     settings = replace(fit_settings(config, num_items=len(data.items), device=device), epochs=1)
     loss = settings.loss
     train = DeviceInteractions.from_indexed(data.interactions, device)
-    model = new_model(build_model_config(config, data), data, config.seed, device)
+    model = build_model(config, data, device)
     out.update({"loss": loss, "batch_size": config.batch_size})
     stop = StopRequest()
     timer = threading.Timer(epoch_limit, stop.request, args=("the benchmark's epoch limit",))
     timer.start()
     started = time.perf_counter()
     try:
-        result = fit(model, train, None, settings, device=device, epochs=1, stop=stop)
+        result = fit(model, train, None, settings, device=device, epochs=1, run=RunContext(stop=stop))
         record = result.records[-1]
         out.update(
             {
@@ -206,12 +206,12 @@ def child_build_artifact(data_dir: Path, model_dir: Path) -> dict[str, Any]:
     """A job's artifact for the catalogue in ``data_dir``: real vocabularies, attributes, history."""
     import torch
 
-    from recsys.training.artifact import save_artifact
-    from recsys.training.job import build_artifact, build_model_config, new_model
+    from recsys.artifact import build_artifact, save_artifact
+    from recsys.training.setup import build_model
 
     config = _config(None)
     data = _prepare(data_dir, config)
-    model = new_model(build_model_config(config, data), data, config.seed, torch.device("cpu")).eval()
+    model = build_model(config, data, torch.device("cpu")).eval()
     artifact = build_artifact(model, data, config, {"benchmark": "scale", "trained": False})
     started = time.perf_counter()
     save_artifact(artifact, model_dir)
@@ -228,8 +228,8 @@ def child_load_artifact(model_dir: Path) -> dict[str, Any]:
     """Load the artifact as a serving worker does, then answer one known-user request."""
     import torch
 
+    from recsys.artifact import load_artifact
     from recsys.serving.engine import Query, Recommender
-    from recsys.training.artifact import load_artifact
 
     baseline = _peak_rss_bytes()
     started = time.perf_counter()

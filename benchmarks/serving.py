@@ -80,6 +80,7 @@ import pyarrow as pa
 import pyarrow.compute
 import torch
 
+from recsys.artifact import MANIFEST, Artifact, save_artifact
 from recsys.data.context import RowEncoding
 from recsys.data.features import FeatureEncoding, empty_arrays
 from recsys.data.vocab import Vocabulary
@@ -92,7 +93,6 @@ from recsys.sagemaker.contract import (
     ContainerPaths,
     default_workers,
 )
-from recsys.training.artifact import MANIFEST, Artifact, save_artifact
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CACHE = REPO_ROOT / "benchmarks" / ".cache"

@@ -57,9 +57,9 @@ from typing import Any
 import numpy as np
 
 from benchmarks.serving import CACHE, HOST, REPO_ROOT, Server, _progress, _read_response
+from recsys.artifact import MANIFEST
 from recsys.data.synthetic import SyntheticSpec, generate, write_channels
 from recsys.sagemaker.contract import ContainerPaths, default_workers
-from recsys.training.artifact import MANIFEST
 
 RUN_DIR = CACHE / "soak"
 RESULTS_FILE = CACHE / "soak.json"

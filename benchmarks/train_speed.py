@@ -17,9 +17,9 @@ import time
 import numpy as np
 import torch
 
+from recsys.data.device import DeviceInteractions
 from recsys.data.interactions import IndexedInteractions
 from recsys.models.ncf import NCF, ModelConfig
-from recsys.training.batches import DeviceInteractions
 from recsys.training.loop import FitSettings, fit
 
 
@@ -61,7 +61,6 @@ def measure(
         weight_decay=0.0,
         loss=loss,  # type: ignore[arg-type]
         num_negatives=64,
-        history_length=50,
         user_id_dropout=0.2,
         patience=5,
         amp=amp,

@@ -360,7 +360,7 @@ def train_locally(spec: TrainingSpec, root: Path, docker: DockerCli, echo: Echo)
     exits 0 without training.
     """
     # The artifact module owns the manifest's name; imported here, as it loads torch.
-    from recsys.training.artifact import MANIFEST
+    from recsys.artifact import MANIFEST
 
     for name, source in spec.channels.items():
         if not Path(source).is_dir():

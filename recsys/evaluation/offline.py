@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import torch
 
+from recsys.artifact import load_artifact
 from recsys.config import resolve_train_config
-from recsys.data.features import multi_hot
+from recsys.data.device import DeviceInteractions, resolve_device
 from recsys.data.interactions import (
     IndexedInteractions,
     InteractionColumns,
@@ -19,12 +19,16 @@ from recsys.data.interactions import (
 )
 from recsys.data.io import read_path
 from recsys.errors import DataError
-from recsys.evaluation.protocols import drop_repeats
+from recsys.evaluation.evaluate import (
+    ItemStatistics,
+    build_evaluation_report,
+    evaluate_model,
+    report_details,
+    write_evaluation_report,
+)
+from recsys.evaluation.held_out import held_out_tensors
+from recsys.evaluation.protocols import cutoffs, drop_repeats
 from recsys.evaluation.summary import verdict
-from recsys.training.artifact import load_artifact
-from recsys.training.batches import DeviceInteractions
-from recsys.training.job import evaluate_model, held_out_tensors, resolve_device
-from recsys.training.report import build_evaluation_report, report_details, write_evaluation_report
 
 logger = logging.getLogger(__name__)
 
@@ -91,17 +95,23 @@ def evaluate_saved_model(
             )
         held = fresh
     model = artifact.build_model(device)
-    features = multi_hot(artifact.item_encoding, artifact.item_arrays)
     train = DeviceInteractions.from_indexed(seen, device)
     evaluation = evaluate_model(
         model,
         train,
         held_out_tensors(held, device),
-        config,
-        item_popularity=torch.from_numpy(artifact.item_popularity / max(num_users, 1)).float().to(device),
-        item_counts=torch.from_numpy(artifact.item_popularity).to(device),
-        item_features=torch.from_numpy(features).to(device) if features is not None else None,
-        device=device,
+        ItemStatistics.build(
+            artifact.item_popularity,
+            num_users=num_users,
+            encoding=artifact.item_encoding,
+            arrays=artifact.item_arrays,
+            device=device,
+        ),
+        ks=cutoffs(config.eval_k),
+        k=config.eval_k,
+        history_length=model.config.history_length,
+        sampled_negatives=config.sampled_eval_negatives,
+        seed=config.seed,
     )
     if not evaluation.comparison.clearly_better:
         warnings.append(verdict(evaluation.comparison))

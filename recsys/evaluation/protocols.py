@@ -17,10 +17,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from recsys.data.device import DeviceInteractions, HeldOut, history_extras, segment_positions
 from recsys.data.interactions import IndexedInteractions, subset
 from recsys.evaluation import metrics
-from recsys.models.ncf import NCF, UserState
-from recsys.training.batches import DeviceInteractions, user_inputs
+from recsys.models.ncf import NCF, UserExtras, UserState
 
 ACCURACY_METRICS: dict[str, Callable[[Tensor, Tensor, int], Tensor]] = {
     "hr": metrics.hit_rate_at_k,
@@ -32,28 +32,17 @@ ACCURACY_METRICS: dict[str, Callable[[Tensor, Tensor, int], Tensor]] = {
 }
 
 
-@dataclass(frozen=True)
-class HeldOut:
-    """Each user's held-out items as CSR over all users (most users may have none)."""
-
-    indptr: Tensor  # [U+1]
-    items: Tensor  # [R]
-    # The moment each user is asked about (their first held-out event): context codes and numbers.
-    context: Tensor | None = None  # [U, C]
-    context_numeric: Tensor | None = None  # [U, Cn]
-
-    @property
-    def counts(self) -> Tensor:
-        return self.indptr[1:] - self.indptr[:-1]
-
-
-def segment_positions(indptr: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:
-    """Flat positions of the CSR segments of ``rows``: (row number in ``rows``, flat position)."""
-    starts, counts = indptr[rows], indptr[rows + 1] - indptr[rows]
-    owner = torch.repeat_interleave(torch.arange(rows.shape[0], device=rows.device), counts)
-    first = torch.cumsum(counts, 0) - counts
-    offset = torch.arange(owner.shape[0], device=rows.device) - first[owner]
-    return owner, starts[owner] + offset
+def user_inputs(
+    data: DeviceInteractions,
+    users: Tensor,
+    length: int,
+    *,
+    context: Tensor | None = None,
+    context_numeric: Tensor | None = None,
+) -> tuple[Tensor, Tensor, UserExtras]:
+    """Known users' latest ``length`` events with their gaps and types, and the given context."""
+    history, mask, gaps, events = history_extras(data, data.indptr[users], data.indptr[users + 1], length)
+    return history, mask, UserExtras(gaps, events, context, context_numeric)
 
 
 @torch.no_grad()
@@ -130,6 +119,12 @@ def popular_top_k(
         return order.expand(chunk.shape[0], num_items).clone()
 
     return _masked_top_k(score, train, users, k, batch_size)
+
+
+def cutoffs(k: int) -> tuple[int, ...]:
+    """The cut-offs every evaluation reports: 10 (what early stopping and the baseline comparison
+    read) and the job's own ``k``."""
+    return tuple(sorted({10, k}))
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from recsys.data.context import NUM_GAP_CODES
+from recsys.data.features import FeatureArrays
 
 
 @dataclass(frozen=True)
@@ -624,16 +625,44 @@ class NCF(nn.Module):
             mlp = self.mlp_user_in(self.mlp_encoder.windows(batch))
         return UserState(gmf, mlp)
 
-    def load_attributes(
-        self, item: tuple[list[Tensor], Tensor] | None, user: tuple[list[Tensor], Tensor] | None
-    ) -> None:
-        """Copy attribute tables (categorical codes per column, numeric) into every tower."""
+    def load_attributes(self, item: FeatureArrays | None, user: FeatureArrays | None) -> None:
+        """Copy the encoded attributes of every item and user (row i for index i) into every tower."""
         for encoder in (self.gmf_encoder, self.mlp_encoder):
             if encoder is None:
                 continue
             for tower, arrays in ((encoder.item_attributes, item), (encoder.user_attributes, user)):
                 if tower is not None and arrays is not None:
-                    tower.load_arrays(*arrays)
+                    tower.load_arrays(
+                        [torch.from_numpy(codes) for codes in arrays.categorical],
+                        torch.from_numpy(arrays.numeric),
+                    )
+
+    @torch.no_grad()
+    def fuse_pretrained(self, gmf: NCF, mlp: NCF) -> None:
+        """Start this NeuMF from a trained GMF and a trained MLP of the same sizes (the NCF paper's
+        pretraining): each tower takes its model's weights, and the output layers and item biases
+        are each half of theirs (the paper's alpha = 0.5)."""
+        if self.config.kind != "neumf" or gmf.config.kind != "gmf" or mlp.config.kind != "mlp":
+            raise ValueError(
+                f"fuse_pretrained fuses a gmf and an mlp into a neumf, not {gmf.config.kind} and "
+                f"{mlp.config.kind} into {self.config.kind}"
+            )
+        pairs: list[tuple[nn.Module | None, nn.Module | None]] = [
+            (self.gmf_encoder, gmf.gmf_encoder),
+            (self.mlp_encoder, mlp.mlp_encoder),
+            (self.mlp_user_in, mlp.mlp_user_in),
+            (self.mlp_item_in, mlp.mlp_item_in),
+            (self.mlp_hidden, mlp.mlp_hidden),
+        ]
+        for mine, theirs in pairs:
+            if mine is None or theirs is None:
+                raise ValueError("fuse_pretrained: a tower is missing from one of the models")
+            mine.load_state_dict(theirs.state_dict())
+        if self.gmf_out is None or gmf.gmf_out is None or self.mlp_out is None or mlp.mlp_out is None:
+            raise ValueError("fuse_pretrained: an output layer is missing from one of the models")
+        self.gmf_out.copy_(0.5 * gmf.gmf_out)
+        self.mlp_out.weight.copy_(0.5 * mlp.mlp_out.weight)
+        self.item_bias.weight.copy_(0.5 * (gmf.item_bias.weight + mlp.item_bias.weight))
 
     def encode_items(self, items: Tensor) -> ItemState:
         gmf = mlp = None

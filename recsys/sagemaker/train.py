@@ -25,6 +25,7 @@ from types import FrameType
 
 from recsys.config import resolve_train_config
 from recsys.errors import UserError
+from recsys.files import NEARLY_FULL_BYTES, DiskFullError, disk_full_filename, free_bytes, is_disk_full
 from recsys.sagemaker.contract import (
     CHANNEL_ITEMS,
     CHANNEL_TRAIN,
@@ -37,13 +38,6 @@ from recsys.sagemaker.contract import (
     write_failure,
     write_failure_text,
     write_success,
-)
-from recsys.training.disk import (
-    NEARLY_FULL_BYTES,
-    DiskFullError,
-    disk_full_filename,
-    free_bytes,
-    is_disk_full,
 )
 from recsys.training.stop import StopRequest, TrainingInterrupted
 
@@ -119,9 +113,11 @@ def train(paths: ContainerPaths, environ: Mapping[str, str] | None = None) -> in
         # Imported here so that the CLI's --help does not pay for torch.
         import torch
 
+        from recsys.data.device import resolve_device
+        from recsys.data.prepared import Channels
         from recsys.sagemaker.launch import launch, plan_launch
         from recsys.training.distributed import DistContext, destroy_process_group, init_process_group
-        from recsys.training.job import Channels, Resilience, resolve_device, run_training
+        from recsys.training.job import Resilience, run_training
 
         contract = read_training_contract(paths)
         config = resolve_train_config(contract.hyperparameters)

@@ -24,6 +24,7 @@ import pyarrow as pa
 import torch
 from torch import Tensor
 
+from recsys.artifact import Artifact, load_artifact
 from recsys.data.context import (
     RowEncoding,
     epoch_seconds,
@@ -33,13 +34,11 @@ from recsys.data.context import (
     standardise,
     weekday_codes,
 )
+from recsys.data.device import history_positions, segment_positions
 from recsys.data.features import encode_values
 from recsys.errors import UserError
-from recsys.evaluation.protocols import segment_positions
 from recsys.models.ncf import NCF, AttributeValues, ItemState, UserExtras, UserState
 from recsys.models.retrieval import MAX_FETCH, OVERFETCH, ItemIndex, query_vectors, score_fetched
-from recsys.training.artifact import Artifact, load_artifact
-from recsys.training.batches import history_positions
 
 logger = logging.getLogger(__name__)
 

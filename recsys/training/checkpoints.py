@@ -29,8 +29,7 @@ from typing import Any
 
 import torch
 
-from recsys.training.artifact import sha256_file
-from recsys.training.disk import DiskFullError, disk_full_error
+from recsys.files import DiskFullError, disk_full_error, sha256_file
 from recsys.training.distributed import DistContext, broadcast_object
 from recsys.training.stop import StopRequest, TrainingInterrupted
 

@@ -25,16 +25,10 @@ import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from recsys.evaluation.protocols import HeldOut, full_ranking
+from recsys.data.device import DeviceInteractions, HeldOut
+from recsys.evaluation.protocols import cutoffs, full_ranking
 from recsys.models.ncf import NCF, SequenceBatch
-from recsys.training.batches import (
-    Batch,
-    DeviceInteractions,
-    epoch_order,
-    iterate_batches,
-    iterate_windows,
-    sequence_windows,
-)
+from recsys.training.batches import Batch, epoch_order, iterate_batches, iterate_windows, sequence_windows
 from recsys.training.checkpoints import DONE, Checkpointer, StopRequest, TrainingInterrupted
 from recsys.training.distributed import (
     SINGLE_PROCESS,
@@ -64,12 +58,20 @@ class FitSettings:
     weight_decay: float
     loss: LossKind
     num_negatives: int
-    history_length: int
     user_id_dropout: float
     patience: int
     amp: bool
     seed: int
     eval_k: int
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What every ``fit`` of one job shares: its processes, where checkpoints go, what asks it to stop."""
+
+    ctx: DistContext = SINGLE_PROCESS
+    checkpointer: Checkpointer | None = None
+    stop: StopRequest | None = None
 
 
 @dataclass
@@ -196,15 +198,16 @@ def fit(
     epochs: int | None = None,
     prefix: str = "epoch",
     on_epoch: Callable[[EpochRecord], None] | None = None,
-    ctx: DistContext = SINGLE_PROCESS,
-    checkpointer: Checkpointer | None = None,
-    stop: StopRequest | None = None,
+    run: RunContext = RunContext(),
 ) -> FitResult:
     """Train ``model`` in place. With ``validation``, stop early on its NDCG@10 and return the best
     state; without, run exactly ``epochs`` (default ``settings.epochs``) and return the last.
 
-    With a ``checkpointer``, resume from this phase's (``prefix``) newest valid checkpoint and save
-    new ones; with a ``stop`` request set (SIGTERM), save one and raise ``TrainingInterrupted``."""
+    ``run`` says how many processes train (each on its shard); with its ``checkpointer``, resume from
+    this phase's (``prefix``) newest valid checkpoint and save new ones; with its ``stop`` request
+    set (SIGTERM), save one and raise ``TrainingInterrupted``. The history length is the model's."""
+    ctx, checkpointer, stop = run.ctx, run.checkpointer, run.stop
+    history_length = model.config.history_length
     num_epochs = epochs if epochs is not None else settings.epochs
     per_rank_batch = math.ceil(settings.batch_size / ctx.world_size)
     # The shuffle is the same on every rank (each takes its own shard of it); negatives, id
@@ -235,10 +238,10 @@ def fit(
             objective, device_ids=[device.index] if device.type == "cuda" else None
         )
     use_amp = settings.amp and device.type == "cuda"
-    ks = tuple(sorted({10, settings.eval_k}))
+    ks = cutoffs(settings.eval_k)
     targets = train.target_positions()
     windows = (
-        sequence_windows(train, settings.history_length)
+        sequence_windows(train, history_length)
         if model.config.use_history and model.config.history_encoder == "attention"
         else None
     )
@@ -265,14 +268,14 @@ def fit(
         if windows is not None:
             # Attention models: every event of a window is a target, in one forward pass.
             positions = shard(epoch_order(windows.count, order_generator), ctx)
-            per_step = max(1, per_rank_batch // (settings.history_length + 1))
+            per_step = max(1, per_rank_batch // (history_length + 1))
             num_steps = math.ceil(positions.shape[0] / per_step)
             batches = iterate_windows(
                 train,
                 windows,
                 positions[state.step * per_step :],
                 windows_per_step=per_step,
-                history_length=settings.history_length,
+                history_length=history_length,
                 user_id_dropout=settings.user_id_dropout,
                 generator=sample_generator,
             )
@@ -284,7 +287,7 @@ def fit(
                 train,
                 positions[state.step * per_rank_batch :],
                 batch_size=per_rank_batch,
-                history_length=settings.history_length,
+                history_length=history_length,
                 user_id_dropout=settings.user_id_dropout,
                 generator=sample_generator,
             )
@@ -334,7 +337,7 @@ def fit(
         if validation is not None:
             model.eval()
             record.validation = _validate(
-                model, train, validation, ks, history_length=settings.history_length, ctx=ctx
+                model, train, validation, ks, history_length=history_length, ctx=ctx
             )
         state.records.append(record)
         if ctx.is_main:

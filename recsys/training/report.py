@@ -1,26 +1,17 @@
-"""The evaluation report under ``output/data``: metrics JSON, learning curves as JSON and PNG, and
-the page a person reads (``report.html`` with the ``report.json`` behind it)."""
+"""A training job's outputs under ``output/data``: metrics JSON, learning curves as JSON and PNG, and
+the evaluation report (``recsys.evaluation.evaluate``) with the same learning-curves chart in it."""
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import numpy as np
-import torch
-
-from recsys.evaluation.report import ReportInputs, build_report, draw_charts, write_report_files
-from recsys.training.batches import DeviceInteractions
+from recsys.evaluation.evaluate import write_evaluation_report
 from recsys.training.loop import EpochRecord
-
-if TYPE_CHECKING:
-    from recsys.config import TrainConfig
-    from recsys.models.ncf import ModelConfig
-    from recsys.training.job import Evaluation
 
 logger = logging.getLogger(__name__)
 
@@ -49,74 +40,6 @@ def write_report(
     # The page embeds the very PNG written beside it: drawn once, identical in both places.
     curves_png = (directory / LEARNING_CURVES_PNG).read_bytes()
     write_evaluation_report(directory, evaluation_report, learning_curves_png=curves_png)
-
-
-def write_evaluation_report(
-    directory: Path, report: Mapping[str, Any], *, learning_curves_png: bytes = b""
-) -> Path:
-    """report.json and report.html (charts drawn from ``report``) in ``directory``; the HTML's path."""
-    charts = draw_charts(report)
-    if learning_curves_png:
-        charts["learning_curves"] = learning_curves_png
-    _, html_path = write_report_files(directory, report, charts)
-    logger.info("evaluation report: %s", html_path)
-    return html_path
-
-
-def report_details(
-    config: TrainConfig, model_config: ModelConfig, *, device: torch.device, num_training_users: int
-) -> dict[str, Any]:
-    """The lines under the report's summary that say what was evaluated."""
-    return {
-        "model": f"{model_config.kind} (embedding_dim {model_config.embedding_dim})",
-        "user representation": config.user_representation,
-        "loss": config.resolved_loss(model_config.num_items, on_gpu=device.type == "cuda"),
-        "training users": num_training_users,
-        "device": str(device),
-    }
-
-
-def build_evaluation_report(
-    evaluation: Evaluation,
-    train: DeviceInteractions,
-    item_counts: np.ndarray,
-    *,
-    title: str,
-    source: str,
-    details: Mapping[str, Any],
-    notes: Sequence[str] = (),
-    records: Sequence[EpochRecord] = (),
-    refit_records: Sequence[EpochRecord] = (),
-    best_epoch: int | None = None,
-) -> dict[str, Any]:
-    """The ``build_report`` dict of ``evaluation``: its per-user values and lists brought to the host,
-    each evaluated user's training-history length from ``train``, item popularity ``item_counts`` [N]."""
-
-    def host(values: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
-        return {name: v.detach().cpu().numpy() for name, v in values.items()}
-
-    history = (train.indptr[1:] - train.indptr[:-1])[evaluation.users]
-    inputs = ReportInputs(
-        title=title,
-        source=source,
-        ks=evaluation.ks,
-        k=evaluation.k,
-        model_metrics=evaluation.metrics,
-        baseline_metrics=evaluation.most_popular,
-        comparison=evaluation.to_json()["vs_most_popular"],
-        model_values=host(evaluation.model_ranking.values),
-        baseline_values=host(evaluation.popular_ranking.values),
-        history_lengths=history.cpu().numpy(),
-        item_counts=np.asarray(item_counts),
-        model_top=evaluation.model_ranking.top_items.cpu().numpy(),
-        baseline_top=evaluation.popular_ranking.top_items.cpu().numpy(),
-        epochs=[asdict(r) for r in records],
-        refit_epochs=[asdict(r) for r in refit_records],
-        best_epoch=best_epoch,
-        details=details,
-        notes=notes,
-    )
-    return build_report(inputs)
 
 
 def plot_learning_curves(

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from recsys.data.device import DeviceInteractions, HeldOut, segment_positions
 from recsys.data.interactions import IndexedInteractions
 from recsys.evaluation.protocols import (
-    HeldOut,
     beyond_accuracy,
     compare_rankings,
     drop_repeats,
@@ -19,10 +19,8 @@ from recsys.evaluation.protocols import (
     popular_top_k,
     rank_top_k,
     sampled_ranking,
-    segment_positions,
 )
 from recsys.models.ncf import NCF, ModelConfig
-from recsys.training.batches import DeviceInteractions
 
 CPU = torch.device("cpu")
 

@@ -15,13 +15,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from recsys.data.device import DeviceInteractions, HeldOut
 from recsys.data.interactions import split_last_out
 from recsys.data.synthetic import SyntheticSpec, generate
-from recsys.evaluation.protocols import HeldOut
-from recsys.training.batches import DeviceInteractions
 from recsys.training.checkpoints import Checkpointer, TrainingInterrupted
 from recsys.training.distributed import SINGLE_PROCESS
-from recsys.training.loop import fit
+from recsys.training.loop import RunContext, fit
 from tests.conftest import build_tree
 from tests.training.test_checkpoints import StopOnPoll
 from tests.training.test_loop import _data, _model, _settings
@@ -45,10 +44,12 @@ def _run(
         HeldOut(torch.from_numpy(held.indptr).to(CUDA), torch.from_numpy(held.items).to(CUDA)),
         _settings(epochs=3, patience=10, amp=False),
         device=CUDA,
-        checkpointer=Checkpointer(directory, ctx=SINGLE_PROCESS, identity="gpu", interval_steps=2)
-        if directory is not None
-        else None,
-        stop=stop,
+        run=RunContext(
+            checkpointer=Checkpointer(directory, ctx=SINGLE_PROCESS, identity="gpu", interval_steps=2)
+            if directory is not None
+            else None,
+            stop=stop,
+        ),
     )
     return [r.validation["ndcg@10"] for r in result.records], model.state_dict()
 

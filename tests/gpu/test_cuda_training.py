@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
+from recsys.data.device import DeviceInteractions, HeldOut, user_histories
 from recsys.data.interactions import IndexedInteractions, split_last_out
-from recsys.evaluation.protocols import HeldOut, full_ranking
+from recsys.evaluation.protocols import full_ranking
 from recsys.models.ncf import NCF, ModelConfig
-from recsys.training.batches import DeviceInteractions, user_histories
 from recsys.training.loop import FitSettings, fit
 
 pytestmark = [
@@ -37,7 +37,6 @@ def _settings(loss: str, amp: bool) -> FitSettings:
         weight_decay=0.0,
         loss=loss,  # type: ignore[arg-type]
         num_negatives=16,
-        history_length=10,
         user_id_dropout=0.1,
         patience=5,
         amp=amp,

@@ -23,8 +23,8 @@ from typing import Any
 
 import pytest
 
+from recsys.artifact import load_artifact, verify_artifact
 from recsys.data.synthetic import SyntheticData, SyntheticSpec, generate
-from recsys.training.artifact import load_artifact, verify_artifact
 
 pytestmark = pytest.mark.slow
 

@@ -15,11 +15,11 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
+from recsys.artifact import load_artifact
 from recsys.data.io import write_table
 from recsys.data.synthetic import SyntheticData, SyntheticSpec, generate
 from recsys.sagemaker.contract import ContainerPaths
 from recsys.sagemaker.train import train
-from recsys.training.artifact import load_artifact
 
 SPEC = SyntheticSpec(num_users=40, num_items=20, mean_interactions_per_user=8, seed=5)
 ONE_EPOCH = {
@@ -41,7 +41,7 @@ def no_plot(monkeypatch: pytest.MonkeyPatch) -> None:
         path.touch()
 
     monkeypatch.setattr("recsys.training.report.plot_learning_curves", touch)
-    monkeypatch.setattr("recsys.training.report.draw_charts", lambda report: {})
+    monkeypatch.setattr("recsys.evaluation.evaluate.draw_charts", lambda report: {})
 
 
 def _number(ids: pd.Series) -> pd.Series:

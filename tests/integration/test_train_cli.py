@@ -19,10 +19,10 @@ from typing import Any
 import pandas as pd
 import pytest
 
+from recsys.artifact import load_artifact
 from recsys.data.io import write_table
 from recsys.data.synthetic import SyntheticData
 from recsys.sagemaker.metric_definitions import METRIC_DEFINITIONS
-from recsys.training.artifact import load_artifact
 
 pytestmark = pytest.mark.slow
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from recsys.data.features import FeatureArrays
 from recsys.models.ncf import NCF, FeatureSpec, ModelConfig
 
 NUM_USERS, NUM_ITEMS, DIM, LENGTH = 5, 7, 8, 4
@@ -36,17 +37,13 @@ def _model(config: ModelConfig, seed: int = 0) -> NCF:
     """A model in eval mode with random attribute codes loaded into its towers."""
     torch.manual_seed(seed)
     model = NCF(config)
-    for encoder in (model.gmf_encoder, model.mlp_encoder):
-        if encoder is None:
-            continue
-        for tower, spec in (
-            (encoder.item_attributes, ITEM_FEATURES),
-            (encoder.user_attributes, USER_FEATURES),
-        ):
-            if tower is None:
-                continue
-            codes = [torch.randint(card, (spec.num_rows, width)) for card, width in spec.categorical]
-            tower.load_arrays(codes, torch.randn(spec.num_rows, spec.num_numeric))
+
+    def random_arrays(spec: FeatureSpec) -> FeatureArrays:
+        codes = tuple(torch.randint(card, (spec.num_rows, width)).numpy() for card, width in spec.categorical)
+        numeric = torch.randn(spec.num_rows, spec.num_numeric).numpy()
+        return FeatureArrays(codes, numeric, numeric.astype("float64"))
+
+    model.load_attributes(random_arrays(ITEM_FEATURES), random_arrays(USER_FEATURES))
     # Non-zero item biases, so a path that forgets the bias shows up.
     torch.nn.init.normal_(model.item_bias.weight)
     return model.eval()
@@ -205,3 +202,28 @@ def test_state_dict_and_config_rebuild_an_identical_model(kind: str, tmp_path: P
     candidates = torch.arange(NUM_ITEMS).repeat(3, 1)
     with torch.no_grad():
         assert torch.equal(model(users, hist, mask, candidates), rebuilt(users, hist, mask, candidates))
+
+
+def test_fuse_pretrained_takes_each_towers_weights_and_half_of_each_output() -> None:
+    gmf, mlp = _model(_config("gmf"), seed=1), _model(_config("mlp"), seed=2)
+    neumf = _model(_config("neumf"), seed=3)
+
+    neumf.fuse_pretrained(gmf, mlp)
+
+    fused = neumf.state_dict()
+    for name, tensor in gmf.state_dict().items():
+        if name.startswith("gmf_encoder."):
+            assert torch.equal(fused[name], tensor), name
+    for name, tensor in mlp.state_dict().items():
+        if name.startswith(("mlp_encoder.", "mlp_user_in.", "mlp_item_in.", "mlp_hidden.")):
+            assert torch.equal(fused[name], tensor), name
+    assert torch.equal(fused["gmf_out"], 0.5 * gmf.state_dict()["gmf_out"])
+    assert torch.equal(fused["mlp_out.weight"], 0.5 * mlp.state_dict()["mlp_out.weight"])
+    expected_bias = 0.5 * (gmf.state_dict()["item_bias.weight"] + mlp.state_dict()["item_bias.weight"])
+    assert torch.allclose(fused["item_bias.weight"], expected_bias)
+
+
+def test_fuse_pretrained_refuses_models_of_the_wrong_kinds() -> None:
+    gmf, neumf = _model(_config("gmf")), _model(_config("neumf"))
+    with pytest.raises(ValueError, match="fuses a gmf and an mlp into a neumf"):
+        neumf.fuse_pretrained(gmf, gmf)

@@ -15,11 +15,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from recsys.artifact import ArtifactError, load_artifact, verify_artifact
 from recsys.data.io import write_table
 from recsys.data.synthetic import SyntheticData, SyntheticSpec, generate
 from recsys.sagemaker.contract import ContainerPaths
 from recsys.sagemaker.train import EXIT_INTERNAL_ERROR, EXIT_USER_ERROR, train
-from recsys.training.artifact import ArtifactError, load_artifact, verify_artifact
 
 # Smaller than the shared tiny data: for runs that only need to finish.
 SMALL_SPEC = SyntheticSpec(num_users=40, num_items=20, mean_interactions_per_user=8, seed=5)
@@ -43,7 +43,7 @@ def no_plot(monkeypatch: pytest.MonkeyPatch) -> None:
         path.touch()
 
     monkeypatch.setattr("recsys.training.report.plot_learning_curves", touch)
-    monkeypatch.setattr("recsys.training.report.draw_charts", lambda report: {})
+    monkeypatch.setattr("recsys.evaluation.evaluate.draw_charts", lambda report: {})
 
 
 def _paths(base: Path) -> ContainerPaths:
@@ -421,7 +421,7 @@ def test_internal_error_exits_2_with_a_traceback(
 def test_failed_artifact_write_leaves_no_manifest_and_no_staging(
     tmp_path: Path, small_data: SyntheticData, make_tree: TreeBuilder, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import recsys.training.artifact as artifact_module
+    import recsys.artifact as artifact_module
 
     real_write_json = artifact_module._write_json
 
@@ -484,7 +484,7 @@ def test_a_model_no_better_than_most_popular_is_flagged_in_the_log_and_metrics(
     make_tree(tmp_path, hyperparameters={**ONE_EPOCH, "learning_rate": "1e-7", "user_id_dropout": "0"})
     write_table(_popularity_driven(), _channel_file(tmp_path, "train", "interactions.csv"))
 
-    with caplog.at_level("INFO", logger="recsys.training.job"):
+    with caplog.at_level("INFO", logger="recsys"):
         _assert_succeeded(tmp_path, train(_paths(tmp_path)))
 
     metrics = _read_metrics(tmp_path)

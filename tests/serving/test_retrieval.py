@@ -12,12 +12,12 @@ from typing import Any
 import numpy as np
 import pytest
 
+from recsys.artifact import ITEM_INDEX, MANIFEST
 from recsys.data.synthetic import SyntheticData
 from recsys.errors import UserError
 from recsys.models.retrieval import ItemIndex
 from recsys.sagemaker.contract import RETRIEVAL_ENV, read_hosting_config
 from recsys.serving.engine import Query, Recommender
-from recsys.training.artifact import ITEM_INDEX, MANIFEST
 from tests.serving.trained_model import trained_tree
 
 

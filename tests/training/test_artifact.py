@@ -16,6 +16,16 @@ import safetensors.torch
 import torch
 
 import recsys
+from recsys.artifact import (
+    ARTIFACT_FORMAT,
+    MANIFEST,
+    Artifact,
+    ArtifactError,
+    load_artifact,
+    recsys_version,
+    save_artifact,
+    verify_artifact,
+)
 from recsys.data.features import (
     FeatureDeclaration,
     FeatureEncoding,
@@ -24,18 +34,8 @@ from recsys.data.features import (
     feature_cardinalities,
 )
 from recsys.data.vocab import Vocabulary
+from recsys.files import sha256_file
 from recsys.models.ncf import NCF, FeatureSpec, ModelConfig
-from recsys.training.artifact import (
-    ARTIFACT_FORMAT,
-    MANIFEST,
-    Artifact,
-    ArtifactError,
-    load_artifact,
-    recsys_version,
-    save_artifact,
-    sha256_file,
-    verify_artifact,
-)
 
 CPU = torch.device("cpu")
 
@@ -63,11 +63,7 @@ def _artifact() -> Artifact:
     )
     torch.manual_seed(0)
     model = NCF(config)
-    for encoder in (model.gmf_encoder, model.mlp_encoder):
-        assert encoder is not None and encoder.item_attributes is not None
-        encoder.item_attributes.load_arrays(
-            [torch.from_numpy(a) for a in item_arrays.categorical], torch.from_numpy(item_arrays.numeric)
-        )
+    model.load_attributes(item_arrays, None)
     torch.nn.init.normal_(model.item_bias.weight)
     return Artifact(
         model_config=config,

@@ -16,14 +16,8 @@ import pytest
 import safetensors.torch
 import torch
 
-from recsys.training.artifact import (
-    MANIFEST,
-    ArtifactError,
-    load_artifact,
-    save_artifact,
-    sha256_file,
-    verify_artifact,
-)
+from recsys.artifact import MANIFEST, ArtifactError, load_artifact, save_artifact, verify_artifact
+from recsys.files import sha256_file
 from tests.training.test_artifact import _artifact
 
 

@@ -6,15 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from recsys.data.device import DeviceInteractions, gather_history, user_histories
 from recsys.data.interactions import IndexedInteractions
-from recsys.training.batches import (
-    Batch,
-    DeviceInteractions,
-    epoch_order,
-    gather_history,
-    iterate_batches,
-    user_histories,
-)
+from recsys.training.batches import Batch, epoch_order, iterate_batches
 
 CPU = torch.device("cpu")
 

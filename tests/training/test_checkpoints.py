@@ -9,13 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from recsys.data.device import DeviceInteractions, HeldOut
 from recsys.data.interactions import split_last_out
-from recsys.evaluation.protocols import HeldOut
 from recsys.training import loop
-from recsys.training.batches import DeviceInteractions
 from recsys.training.checkpoints import Checkpointer, StopRequest, TrainingInterrupted
 from recsys.training.distributed import SINGLE_PROCESS
-from recsys.training.loop import FitResult, fit
+from recsys.training.loop import FitResult, RunContext, fit
 from tests.training.test_loop import _data, _model, _settings
 
 CPU = torch.device("cpu")
@@ -57,8 +56,7 @@ def _run(
         HeldOut(torch.from_numpy(held.indptr), torch.from_numpy(held.items)) if validated else None,
         _settings(epochs=epochs, patience=10),
         device=CPU,
-        checkpointer=_checkpointer(directory) if directory is not None else None,
-        stop=stop,
+        run=RunContext(checkpointer=_checkpointer(directory) if directory is not None else None, stop=stop),
     )
     return result, model.state_dict()
 
@@ -216,7 +214,7 @@ def test_a_foreign_jobs_later_checkpoints_do_not_get_this_jobs_pruned(tmp_path: 
         HeldOut(torch.from_numpy(held.indptr), torch.from_numpy(held.items)),
         _settings(epochs=6, patience=10),
         device=CPU,
-        checkpointer=_checkpointer(tmp_path, identity="job-b"),
+        run=RunContext(checkpointer=_checkpointer(tmp_path, identity="job-b")),
     )
     uninterrupted = _run(None)
 

@@ -25,11 +25,11 @@ import safetensors
 import safetensors.torch
 import torch
 
+from recsys.artifact import load_artifact
 from recsys.data.synthetic import SyntheticData
 from recsys.sagemaker.contract import ContainerPaths
 from recsys.sagemaker.train import EXIT_USER_ERROR, train
 from recsys.training import checkpoints as checkpoints_module
-from recsys.training.artifact import load_artifact
 from recsys.training.checkpoints import Checkpointer
 from recsys.training.distributed import SINGLE_PROCESS
 
@@ -46,7 +46,7 @@ def _no_plot(monkeypatch: pytest.MonkeyPatch) -> None:
         path.touch()
 
     monkeypatch.setattr("recsys.training.report.plot_learning_curves", touch)
-    monkeypatch.setattr("recsys.training.report.draw_charts", lambda report: {})
+    monkeypatch.setattr("recsys.evaluation.evaluate.draw_charts", lambda report: {})
 
 
 # --- a disk that fills up ------------------------------------------------------------------------

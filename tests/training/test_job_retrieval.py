@@ -8,13 +8,13 @@ from typing import Any
 
 import pytest
 
+from recsys.artifact import ITEM_INDEX, MANIFEST, ArtifactError, load_artifact
 from recsys.config import ConfigError, TrainConfig, resolve_train_config
 from recsys.data.synthetic import SyntheticData
 from recsys.models.retrieval import IndexReport
 from recsys.sagemaker.contract import ContainerPaths
 from recsys.sagemaker.train import train
 from recsys.serving.engine import Recommender
-from recsys.training.artifact import ITEM_INDEX, MANIFEST, ArtifactError, load_artifact
 from tests.conftest import FAST_HYPERPARAMETERS, TreeBuilder
 
 
@@ -77,7 +77,7 @@ def test_a_refused_index_leaves_an_exact_artifact_and_a_warning(
         recall_by_breadth={"48": 0.5}, sample_users=10, min_recall=0.95, overfetch=4,
         build_seconds=0.1, index_bytes=1,
     )  # fmt: skip
-    monkeypatch.setattr("recsys.training.job.tune_index", lambda *args, **kwargs: (None, refused))
+    monkeypatch.setattr("recsys.training.item_index.tune_index", lambda *args, **kwargs: (None, refused))
     paths = _run(tmp_path, tiny_data, make_tree, retrieval="index")
     metrics = _metrics(paths)
     assert metrics["retrieval"]["refused"] is True and metrics["retrieval"]["recall@10"] == 0.5

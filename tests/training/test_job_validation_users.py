@@ -9,9 +9,9 @@ import numpy as np
 
 from recsys.data.interactions import IndexedInteractions
 from recsys.data.synthetic import SyntheticData
+from recsys.evaluation.held_out import sample_validation_users
 from recsys.sagemaker.contract import ContainerPaths
 from recsys.sagemaker.train import train
-from recsys.training.job import sample_validation_users
 from tests.conftest import FAST_HYPERPARAMETERS, TreeBuilder
 
 

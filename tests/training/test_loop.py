@@ -8,11 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from recsys.data.device import DeviceInteractions, HeldOut
 from recsys.data.interactions import IndexedInteractions, split_last_out
-from recsys.evaluation.protocols import HeldOut
 from recsys.models.ncf import NCF, ModelConfig
 from recsys.training import loop
-from recsys.training.batches import DeviceInteractions
 from recsys.training.loop import EpochRecord, FitSettings, fit, metric_line
 
 CPU = torch.device("cpu")
@@ -33,7 +32,6 @@ def _settings(**overrides: object) -> FitSettings:
         "weight_decay": 0.0,
         "loss": "sampled_softmax",
         "num_negatives": 8,
-        "history_length": 5,
         "user_id_dropout": 0.2,
         "patience": 2,
         "amp": True,

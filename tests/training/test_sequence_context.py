@@ -9,6 +9,7 @@ import torch
 
 from recsys.config import resolve_train_config
 from recsys.data.context import RowEncoding, gap_codes, hour_codes, weekday_codes
+from recsys.data.device import DeviceInteractions, RowArrays
 from recsys.data.features import (
     FeatureDeclaration,
     encode_attributes,
@@ -22,17 +23,16 @@ from recsys.data.interactions import (
     fit_row_encoding,
     index_encoded,
 )
+from recsys.data.prepared import check_event_settings
 from recsys.data.vocab import Vocabulary
 from recsys.errors import ConfigError, DataError
 from recsys.models.ncf import NCF, AttributeValues, FeatureSpec, ModelConfig, UserExtras
-from recsys.training.batches import DeviceInteractions, RowArrays
-from recsys.training.job import check_event_settings
 from recsys.training.loop import FitSettings, fit
 
 NUM_ITEMS = 12
 
 
-def _settings(epochs: int, history_length: int) -> FitSettings:
+def _settings(epochs: int) -> FitSettings:
     return FitSettings(
         epochs=epochs,
         batch_size=256,
@@ -40,7 +40,6 @@ def _settings(epochs: int, history_length: int) -> FitSettings:
         weight_decay=0.0,
         loss="softmax",
         num_negatives=8,
-        history_length=history_length,
         user_id_dropout=0.0,
         patience=100,
         amp=False,
@@ -86,7 +85,7 @@ def test_attention_predicts_the_successor_of_the_last_item_only() -> None:
     torch.manual_seed(0)
     model = NCF(config)
     train = DeviceInteractions.from_indexed(_indexed(sequences), torch.device("cpu"))
-    fit(model, train, None, _settings(40, 6), device=torch.device("cpu"))
+    fit(model, train, None, _settings(40), device=torch.device("cpu"))
     a = 5
     assert _top(model, [2, 3, 4, a]) == a + 1
     # The same items, a no longer last: the answer follows the last item instead.
@@ -117,7 +116,7 @@ def test_context_moves_the_ranking_the_way_the_data_does() -> None:
     torch.manual_seed(0)
     model = NCF(config)
     train = DeviceInteractions.from_indexed(data, torch.device("cpu"), RowArrays(context=context))
-    fit(model, train, None, _settings(30, 4), device=torch.device("cpu"))
+    fit(model, train, None, _settings(30), device=torch.device("cpu"))
     history = [0, 7, 2, 9]
     on_first = _top(model, history, UserExtras(context=torch.tensor([[1]])))
     on_second = _top(model, history, UserExtras(context=torch.tensor([[2]])))
@@ -213,7 +212,7 @@ def test_event_types_move_the_ranking_the_way_the_data_does() -> None:
     model = NCF(config)
     rows = RowArrays(events=np.concatenate(events).astype(np.int64))
     train = DeviceInteractions.from_indexed(_indexed(sequences), torch.device("cpu"), rows)
-    fit(model, train, None, _settings(30, 4), device=torch.device("cpu"))
+    fit(model, train, None, _settings(30), device=torch.device("cpu"))
 
     history = [5, 0]
     after_purchase = _top(model, history, UserExtras(history_events=torch.tensor([[purchase, click]])))
@@ -251,11 +250,9 @@ def test_a_new_user_described_only_by_attributes_is_scored_from_them() -> None:
     )
     torch.manual_seed(0)
     model = NCF(config)
-    model.load_attributes(
-        None, ([torch.from_numpy(a) for a in arrays.categorical], torch.from_numpy(arrays.numeric))
-    )
+    model.load_attributes(None, arrays)
     train = DeviceInteractions.from_indexed(_indexed(sequences), torch.device("cpu"))
-    fit(model, train, None, _settings(30, 4), device=torch.device("cpu"))
+    fit(model, train, None, _settings(30), device=torch.device("cpu"))
 
     def top_for(attributes: dict[str, object]) -> int:
         values = encode_values(encoding, [attributes])

@@ -45,7 +45,6 @@ Training checkpoints (``recsys.training.checkpoints``) are not artifacts: they s
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib.metadata
 import json
 import logging
@@ -65,12 +64,15 @@ import safetensors.torch
 import torch
 
 import recsys
+from recsys.config import TrainConfig, config_to_json
 from recsys.data.features import FeatureArrays, FeatureEncoding, load_encoding, save_encoding
+from recsys.data.interactions import combine
+from recsys.data.prepared import PreparedData
 from recsys.data.vocab import Vocabulary
 from recsys.errors import UserError
+from recsys.files import DiskFullError, is_disk_full, sha256_file
 from recsys.models.ncf import NCF, ModelConfig
 from recsys.models.retrieval import ItemIndex
-from recsys.training.disk import DiskFullError, is_disk_full
 
 ARTIFACT_FORMAT = 2
 MANIFEST = "manifest.json"
@@ -154,13 +156,32 @@ _REQUIRED_FILES = (
 )
 
 
-def sha256_file(path: Path) -> str:
-    """The file's SHA-256, read in 1 MiB blocks (files can be gigabytes)."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def build_artifact(model: NCF, data: PreparedData, config: TrainConfig, metrics: dict[str, Any]) -> Artifact:
+    """The self-describing artifact of ``model``: weights, vocabularies, features, what each user saw."""
+    # Served histories and exclusions hold everything the job saw, the validation channel too:
+    # an endpoint must not recommend, as new, what the user did last week.
+    seen = data.interactions if data.validation is None else combine(data.interactions, data.validation)
+    return Artifact(
+        model_config=model.config,
+        state_dict={k: v.detach().cpu() for k, v in model.state_dict().items()},
+        users=data.users,
+        items=data.items,
+        item_encoding=data.item_encoding,
+        item_arrays=data.item_arrays,
+        user_encoding=data.user_encoding,
+        user_arrays=data.user_arrays,
+        seen_indptr=seen.indptr,
+        seen_items=seen.items,
+        item_popularity=np.bincount(seen.items, minlength=len(data.items)),
+        train_config=config_to_json(config),
+        metrics=metrics,
+        fingerprint=data.fingerprint,
+        item_labels=data.item_labels,
+        seen_timestamps=seen.timestamps if data.has_timestamps else None,
+        seen_events=seen.events,
+        # Serving encodes a request's event types and context with the codes training used.
+        feature_encodings={"rows": data.row_encoding.to_json()},
+    )
 
 
 def _write_json(path: Path, value: Any) -> None:

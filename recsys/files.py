@@ -1,4 +1,5 @@
-"""A full disk, told apart from other write failures and reported as what is full and where.
+"""File utilities every layer shares: a file's checksum, and a full disk told apart from other
+write failures and reported as what is full and where.
 
 The libraries that write a job's files say "disk full" in different ways: Python and NumPy raise
 ``OSError(ENOSPC)`` (NumPy sometimes only "N requested and M written"), safetensors raises its own
@@ -12,6 +13,7 @@ Standard library only: the training entry imports this before it imports torch.
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +27,7 @@ __all__ = [
     "disk_full_filename",
     "free_bytes",
     "is_disk_full",
+    "sha256_file",
 ]
 
 # ENOSPC: the filesystem is full; EDQUOT: this user's quota on it is.
@@ -110,3 +113,12 @@ def disk_full_error(error: BaseException, path: Path, what: str) -> DiskFullErro
     """The ``DiskFullError`` for ``error`` raised while writing ``what`` under ``path``, or None
     when the disk is not why it failed."""
     return DiskFullError(path, what) if is_disk_full(error, path) else None
+
+
+def sha256_file(path: Path) -> str:
+    """The file's SHA-256, read in 1 MiB blocks (files can be gigabytes)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
