@@ -47,7 +47,7 @@ help:
 	@echo "make install        create $(VENV) with everything: recsys, its dev tools and the aws extra (idempotent)"
 	@echo "make run            install what running needs, then train on the bundled synthetic data in $(LOCAL_ML) and recommend"
 	@echo "make test           install everything, then run the test suite"
-	@echo "make lint           ruff (lint + format check), mypy and hadolint"
+	@echo "make lint           ruff (lint + format check), mypy, the import layers (lint-imports) and hadolint"
 	@echo "make serve          serve the model of 'make run' on localhost:$(PORT)"
 	@echo "make bench-quality  MovieLens-100K: this model vs SASRec, GRU4Rec, EASE and most-popular (A, B, cold users)"
 	@echo "make bench-features synthetic data: each feature's lift (time, device, event types, user attributes)"
@@ -114,6 +114,7 @@ lint: $(FULL_STAMP)
 	$(BIN)/ruff check recsys tests benchmarks
 	$(BIN)/ruff format --check recsys tests benchmarks
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 	$(BIN)/hadolint Dockerfile
 
 format: $(FULL_STAMP)
