@@ -9,7 +9,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from recsys.config import resolve_train_config
+from recsys.config import DeviceName, resolve_train_config
 from recsys.data.features import multi_hot
 from recsys.data.interactions import (
     IndexedInteractions,
@@ -18,7 +18,7 @@ from recsys.data.interactions import (
     index_interactions,
 )
 from recsys.data.io import read_path
-from recsys.errors import DataError
+from recsys.errors import DataError, UserError
 from recsys.evaluation.protocols import drop_repeats
 from recsys.evaluation.summary import verdict
 from recsys.training.artifact import load_artifact
@@ -40,6 +40,7 @@ def evaluate_saved_model(
     k: int | None = None,
     repeats: RepeatPolicy = "drop",
     report_dir: Path | None = None,
+    device: DeviceName = "auto",
 ) -> dict[str, Any]:
     """Metrics of a saved model on held-out interactions, beside the most-popular baseline.
 
@@ -49,13 +50,19 @@ def evaluate_saved_model(
     A test row whose item the user already has in training (a repeat) can never be recommended
     by full ranking: ``repeats="drop"`` leaves such rows out, ``"count"`` scores them as misses.
     Either way their number is reported, and a warning is logged when they are most of the rows.
+
+    ``device`` is where this evaluation runs (``auto``: CUDA when present), whatever device the
+    model was trained on: the training job's ``device`` hyperparameter describes its machine, not
+    this one.
     """
     artifact = load_artifact(model_dir)
     raw = dict(artifact.train_config)
     if k is not None:
         raw["eval_k"] = k
     config = resolve_train_config(raw)
-    device = resolve_device(config.device)
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda, but no CUDA device is visible here; pass --device cpu or auto.")
+    torch_device = resolve_device(device)
     columns = InteractionColumns(
         config.user_id_column, config.item_id_column, config.rating_column, config.timestamp_column
     )
@@ -90,24 +97,31 @@ def evaluate_saved_model(
                 "interactions that came after training, or pass --repeats count to score them as misses."
             )
         held = fresh
-    model = artifact.build_model(device)
+    model = artifact.build_model(torch_device)
     features = multi_hot(artifact.item_encoding, artifact.item_arrays)
-    train = DeviceInteractions.from_indexed(seen, device)
+    train = DeviceInteractions.from_indexed(seen, torch_device)
+    shares = artifact.item_popularity / max(num_users, 1)
     evaluation = evaluate_model(
         model,
         train,
-        held_out_tensors(held, device),
+        held_out_tensors(held, torch_device),
         config,
-        item_popularity=torch.from_numpy(artifact.item_popularity / max(num_users, 1)).float().to(device),
-        item_counts=torch.from_numpy(artifact.item_popularity).to(device),
-        item_features=torch.from_numpy(features).to(device) if features is not None else None,
-        device=device,
+        item_popularity=torch.from_numpy(shares).float().to(torch_device),
+        item_counts=torch.from_numpy(artifact.item_popularity).to(torch_device),
+        item_features=torch.from_numpy(features).to(torch_device) if features is not None else None,
+        device=torch_device,
     )
     if not evaluation.comparison.clearly_better:
         warnings.append(verdict(evaluation.comparison))
     extra: dict[str, Any] = {}
     if report_dir is not None:
         treated = "left out" if repeats == "drop" else "scored as misses"
+        details = report_details(
+            config, artifact.model_config, device=torch_device, num_training_users=num_users
+        )
+        if isinstance(artifact.metrics.get("loss"), str):
+            # "auto" resolves by device: the loss trained with is the one the job resolved on its own.
+            details["loss"] = artifact.metrics["loss"]
         report = build_evaluation_report(
             evaluation,
             train,
@@ -117,9 +131,7 @@ def evaluate_saved_model(
             f"{total} known interactions evaluated ({num_repeats} repeats of training pairs {treated}, "
             f"{dropped} with an unknown user or item skipped), beside the most-popular baseline of "
             "the model's training data, computed in the same run.",
-            details=report_details(
-                config, artifact.model_config, device=device, num_training_users=num_users
-            ),
+            details=details,
             notes=warnings,
         )
         extra["report"] = str(write_evaluation_report(report_dir, report))
