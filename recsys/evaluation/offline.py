@@ -10,14 +10,14 @@ import numpy as np
 import torch
 
 from recsys.config import DeviceName, resolve_train_config
+from recsys.data.context import RowEncoding
 from recsys.data.features import multi_hot
 from recsys.data.interactions import (
     IndexedInteractions,
     InteractionColumns,
-    clean_interactions,
-    index_interactions,
+    index_encoded,
+    read_interactions,
 )
-from recsys.data.io import read_path
 from recsys.errors import DataError, UserError
 from recsys.evaluation.protocols import drop_repeats
 from recsys.evaluation.summary import verdict
@@ -63,15 +63,27 @@ def evaluate_saved_model(
     if device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda, but no CUDA device is visible here; pass --device cpu or auto.")
     torch_device = resolve_device(device)
+    # The rules of the training job's validation channel, with the codes its training learnt.
     columns = InteractionColumns(
-        config.user_id_column, config.item_id_column, config.rating_column, config.timestamp_column
+        config.user_id_column,
+        config.item_id_column,
+        config.rating_column,
+        config.timestamp_column,
+        config.event_type_column,
+        config.context_columns,
     )
-    table = read_path(test_path, channel="test", string_columns=(columns.user, columns.item))
-    frame = clean_interactions(table, columns, channel="test", min_rating=config.min_rating).frame
-    held, dropped = index_interactions(frame, artifact.users, artifact.items)
+    encoded = read_interactions(
+        test_path, columns, channel="test", min_rating=config.min_rating, allow_file=True
+    )
+    rows = artifact.feature_encodings.get("rows")
+    row_encoding = RowEncoding.from_json(rows) if isinstance(rows, dict) else None
+    held, dropped = index_encoded(encoded, artifact.users, artifact.items, row_encoding)
+    del encoded
     if dropped:
         logger.warning(
-            "%d of %d test interactions name an unknown user or item and are skipped", dropped, len(frame)
+            "%d of %d test interactions name an unknown user or item and are skipped",
+            dropped,
+            held.num_interactions + dropped,
         )
     if held.num_interactions == 0:
         raise DataError(f"{test_path}: no test interaction names a user and an item the model knows.")

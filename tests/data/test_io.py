@@ -17,6 +17,8 @@ from recsys.data.io import (
     SUPPORTED_EXTENSIONS,
     list_data_files,
     open_channel,
+    open_path,
+    read_path,
     read_table,
     require_columns,
     write_table,
@@ -533,3 +535,49 @@ def test_a_channel_of_empty_files_names_the_first_of_them(tmp_path: Path, reader
 
     assert "(5 files read, all empty)" in info.value.message
     assert f"{paths[0]}, {paths[1]}, {paths[2]} and 2 more" in info.value.message
+
+
+# open_path: one data file, or a directory (the command line's --test), streamed like a channel.
+
+
+@pytest.mark.parametrize("name", ["test.parquet", "test.csv.gz", "test.jsonl"])
+def test_open_path_streams_a_single_file(tmp_path: Path, name: str) -> None:
+    path = tmp_path / name
+    write_table(FRAME, path)
+
+    scan = open_path(path, channel="test", string_columns=["user_id", "item_id"])
+    rows = [row for batch in scan.batches(["user_id", "item_id"]) for row in batch.to_pylist()]
+
+    assert [file.path for file in scan.files] == [path]
+    assert rows == [
+        {"user_id": u, "item_id": i} for u, i in zip(FRAME["user_id"], FRAME["item_id"], strict=True)
+    ]
+
+
+def test_open_path_opens_a_directory_as_a_channel(tmp_path: Path) -> None:
+    write_table(FRAME.iloc[:1], tmp_path / "test" / "a.parquet")
+    write_table(FRAME.iloc[1:], tmp_path / "test" / "b.csv")
+
+    scan = open_path(tmp_path / "test", channel="test", string_columns=["user_id"])
+
+    assert [file.path.name for file in scan.files] == ["a.parquet", "b.csv"]
+    assert [row["user_id"] for batch in scan.batches(["user_id"]) for row in batch.to_pylist()] == [
+        "007",
+        "042",
+        "100",
+    ]
+
+
+@pytest.mark.parametrize("reader", [open_path, read_path], ids=["open_path", "read_path"])
+def test_a_single_file_that_is_empty_or_of_another_format_is_named(tmp_path: Path, reader: Any) -> None:
+    header_only = _write_text(tmp_path / "test.csv", "user_id,item_id\n")
+    other = _write_text(tmp_path / "test.xlsx", "not a table")
+
+    with pytest.raises(DataError, match=re.escape(f"test: file {header_only} holds no rows.")):
+        reader(header_only, channel="test")
+    with pytest.raises(DataError, match=re.escape(f"test: file {other} has an unsupported extension")):
+        reader(other, channel="test")
+    with pytest.raises(
+        DataError, match=re.escape(f"channel 'test': directory {tmp_path / 'nope'} does not exist")
+    ):
+        reader(tmp_path / "nope", channel="test")

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 import torch
 
 from recsys.cli import main
+from recsys.data.io import write_table
 from recsys.data.synthetic import SyntheticData
-from recsys.errors import UserError
+from recsys.errors import DataError, UserError
 from recsys.evaluation.offline import evaluate_saved_model
 from recsys.evaluation.report import REPORT_JSON
 from recsys.training.artifact import load_artifact, save_artifact
@@ -81,3 +84,96 @@ def test_evaluate_takes_its_device_from_the_command_line(
 def test_device_cuda_without_cuda_is_a_user_error(model_dir: Path, test_file: Path) -> None:
     with pytest.raises(UserError, match="--device cuda, but no CUDA device is visible"):
         evaluate_saved_model(model_dir, test_file, device="cuda")
+
+
+# The test table: read by the validation channel's rules, from one file or a directory of parts.
+
+
+@pytest.fixture(scope="module")
+def latest(tiny_data: SyntheticData) -> pd.DataFrame:
+    return tiny_data.interactions.sort_values("timestamp").groupby("user_id").tail(2)
+
+
+def test_a_directory_of_parts_in_several_formats_evaluates_like_one_file(
+    model_dir: Path, latest: pd.DataFrame, test_file: Path, tmp_path: Path
+) -> None:
+    parts = tmp_path / "test"
+    third = len(latest) // 3
+    write_table(latest.iloc[:third], parts / "part-0.parquet")
+    write_table(latest.iloc[third : 2 * third], parts / "part-1.jsonl.gz")
+    iso = latest.iloc[2 * third :].assign(
+        timestamp=pd.to_datetime(latest["timestamp"].iloc[2 * third :], unit="s", utc=True).dt.strftime(
+            "%Y-%m-%dT%H:%M:%SZ"
+        )
+    )
+    write_table(iso, parts / "part-2.csv")
+
+    from_parts = evaluate_saved_model(model_dir, parts, repeats="count", device="cpu")
+    from_file = evaluate_saved_model(model_dir, test_file, repeats="count", device="cpu")
+
+    assert from_parts == from_file
+    assert from_file["test_interactions"] == len(latest.drop_duplicates(["user_id", "item_id"]))
+
+
+def test_unknown_users_and_items_are_skipped_and_counted_once_per_pair(
+    model_dir: Path, latest: pd.DataFrame, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    ghosts = pd.concat(
+        [
+            latest.iloc[[0, 0]].assign(user_id="ghost-user"),  # one pair, twice
+            latest.iloc[[1]].assign(item_id="ghost-item"),
+        ]
+    )
+    path = tmp_path / "with_ghosts.csv"
+    write_table(pd.concat([latest, ghosts]), path)
+    known = len(latest.drop_duplicates(["user_id", "item_id"]))
+
+    with caplog.at_level("WARNING", logger="recsys.evaluation.offline"):
+        metrics = evaluate_saved_model(model_dir, path, repeats="count", device="cpu")
+
+    assert metrics["skipped_interactions"] == 2
+    assert metrics["test_interactions"] == metrics["evaluated_interactions"] == known
+    assert f"2 of {known + 2} test interactions name an unknown user or item and are skipped" in caplog.text
+
+
+def test_repeats_of_training_pairs_are_dropped_or_counted(model_dir: Path, test_file: Path) -> None:
+    # The shared model trained on every interaction: each test row repeats a training pair.
+    counted = evaluate_saved_model(model_dir, test_file, repeats="count", device="cpu")
+    with pytest.raises(DataError, match=re.escape(f"{test_file}: every one of its")) as raised:
+        evaluate_saved_model(model_dir, test_file, device="cpu")
+
+    assert counted["repeat_interactions"] == counted["test_interactions"] > 0
+    assert "Is this the training data?" in str(raised.value)
+
+
+def test_a_bad_value_in_the_test_table_names_its_file(model_dir: Path, tmp_path: Path) -> None:
+    parts = tmp_path / "test"
+    write_table(pd.DataFrame({"user_id": ["u0001"], "item_id": ["i0001"], "timestamp": [5]}), parts / "a.csv")
+    bad = parts / "b.jsonl"
+    bad.write_text('{"user_id": "u0001", "item_id": "i0002", "timestamp": "yesterday"}\n')
+    nobody = tmp_path / "nobody.csv"
+    write_table(pd.DataFrame({"user_id": ["ghost"], "item_id": ["i0001"], "timestamp": [5]}), nobody)
+
+    with pytest.raises(DataError, match=re.escape(f"'yesterday' (1 such rows), the first in {bad}")):
+        evaluate_saved_model(model_dir, parts, device="cpu")
+    with pytest.raises(DataError, match=re.escape(f"{nobody}: no test interaction names a user and an item")):
+        evaluate_saved_model(model_dir, nobody, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def context_model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_data: SyntheticData) -> Path:
+    return trained_tree(tmp_path_factory, tiny_data, {"context_columns": "device"}) / "model"
+
+
+def test_a_model_with_context_columns_reads_them_like_its_validation_channel(
+    context_model_dir: Path, latest: pd.DataFrame, tmp_path: Path
+) -> None:
+    with_device, without = tmp_path / "with_device.csv", tmp_path / "without_device.csv"
+    write_table(latest, with_device)
+    write_table(latest.drop(columns="device"), without)
+
+    metrics = evaluate_saved_model(context_model_dir, with_device, repeats="count", device="cpu")
+    with pytest.raises(DataError, match="the context column\\(s\\) 'device' named by the hyperparameter"):
+        evaluate_saved_model(context_model_dir, without, repeats="count", device="cpu")
+
+    assert metrics["evaluated_interactions"] == len(latest.drop_duplicates(["user_id", "item_id"]))
