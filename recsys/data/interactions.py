@@ -116,20 +116,6 @@ def _used(values: pa.StringArray, codes: np.ndarray) -> pa.StringArray:
     return values if used.all() else values.filter(pa.array(used))
 
 
-def parse_timestamps(values: pd.Series, *, column: str, channel: str) -> pd.Series:
-    """Epoch seconds as float64 from numbers, numeric strings or ISO 8601 strings."""
-    if pd.api.types.is_datetime64_any_dtype(values):
-        utc = pd.to_datetime(values, utc=True).dt.tz_convert(None)
-        seconds = _timestamp_seconds(pa.Array.from_pandas(utc))
-    elif pd.api.types.is_numeric_dtype(values):
-        seconds = values.to_numpy(np.float64)
-    else:
-        seconds, bad, count = _parse_text(values)
-        if count:
-            raise _bad_timestamp(bad, count, None, column=column, channel=channel)
-    return pd.Series(seconds, index=values.index)
-
-
 def _parse_text(values: pd.Series) -> tuple[np.ndarray, Any, int]:
     """(epoch seconds, NaN where null; the first value that is no time; how many such values).
 

@@ -38,7 +38,6 @@ __all__ = [
     "open_channel",
     "open_path",
     "read_table",
-    "require_columns",
     "write_table",
 ]
 
@@ -580,26 +579,6 @@ def open_channel(directory: Path, *, channel: str, string_columns: Collection[st
         unified.schema,
         unified.conflicts,
     )
-
-
-def require_columns(table: pa.Table, columns: Sequence[str], *, channel: str, hint: str) -> None:
-    """Raise a ``DataError`` naming the columns of ``columns`` that ``table`` lacks.
-
-    ``hint`` is the last sentence of the message: what the user should change.
-    """
-    present = list(table.column_names)
-    missing = [name for name in columns if name not in present]
-    if not missing:
-        return
-    quoted = ", ".join(f"'{name}'" for name in missing)
-    noun = "column" if len(missing) == 1 else "columns"
-    message = (
-        f"channel '{channel}': {noun} {quoted} not found; "
-        f"columns present: {', '.join(present) if present else '(none)'}."
-    )
-    if hint:
-        message += f" {hint}"
-    raise DataError(message)
 
 
 def _json_default(value: Any) -> Any:

@@ -82,6 +82,19 @@ def test_missing_id_column_names_it_the_columns_present_and_the_setting(missing:
     assert "'train'" in message
 
 
+def test_missing_context_columns_are_all_named_with_the_columns_present() -> None:
+    columns = InteractionColumns(context=("device", "country", "page"))
+    table = pa.table({"user_id": ["u"], "item_id": ["i"], "country": ["fr"]})
+
+    with pytest.raises(DataError) as info:
+        _positives(table, columns)
+
+    assert str(info.value) == (
+        "channel 'train': the context column(s) 'device', 'page' named by the hyperparameter "
+        "context_columns were not found; columns present: user_id, item_id, country."
+    )
+
+
 def test_custom_column_names_are_used() -> None:
     frame = _clean({"who": ["u1"], "what": ["i1"], "when": [5]}, user="who", item="what", timestamp="when")
     assert _rows(frame) == [("u1", "i1", 5.0)]

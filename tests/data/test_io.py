@@ -20,7 +20,6 @@ from recsys.data.io import (
     open_path,
     read_path,
     read_table,
-    require_columns,
     write_table,
 )
 from recsys.errors import DataError, UserError
@@ -328,32 +327,6 @@ def test_zero_rows_is_an_error(tmp_path: Path) -> None:
     assert str(channel) in message
     assert "no rows" in message
     assert "2 files read" in message
-
-
-def test_require_columns_message() -> None:
-    table = pa.table({"user": ["a"], "movie": ["b"], "rating": [1]})
-    with pytest.raises(DataError) as raised:
-        require_columns(
-            table,
-            ["user", "item_id"],
-            channel="train",
-            hint="Set the hyperparameter item_id_column to the right name.",
-        )
-
-    assert str(raised.value) == (
-        "channel 'train': column 'item_id' not found; columns present: user, movie, rating. "
-        "Set the hyperparameter item_id_column to the right name."
-    )
-
-
-def test_require_columns_names_every_missing_column() -> None:
-    table = pa.table({"user": ["a"]})
-    with pytest.raises(DataError, match=r"columns 'a', 'b' not found; columns present: user\.$"):
-        require_columns(table, ["a", "user", "b"], channel="items", hint="")
-
-
-def test_require_columns_passes_when_present() -> None:
-    require_columns(pa.table({"a": [1], "b": [2]}), ["b", "a"], channel="train", hint="unused")
 
 
 # Streaming: open_channel checks a channel like read_table, then reads it batch by batch.
