@@ -576,7 +576,10 @@ def read_interactions(
     encoded = encoder.finish()
     # The batches' buffers are free now; mimalloc keeps such pages mapped unless asked.
     pa.default_memory_pool().release_unused()
-    logger.info(
+    # A job's log names each channel's rows; a single file is a command line's, whose command
+    # prints its own summary first (``recsys evaluate``), so it is said only with -v.
+    logger.log(
+        logging.DEBUG if directory.is_file() else logging.INFO,
         "channel '%s': %d rows kept from %d file(s) in %s",
         channel,
         encoded.num_rows,

@@ -434,19 +434,23 @@ def test_missing_id_column_is_named_before_reading_rows(tmp_path: Path) -> None:
         read_interactions(tmp_path / "train", COLUMNS, channel="train", min_rating=None)
 
 
-def test_read_interactions_reads_one_file_only_when_allowed(tmp_path: Path) -> None:
+def test_read_interactions_reads_one_file_only_when_allowed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     path = tmp_path / "test.csv"
     path.write_text("user_id,item_id,timestamp\nu,a,2\nu,b,yesterday\n")
 
     with pytest.raises(DataError, match=re.escape(f"'yesterday' (1 such rows), the first in {path}")):
         read_interactions(path, COLUMNS, channel="test", min_rating=None, allow_file=True)
     path.write_text("user_id,item_id,timestamp\nu,a,2\nv,b,1\nu,a,3\n")
-    encoded = read_interactions(path, COLUMNS, channel="test", min_rating=None, allow_file=True)
+    with caplog.at_level(logging.INFO, logger="recsys.data.interactions"):
+        encoded = read_interactions(path, COLUMNS, channel="test", min_rating=None, allow_file=True)
     with pytest.raises(DataError, match=re.escape(f"{path} is a file, but a channel must be a directory")):
         read_interactions(path, COLUMNS, channel="train", min_rating=None)
 
     assert encoded.timestamps.tolist() == [2.0, 1.0, 3.0]
     assert encoded.user_ids().to_pylist() == ["u", "v"]
+    assert "rows kept" not in caplog.text  # the command that read it prints its own first line
 
 
 def test_index_encoded_drops_and_counts_pairs_with_unknown_ids_once() -> None:
