@@ -15,9 +15,10 @@ import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from recsys import __version__
+from recsys.config import DeviceName
 from recsys.errors import UserError
 
 logger = logging.getLogger("recsys")
@@ -247,7 +248,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from recsys.evaluation.summary import side_by_side
 
     metrics = evaluate_saved_model(
-        args.model_dir, args.test, k=args.k, repeats=args.repeats, report_dir=args.report
+        args.model_dir, args.test, k=args.k, repeats=args.repeats, report_dir=args.report, device=args.device
     )
     if args.json:
         print(json.dumps(metrics, indent=1, sort_keys=True))
@@ -430,6 +431,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="DIR",
         help="also write report.html (self-contained, charts embedded) and report.json into DIR",
+    )
+    ev.add_argument(
+        "--device",
+        choices=get_args(DeviceName),
+        default="auto",
+        help="where to evaluate: auto (CUDA when present, the default), cpu or cuda; the device the "
+        "model was trained on does not matter",
     )
     ev.add_argument("--json", action="store_true", help="print the metrics as JSON")
     ev.set_defaults(func=_cmd_evaluate)

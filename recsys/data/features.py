@@ -105,10 +105,6 @@ class FeatureArrays:
         np.save(directory / f"{prefix}_numeric.npy", self.numeric)
         np.save(directory / f"{prefix}_numeric_raw.npy", self.numeric_raw)
 
-    def file_names(self, prefix: str) -> list[str]:
-        names = [f"{prefix}_categorical_{c}.npy" for c in range(len(self.categorical))]
-        return [*names, f"{prefix}_numeric.npy", f"{prefix}_numeric_raw.npy"]
-
     @classmethod
     def load(cls, directory: Path, prefix: str, encoding: FeatureEncoding) -> FeatureArrays:
         categorical = tuple(

@@ -1,8 +1,8 @@
 """From raw interaction rows to clean, indexed, time-ordered positives.
 
 One set of rules, applied batch by batch so that a channel never has to fit in memory as a
-table (``read_interactions`` streams it through ``open_channel``; ``clean_interactions`` runs the
-same code on a table already in memory):
+table (``read_interactions`` streams it through ``open_channel``; ``encode_batches`` runs the
+same code on batches already in memory):
 
 - the user and item id columns must exist; ids are opaque text; a row with an empty or null id
   is skipped (and counted), and so is one whose id holds a NUL byte (corrupt data, not an id:
@@ -34,7 +34,7 @@ import pyarrow.compute as pc
 import torch
 
 from recsys.data.context import NumericContext, RowEncoding, standardise, value_codes
-from recsys.data.io import DEFAULT_BATCH_ROWS, open_channel
+from recsys.data.io import DEFAULT_BATCH_ROWS, open_channel, open_path
 from recsys.data.vocab import Vocabulary
 from recsys.errors import DataError
 
@@ -77,17 +77,6 @@ class RowValues:
 
 
 @dataclass(frozen=True)
-class InteractionFrame:
-    """Positives as string ids with a float timestamp (epoch seconds, or row order when absent).
-
-    One row per (user, item) pair, sorted by user, then time, then item.
-    """
-
-    frame: pd.DataFrame  # columns: user_id (str), item_id (str), timestamp (float64)
-    has_timestamp: bool
-
-
-@dataclass(frozen=True)
 class EncodedInteractions:
     """Every kept row of a channel, ids as codes into the channel's distinct ids.
 
@@ -125,20 +114,6 @@ class EncodedInteractions:
 def _used(values: pa.StringArray, codes: np.ndarray) -> pa.StringArray:
     used = np.bincount(codes, minlength=len(values)) > 0
     return values if used.all() else values.filter(pa.array(used))
-
-
-def parse_timestamps(values: pd.Series, *, column: str, channel: str) -> pd.Series:
-    """Epoch seconds as float64 from numbers, numeric strings or ISO 8601 strings."""
-    if pd.api.types.is_datetime64_any_dtype(values):
-        utc = pd.to_datetime(values, utc=True).dt.tz_convert(None)
-        seconds = _timestamp_seconds(pa.Array.from_pandas(utc))
-    elif pd.api.types.is_numeric_dtype(values):
-        seconds = values.to_numpy(np.float64)
-    else:
-        seconds, bad, count = _parse_text(values)
-        if count:
-            raise _bad_timestamp(bad, count, None, column=column, channel=channel)
-    return pd.Series(seconds, index=values.index)
 
 
 def _parse_text(values: pd.Series) -> tuple[np.ndarray, Any, int]:
@@ -585,9 +560,14 @@ def read_interactions(
     channel: str,
     min_rating: float | None,
     batch_rows: int = DEFAULT_BATCH_ROWS,
+    allow_file: bool = False,
 ) -> EncodedInteractions:
-    """Stream a channel's files through the rules: memory holds codes, not the table."""
-    scan = open_channel(directory, channel=channel, string_columns=(columns.user, columns.item))
+    """Stream a channel's files through the rules: memory holds codes, not the table.
+
+    With ``allow_file`` (command-line use), ``directory`` may also be a single data file; a
+    channel of a job must be a directory, and a file there is refused by name."""
+    open_scan = open_path if allow_file else open_channel
+    scan = open_scan(directory, channel=channel, string_columns=(columns.user, columns.item))
     encoder = _Encoder(scan.column_names, columns, channel=channel, min_rating=min_rating)
     # Each part keeps its own types (a Parquet timestamp, JSON Lines text): the batch converters
     # take whatever arrives, so a channel may mix formats and encodings part by part.
@@ -596,7 +576,10 @@ def read_interactions(
     encoded = encoder.finish()
     # The batches' buffers are free now; mimalloc keeps such pages mapped unless asked.
     pa.default_memory_pool().release_unused()
-    logger.info(
+    # A job's log names each channel's rows; a single file is a command line's, whose command
+    # prints its own summary first (``recsys evaluate``), so it is said only with -v.
+    logger.log(
+        logging.DEBUG if directory.is_file() else logging.INFO,
         "channel '%s': %d rows kept from %d file(s) in %s",
         channel,
         encoded.num_rows,
@@ -604,25 +587,6 @@ def read_interactions(
         directory,
     )
     return encoded
-
-
-def clean_interactions(
-    table: pa.Table, columns: InteractionColumns, *, channel: str, min_rating: float | None
-) -> InteractionFrame:
-    """Select, validate, threshold and de-duplicate an interaction table."""
-    encoded = encode_batches(
-        table.column_names, table.to_batches(), columns, channel=channel, min_rating=min_rating
-    )
-    users, items = Vocabulary.from_arrow(encoded.user_ids()), Vocabulary.from_arrow(encoded.item_ids())
-    indexed, _ = index_encoded(encoded, users, items)
-    frame = pd.DataFrame(
-        {
-            "user_id": users.values.take(pa.array(indexed.users)).to_pandas(),
-            "item_id": items.values.take(pa.array(indexed.items)).to_pandas(),
-            "timestamp": indexed.timestamps,
-        }
-    )
-    return InteractionFrame(frame=frame, has_timestamp=encoded.has_timestamp)
 
 
 def index_dtype(size: int) -> type[np.signedinteger[Any]]:
@@ -694,35 +658,25 @@ def _time_keys(stamps: np.ndarray) -> np.ndarray:
     return bits ^ ((bits >> 63) & np.int64(0x7FFF_FFFF_FFFF_FFFF))
 
 
-def _order_positives(
-    users: np.ndarray, items: np.ndarray, stamps: np.ndarray, num_items: int, *, merge: bool
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    """Rows ordered by (user, time, item); with ``merge``, one row per pair at its latest time.
+def _order_rows(
+    users: np.ndarray, items: np.ndarray, stamps: np.ndarray, num_items: int, *, rows: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None, int]:
+    """Rows ordered by (user, time, item), one per pair at its latest time.
 
     Three stable sorts: by pair (which also puts a pair's repeats side by side), by time, by
     user. A stable sort keeps the previous order among ties, so equal times stay in item order.
-    Returns (users, items, times, rows merged away).
-    """
-    users, items, stamps, _, merged = _order_rows(users, items, stamps, num_items, merge=merge, rows=False)
-    return users, items, stamps, merged
-
-
-def _order_rows(
-    users: np.ndarray, items: np.ndarray, stamps: np.ndarray, num_items: int, *, merge: bool, rows: bool
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None, int]:
-    """``_order_positives``, also returning (with ``rows``) each kept row's index in the input.
-
-    With ``rows``, the rows are put in time order first, so that the row a merged pair keeps is
-    its latest one (whose event type and context then describe the positive)."""
+    Returns (users, items, times, with ``rows`` each kept row's index in the input, rows merged
+    away). With ``rows``, the rows are put in time order first, so that the row a merged pair
+    keeps is its latest one (whose event type and context then describe the positive)."""
     pre: np.ndarray | None = None
-    if rows and merge:
+    if rows:
         pre = _stable_sort(_time_keys(stamps))[1]
         users, items, stamps = users[pre], items[pre], stamps[pre]
     # Arrays are deleted as soon as they are used: at 50M rows each one is 200-400 MB.
     pairs, by_pair = _stable_sort(users.astype(np.int64) * max(num_items, 1) + items)
     stamps = stamps[by_pair]
     merged = 0
-    if merge and len(pairs) > 1:
+    if len(pairs) > 1:
         last = np.empty(len(pairs), dtype=bool)
         np.not_equal(pairs[1:], pairs[:-1], out=last[:-1])
         last[-1] = True
@@ -774,7 +728,7 @@ def index_encoded(
     num_item_positions = len(items) + len(encoded.item_values)
     with_rows = row_encoding is not None and not encoded.rows.is_empty
     user_index, item_index, stamps, rows, merged = _order_rows(
-        user_index, item_index, encoded.timestamps, num_item_positions, merge=True, rows=with_rows
+        user_index, item_index, encoded.timestamps, num_item_positions, rows=with_rows
     )
     if merged:
         logger.info("channel '%s': merged %d duplicate user-item pairs", encoded.channel, merged)
@@ -866,20 +820,6 @@ def _indexed(
     )
 
 
-def index_interactions(
-    frame: pd.DataFrame, users: Vocabulary, items: Vocabulary
-) -> tuple[IndexedInteractions, int]:
-    """Index a clean frame; rows with an id outside the vocabularies are dropped and counted."""
-    user_index = users.lookup_array(pa.array(frame["user_id"], type=pa.string()))
-    item_index = items.lookup_array(pa.array(frame["item_id"], type=pa.string()))
-    keep = (user_index >= 0) & (item_index >= 0)
-    stamps = frame["timestamp"].to_numpy(dtype=np.float64)[keep]
-    user_index, item_index, stamps, _ = _order_positives(
-        user_index[keep], item_index[keep], stamps, len(items), merge=False
-    )
-    return _indexed(user_index, item_index, stamps, len(users), len(items)), int((~keep).sum())
-
-
 def split_last_out(
     data: IndexedInteractions, *, min_history: int = 2
 ) -> tuple[IndexedInteractions, IndexedInteractions]:
@@ -917,7 +857,7 @@ def combine(first: IndexedInteractions, second: IndexedInteractions) -> IndexedI
     users = np.concatenate([first.users, second.users]).astype(np.int64)
     items = np.concatenate([first.items, second.items]).astype(np.int64)
     stamps = np.concatenate([first.timestamps, second.timestamps])
-    users, items, stamps, rows, _ = _order_rows(users, items, stamps, first.num_items, merge=True, rows=True)
+    users, items, stamps, rows, _ = _order_rows(users, items, stamps, first.num_items, rows=True)
     assert rows is not None  # asked for with rows=True
 
     def taken(a: np.ndarray | None, b: np.ndarray | None) -> np.ndarray | None:

@@ -36,8 +36,8 @@ __all__ = [
     "ChannelScan",
     "list_data_files",
     "open_channel",
+    "open_path",
     "read_table",
-    "require_columns",
     "write_table",
 ]
 
@@ -406,7 +406,7 @@ class ChannelScan:
     """
 
     channel: str
-    directory: Path
+    directory: Path  # or the one file that ``open_path`` opened
     files: tuple[_DataFile, ...]
     file_schemas: tuple[pa.Schema, ...]
     string_columns: tuple[str, ...]
@@ -581,26 +581,6 @@ def open_channel(directory: Path, *, channel: str, string_columns: Collection[st
     )
 
 
-def require_columns(table: pa.Table, columns: Sequence[str], *, channel: str, hint: str) -> None:
-    """Raise a ``DataError`` naming the columns of ``columns`` that ``table`` lacks.
-
-    ``hint`` is the last sentence of the message: what the user should change.
-    """
-    present = list(table.column_names)
-    missing = [name for name in columns if name not in present]
-    if not missing:
-        return
-    quoted = ", ".join(f"'{name}'" for name in missing)
-    noun = "column" if len(missing) == 1 else "columns"
-    message = (
-        f"channel '{channel}': {noun} {quoted} not found; "
-        f"columns present: {', '.join(present) if present else '(none)'}."
-    )
-    if hint:
-        message += f" {hint}"
-    raise DataError(message)
-
-
 def _json_default(value: Any) -> Any:
     return str(value)
 
@@ -633,6 +613,19 @@ def write_table(table: pa.Table | pd.DataFrame, path: Path) -> None:
                 sink.write("".join(lines).encode("utf-8"))
 
 
+def _single_file(path: Path, *, channel: str) -> _DataFile:
+    detected = _file_format(path)
+    if detected is None:
+        raise DataError(
+            f"{channel}: file {path} has an unsupported extension; supported extensions: {_SUPPORTED_TEXT}."
+        )
+    return _DataFile(path, *detected)
+
+
+def _empty_file(path: Path, *, channel: str) -> DataError:
+    return DataError(f"{channel}: file {path} holds no rows.")
+
+
 def read_path(
     path: Path, *, channel: str, string_columns: Collection[str] = (), allow_empty: bool = False
 ) -> pa.Table:
@@ -641,12 +634,21 @@ def read_path(
     ``allow_empty``: a file without rows is an empty table, not an error (one part of many)."""
     if not path.is_file():
         return read_table(path, channel=channel, string_columns=string_columns)
-    detected = _file_format(path)
-    if detected is None:
-        raise DataError(
-            f"{channel}: file {path} has an unsupported extension; supported extensions: {_SUPPORTED_TEXT}."
-        )
-    table = _read_file(path, detected[0], detected[1], string_columns, channel=channel)
+    file = _single_file(path, channel=channel)
+    table = _read_file(path, file.file_format, file.gzipped, string_columns, channel=channel)
     if table.num_rows == 0 and not allow_empty:
-        raise DataError(f"{channel}: file {path} holds no rows.")
+        raise _empty_file(path, channel=channel)
     return table
+
+
+def open_path(path: Path, *, channel: str, string_columns: Collection[str] = ()) -> ChannelScan:
+    """``open_channel`` for a single data file too, or a directory (for command-line use).
+
+    A file gets the errors that ``read_path`` gives it; a directory is a channel's."""
+    if not path.is_file():
+        return open_channel(path, channel=channel, string_columns=string_columns)
+    file = _single_file(path, channel=channel)
+    schema, has_rows = _file_schema(file, string_columns, channel=channel, count_rows=True)
+    if not has_rows:
+        raise _empty_file(path, channel=channel)
+    return ChannelScan(channel, path, (file,), (schema,), tuple(string_columns), schema, {})

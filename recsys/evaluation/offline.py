@@ -7,18 +7,19 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import torch
 
 from recsys.artifact import load_artifact
-from recsys.config import resolve_train_config
+from recsys.config import DeviceName, resolve_train_config
+from recsys.data.context import RowEncoding
 from recsys.data.device import DeviceInteractions, resolve_device
 from recsys.data.interactions import (
     IndexedInteractions,
     InteractionColumns,
-    clean_interactions,
-    index_interactions,
+    index_encoded,
+    read_interactions,
 )
-from recsys.data.io import read_path
-from recsys.errors import DataError
+from recsys.errors import DataError, UserError
 from recsys.evaluation.evaluate import (
     ItemStatistics,
     build_evaluation_report,
@@ -44,6 +45,7 @@ def evaluate_saved_model(
     k: int | None = None,
     repeats: RepeatPolicy = "drop",
     report_dir: Path | None = None,
+    device: DeviceName = "auto",
 ) -> dict[str, Any]:
     """Metrics of a saved model on held-out interactions, beside the most-popular baseline.
 
@@ -53,22 +55,40 @@ def evaluate_saved_model(
     A test row whose item the user already has in training (a repeat) can never be recommended
     by full ranking: ``repeats="drop"`` leaves such rows out, ``"count"`` scores them as misses.
     Either way their number is reported, and a warning is logged when they are most of the rows.
+
+    ``device`` is where this evaluation runs (``auto``: CUDA when present), whatever device the
+    model was trained on: the training job's ``device`` hyperparameter describes its machine, not
+    this one.
     """
     artifact = load_artifact(model_dir)
     raw = dict(artifact.train_config)
     if k is not None:
         raw["eval_k"] = k
     config = resolve_train_config(raw)
-    device = resolve_device(config.device)
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda, but no CUDA device is visible here; pass --device cpu or auto.")
+    torch_device = resolve_device(device)
+    # The rules of the training job's validation channel, with the codes its training learnt.
     columns = InteractionColumns(
-        config.user_id_column, config.item_id_column, config.rating_column, config.timestamp_column
+        config.user_id_column,
+        config.item_id_column,
+        config.rating_column,
+        config.timestamp_column,
+        config.event_type_column,
+        config.context_columns,
     )
-    table = read_path(test_path, channel="test", string_columns=(columns.user, columns.item))
-    frame = clean_interactions(table, columns, channel="test", min_rating=config.min_rating).frame
-    held, dropped = index_interactions(frame, artifact.users, artifact.items)
+    encoded = read_interactions(
+        test_path, columns, channel="test", min_rating=config.min_rating, allow_file=True
+    )
+    rows = artifact.feature_encodings.get("rows")
+    row_encoding = RowEncoding.from_json(rows) if isinstance(rows, dict) else None
+    held, dropped = index_encoded(encoded, artifact.users, artifact.items, row_encoding)
+    del encoded
     if dropped:
         logger.warning(
-            "%d of %d test interactions name an unknown user or item and are skipped", dropped, len(frame)
+            "%d of %d test interactions name an unknown user or item and are skipped",
+            dropped,
+            held.num_interactions + dropped,
         )
     if held.num_interactions == 0:
         raise DataError(f"{test_path}: no test interaction names a user and an item the model knows.")
@@ -94,18 +114,18 @@ def evaluate_saved_model(
                 "interactions that came after training, or pass --repeats count to score them as misses."
             )
         held = fresh
-    model = artifact.build_model(device)
-    train = DeviceInteractions.from_indexed(seen, device)
+    model = artifact.build_model(torch_device)
+    train = DeviceInteractions.from_indexed(seen, torch_device)
     evaluation = evaluate_model(
         model,
         train,
-        held_out_tensors(held, device),
+        held_out_tensors(held, torch_device),
         ItemStatistics.build(
             artifact.item_popularity,
             num_users=num_users,
             encoding=artifact.item_encoding,
             arrays=artifact.item_arrays,
-            device=device,
+            device=torch_device,
         ),
         ks=cutoffs(config.eval_k),
         k=config.eval_k,
@@ -118,6 +138,12 @@ def evaluate_saved_model(
     extra: dict[str, Any] = {}
     if report_dir is not None:
         treated = "left out" if repeats == "drop" else "scored as misses"
+        details = report_details(
+            config, artifact.model_config, device=torch_device, num_training_users=num_users
+        )
+        if isinstance(artifact.metrics.get("loss"), str):
+            # "auto" resolves by device: the loss trained with is the one the job resolved on its own.
+            details["loss"] = artifact.metrics["loss"]
         report = build_evaluation_report(
             evaluation,
             train,
@@ -127,9 +153,7 @@ def evaluate_saved_model(
             f"{total} known interactions evaluated ({num_repeats} repeats of training pairs {treated}, "
             f"{dropped} with an unknown user or item skipped), beside the most-popular baseline of "
             "the model's training data, computed in the same run.",
-            details=report_details(
-                config, artifact.model_config, device=device, num_training_users=num_users
-            ),
+            details=details,
             notes=warnings,
         )
         extra["report"] = str(write_evaluation_report(report_dir, report))

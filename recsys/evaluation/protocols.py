@@ -2,8 +2,9 @@
 
 Full ranking scores every item for each evaluated user, removes the items the user already
 interacted with in training, and ranks the rest: the protocol that reflects what serving does.
-The sampled protocol ranks each held-out item among ``num_negatives`` items the user never
-touched, for comparison with the literature (it overstates accuracy, see Krichene & Rendle 2020).
+The sampled protocol ranks each held-out item among ``num_negatives`` distinct items the user
+never touched, for comparison with the literature (it overstates accuracy, see Krichene & Rendle
+2020).
 """
 
 from __future__ import annotations
@@ -257,6 +258,101 @@ def drop_repeats(held_out: IndexedInteractions, seen: IndexedInteractions) -> tu
     return kept, repeats
 
 
+@dataclass(frozen=True)
+class KnownPairs:
+    """Every (user, item) pair a user touched, as sorted distinct keys ``user * num_items + item``."""
+
+    keys: Tensor  # [K] int64
+    # Each key minus its position among its user's keys: with the user's items k_0 < k_1 < ...,
+    # user * num_items + k_i - i, which never decreases, so these are sorted too.
+    shifted: Tensor  # [K] int64
+    num_items: int
+
+    @classmethod
+    def of(cls, train: DeviceInteractions, held_out: HeldOut, num_items: int) -> KnownPairs:
+        """The pairs of ``train`` and ``held_out``: what a sampled negative must never be."""
+        device = held_out.items.device
+        owners = torch.repeat_interleave(
+            torch.arange(held_out.counts.shape[0], device=device), held_out.counts
+        )
+        keys = torch.unique(
+            torch.cat([train.users.long() * num_items + train.items, owners * num_items + held_out.items]),
+            sorted=True,
+        )
+        run_start = torch.searchsorted(keys, torch.div(keys, num_items, rounding_mode="floor") * num_items)
+        shifted = keys - (torch.arange(keys.shape[0], device=device) - run_start)
+        return cls(keys, shifted, num_items)
+
+
+def sample_negatives(
+    known: KnownPairs, users: Tensor, num_negatives: int, *, generator: torch.Generator
+) -> tuple[Tensor, Tensor]:
+    """``num_negatives`` distinct items per row that its user never touched: (items, valid), [B, M].
+
+    ``users`` [B] may repeat; each row is drawn on its own, on ``users``' device, as a uniform
+    random subset of its user's unseen items (without replacement, never an item of ``known``).
+
+    A user with fewer unseen items than ``num_negatives`` gets every one of them, once; the slots
+    left over repeat one of them and are ``False`` in ``valid``, for the caller to mask. A user
+    who touched every item has no negative: every slot is invalid (its item is meaningless).
+    """
+    num_items = known.num_items
+    users = users.long()
+    start = torch.searchsorted(known.keys, users * num_items)
+    unseen = num_items - (torch.searchsorted(known.keys, (users + 1) * num_items) - start)
+    ranks, valid = _distinct_ranks(unseen, num_negatives, generator)
+    ranks = torch.where(valid, ranks, ranks[:, :1])
+    # The r-th unseen item is r plus the number of the user's items at or below it, which is the
+    # number of the user's k_i - i <= r: one searchsorted over the shifted keys.
+    below = torch.searchsorted(known.shifted, users.unsqueeze(1) * num_items + ranks, right=True)
+    items = ranks + below - start.unsqueeze(1)
+    return items.clamp(max=num_items - 1), valid
+
+
+def _distinct_ranks(unseen: Tensor, count: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """``count`` distinct ranks per row, a uniform random subset of [0, unseen): (ranks, valid).
+
+    Where ``unseen < count``, the first ``unseen`` slots hold every rank and the rest are invalid.
+    """
+    device = unseen.device
+    ranks = torch.zeros((unseen.shape[0], count), dtype=torch.long, device=device)
+    valid = torch.arange(count, device=device) < unseen.unsqueeze(1)
+    # Up to twice as many unseen items as wanted, a random order of all of them is cheap and
+    # exact; beyond, redrawing repeats is cheaper, and a slot repeats with probability below 1/2.
+    dense = unseen <= 2 * count
+    if bool(dense.any()):
+        bound = unseen[dense].unsqueeze(1)
+        width = max(int(bound.max()), 1)
+        # float64 keys: ties (which topk would break by position) are then negligible.
+        keys = torch.rand((bound.shape[0], width), generator=generator, device=device, dtype=torch.float64)
+        keys = keys.masked_fill(torch.arange(width, device=device) >= bound, 2.0)  # past the end: last
+        order = torch.topk(keys, min(count, width), dim=1, largest=False).indices
+        ranks[dense] = torch.nn.functional.pad(order, (0, count - order.shape[1]))
+    sparse = ~dense
+    if bool(sparse.any()):
+        bound = unseen[sparse].unsqueeze(1)
+        drawn = _uniform_below(bound, count, generator)
+        while True:  # a host sync per round: rounds number about log2(count)
+            ordered, order = torch.sort(drawn, dim=1)
+            again = torch.zeros_like(drawn, dtype=torch.bool)
+            again.scatter_(1, order[:, 1:], ordered[:, 1:] == ordered[:, :-1])
+            if not bool(again.any()):
+                break
+            # Redrawn from the whole range, repeats and all: every item stays equally likely.
+            drawn = torch.where(again, _uniform_below(bound, count, generator), drawn)
+        ranks[sparse] = drawn
+    return ranks, valid
+
+
+def _uniform_below(bound: Tensor, count: int, generator: torch.Generator) -> Tensor:
+    """[R, count] integers uniform in [0, bound) per row of ``bound`` [R, 1]."""
+    # float64: float32 would leave most integers beyond 2**24 unreachable.
+    uniform = torch.rand(
+        (bound.shape[0], count), generator=generator, device=bound.device, dtype=torch.float64
+    )
+    return torch.minimum((uniform * bound).long(), bound - 1)
+
+
 @torch.no_grad()
 def sampled_ranking(
     model: NCF,
@@ -269,33 +365,24 @@ def sampled_ranking(
     generator: torch.Generator,
     batch_size: int = 1024,
 ) -> dict[str, float]:
-    """HR@k and NDCG@k of each held-out item ranked among ``num_negatives`` unseen items."""
+    """HR@k and NDCG@k of each held-out item ranked among ``num_negatives`` distinct unseen items.
+
+    The negatives of a held-out row are drawn without replacement from the items its user has
+    neither in training nor held out (``sample_negatives``). A user with fewer such items than
+    ``num_negatives`` has each held-out item ranked among all of them: the missing negatives are
+    masked, so they never outrank it.
+    """
     device = held_out.items.device
     num_items = model.config.num_items
     owners = torch.repeat_interleave(torch.arange(held_out.counts.shape[0], device=device), held_out.counts)
-    # Keys of every known (user, item) pair, to reject negatives the user actually touched.
-    known = torch.cat([train.users * num_items + train.items, owners * num_items + held_out.items])
-    known = torch.sort(known).values
+    known = KnownPairs.of(train, held_out, num_items)
     hr, ndcg = [], []
     for users, positives in zip(
         torch.split(owners, batch_size), torch.split(held_out.items, batch_size), strict=True
     ):
-        negatives = torch.randint(
-            num_items, (users.shape[0], num_negatives), device=device, generator=generator
-        )
-
-        def clashes(negatives: Tensor, users: Tensor = users) -> Tensor:
-            keys = users.unsqueeze(1) * num_items + negatives
-            found = torch.searchsorted(known, keys).clamp(max=known.shape[0] - 1)
-            return known[found] == keys
-
-        clash = clashes(negatives)
-        for _ in range(20):  # collisions are rare on real catalogues; a few redraws remove them
-            if not bool(clash.any()):
-                break
-            redraw = torch.randint(num_items, negatives.shape, device=device, generator=generator)
-            negatives = torch.where(clash, redraw, negatives)
-            clash = clashes(negatives)
+        negatives, valid = sample_negatives(known, users, num_negatives, generator=generator)
+        # A user with no unseen item at all: any candidate will do, every one is masked.
+        negatives = torch.where(valid.any(1, keepdim=True), negatives, positives.unsqueeze(1))
         history, mask, extras = user_inputs(
             train,
             users,
@@ -305,9 +392,7 @@ def sampled_ranking(
         )
         candidates = torch.cat([positives.unsqueeze(1), negatives], dim=1)
         logits = model(users, history, mask, candidates, extras).float()
-        # On a tiny catalogue some users have fewer unseen items than negatives asked for: a
-        # negative the user did touch must not count against the held-out item.
-        logits = torch.cat([logits[:, :1], logits[:, 1:].masked_fill(clash, float("-inf"))], dim=1)
+        logits = torch.cat([logits[:, :1], logits[:, 1:].masked_fill(~valid, float("-inf"))], dim=1)
         rank = (logits[:, 1:] > logits[:, :1]).sum(1)
         hr.append((rank < k).float())
         ndcg.append(torch.where(rank < k, 1.0 / torch.log2(rank.float() + 2.0), 0.0))

@@ -719,7 +719,3 @@ class NCF(nn.Module):
         return self.score_candidates(
             self.encode_users(users, history, history_mask, extras), self.encode_items(candidates)
         )
-
-
-def build_model(config: ModelConfig) -> NCF:
-    return NCF(config)

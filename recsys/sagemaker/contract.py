@@ -274,11 +274,6 @@ def write_success(paths: ContainerPaths) -> None:
     paths.success_file.write_text("", encoding="utf-8")
 
 
-def environment_base(environ: Mapping[str, str] | None = None) -> ContainerPaths:
-    """The contract's paths from the process environment; for the CLI edge only."""
-    return ContainerPaths.from_env(os.environ if environ is None else environ)
-
-
 # -- processing jobs -----------------------------------------------------------------------------
 
 # A Processing job's inputs and outputs: /opt/ml/processing/{input,output}/<name>, under the same

@@ -171,7 +171,12 @@ def test_encoding_json_round_trip(tmp_path: Path) -> None:
 def test_arrays_save_load_round_trip(tmp_path: Path) -> None:
     encoding, arrays = _encode(TABLE)
     arrays.save(tmp_path, "item")
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(arrays.file_names("item"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "item_categorical_0.npy",
+        "item_categorical_1.npy",
+        "item_numeric.npy",
+        "item_numeric_raw.npy",
+    ]
     loaded = FeatureArrays.load(tmp_path, "item", encoding)
     assert len(loaded.categorical) == 2
     for before, after in zip(arrays.categorical, loaded.categorical, strict=True):

@@ -16,11 +16,9 @@ import pytest
 from recsys.data.interactions import (
     IndexedInteractions,
     InteractionColumns,
-    clean_interactions,
     combine,
     encode_batches,
     index_encoded,
-    index_interactions,
     read_interactions,
     split_last_out,
 )
@@ -31,11 +29,35 @@ from recsys.errors import DataError
 COLUMNS = InteractionColumns()
 
 
+def _positives(
+    table: pa.Table,
+    columns: InteractionColumns = COLUMNS,
+    *,
+    channel: str = "train",
+    min_rating: float | None = None,
+) -> tuple[pd.DataFrame, bool]:
+    """The rules on a table in memory, as every reader applies them: (positives, had times).
+
+    The positives are one row per (user, item) pair: user_id, item_id and timestamp (float64).
+    """
+    encoded = encode_batches(
+        table.column_names, table.to_batches(), columns, channel=channel, min_rating=min_rating
+    )
+    users, items = Vocabulary.from_arrow(encoded.user_ids()), Vocabulary.from_arrow(encoded.item_ids())
+    indexed, _ = index_encoded(encoded, users, items)
+    frame = pd.DataFrame(
+        {
+            "user_id": users.values.take(pa.array(indexed.users)).to_pandas(),
+            "item_id": items.values.take(pa.array(indexed.items)).to_pandas(),
+            "timestamp": indexed.timestamps,
+        }
+    )
+    return frame, encoded.has_timestamp
+
+
 def _clean(columns: dict[str, Any], *, min_rating: float | None = None, **names: str) -> pd.DataFrame:
-    table = pa.table(columns)
-    return clean_interactions(
-        table, InteractionColumns(**names), channel="train", min_rating=min_rating
-    ).frame
+    frame, _ = _positives(pa.table(columns), InteractionColumns(**names), min_rating=min_rating)
+    return frame
 
 
 def _rows(frame: pd.DataFrame) -> list[tuple[str, str, float]]:
@@ -58,6 +80,19 @@ def test_missing_id_column_names_it_the_columns_present_and_the_setting(missing:
     assert ", ".join(present) in message
     assert setting in message
     assert "'train'" in message
+
+
+def test_missing_context_columns_are_all_named_with_the_columns_present() -> None:
+    columns = InteractionColumns(context=("device", "country", "page"))
+    table = pa.table({"user_id": ["u"], "item_id": ["i"], "country": ["fr"]})
+
+    with pytest.raises(DataError) as info:
+        _positives(table, columns)
+
+    assert str(info.value) == (
+        "channel 'train': the context column(s) 'device', 'page' named by the hyperparameter "
+        "context_columns were not found; columns present: user_id, item_id, country."
+    )
 
 
 def test_custom_column_names_are_used() -> None:
@@ -144,10 +179,10 @@ def test_an_empty_timestamp_is_an_error(stamps: list[Any]) -> None:
 
 def test_without_a_timestamp_column_row_order_is_time() -> None:
     table = pa.table({"user_id": ["u2", "u1", "u1", "u2"], "item_id": ["z", "b", "a", "y"]})
-    result = clean_interactions(table, COLUMNS, channel="train", min_rating=None)
-    assert not result.has_timestamp
+    frame, has_timestamp = _positives(table)
+    assert not has_timestamp
     # Sorted by user then time: u1's "b" came before "a" in the file, so it stays first.
-    assert _rows(result.frame) == [("u1", "b", 1.0), ("u1", "a", 2.0), ("u2", "z", 0.0), ("u2", "y", 3.0)]
+    assert _rows(frame) == [("u1", "b", 1.0), ("u1", "a", 2.0), ("u2", "z", 0.0), ("u2", "y", 3.0)]
 
 
 def test_duplicates_are_merged_keeping_the_latest_time() -> None:
@@ -158,9 +193,9 @@ def test_duplicates_are_merged_keeping_the_latest_time() -> None:
             "timestamp": [50, 20, 10, 5],
         }
     )
-    result = clean_interactions(table, COLUMNS, channel="train", min_rating=None)
-    assert result.has_timestamp
-    assert _rows(result.frame) == [("u", "b", 20.0), ("u", "a", 50.0), ("v", "a", 5.0)]
+    frame, has_timestamp = _positives(table)
+    assert has_timestamp
+    assert _rows(frame) == [("u", "b", 20.0), ("u", "a", 50.0), ("v", "a", 5.0)]
 
 
 def test_ties_in_time_are_ordered_by_item() -> None:
@@ -189,19 +224,25 @@ def test_numeric_ids_become_strings() -> None:
     assert _rows(frame) == [("7", "100", 0.0), ("7", "20", 1.0)]
 
 
+def _index(
+    columns: dict[str, list[Any]], users: Vocabulary, items: Vocabulary
+) -> tuple[IndexedInteractions, int]:
+    table = pa.table(columns)
+    encoded = encode_batches(table.column_names, table.to_batches(), COLUMNS, channel="test", min_rating=None)
+    return index_encoded(encoded, users, items)
+
+
 def _indexed() -> tuple[IndexedInteractions, int]:
-    frame = pd.DataFrame(
-        {
-            "user_id": ["bob", "ann", "bob", "ann", "ann", "zed", "bob"],
-            "item_id": ["x", "y", "y", "x", "q", "x", "z"],
-            "timestamp": [30.0, 5.0, 10.0, 7.0, 1.0, 2.0, 20.0],
-        }
-    )
+    columns: dict[str, list[Any]] = {
+        "user_id": ["bob", "ann", "bob", "ann", "ann", "zed", "bob"],
+        "item_id": ["x", "y", "y", "x", "q", "x", "z"],
+        "timestamp": [30.0, 5.0, 10.0, 7.0, 1.0, 2.0, 20.0],
+    }
     # "zed" and item "q" are outside the vocabularies: their rows are dropped and counted.
-    return index_interactions(frame, Vocabulary.build(["ann", "bob", "cid"]), Vocabulary.build("xyz"))
+    return _index(columns, Vocabulary.build(["ann", "bob", "cid"]), Vocabulary.build("xyz"))
 
 
-def test_index_interactions_builds_a_time_ordered_csr() -> None:
+def test_index_encoded_builds_a_time_ordered_csr() -> None:
     data, dropped = _indexed()
     assert dropped == 2  # (ann, q) and (zed, x)
     assert (data.num_users, data.num_items, data.num_interactions) == (3, 3, 5)
@@ -216,14 +257,12 @@ def test_index_interactions_builds_a_time_ordered_csr() -> None:
 
 
 def test_split_last_out_holds_out_each_users_latest_item() -> None:
-    frame = pd.DataFrame(
-        {
-            "user_id": ["a", "a", "a", "b", "c", "c"],
-            "item_id": ["1", "2", "3", "1", "3", "2"],
-            "timestamp": [3.0, 1.0, 2.0, 9.0, 4.0, 8.0],
-        }
-    )
-    data, dropped = index_interactions(frame, Vocabulary.build("abc"), Vocabulary.build("123"))
+    columns: dict[str, list[Any]] = {
+        "user_id": ["a", "a", "a", "b", "c", "c"],
+        "item_id": ["1", "2", "3", "1", "3", "2"],
+        "timestamp": [3.0, 1.0, 2.0, 9.0, 4.0, 8.0],
+    }
+    data, dropped = _index(columns, Vocabulary.build("abc"), Vocabulary.build("123"))
     assert dropped == 0
     train, held = split_last_out(data)
     # a: 2@1, 3@2, 1@3 -> holds out 1; b has one interaction -> all in train; c: 3@4, 2@8 -> holds out 2.
@@ -308,10 +347,10 @@ def test_read_interactions_matches_the_old_rules_over_mixed_parts(
     assert data.indptr.tolist() == [0, *np.cumsum(expected.groupby("user_id", sort=True).size()).tolist()]
 
 
-def test_clean_interactions_matches_the_old_rules() -> None:
+def test_encode_batches_matches_the_old_rules() -> None:
     frame = _messy_frame(2000, seed=6)
 
-    cleaned = clean_interactions(pa.Table.from_pandas(frame), COLUMNS, channel="train", min_rating=None).frame
+    cleaned, _ = _positives(pa.Table.from_pandas(frame))
 
     expected = _old_rules(frame, None)
     assert cleaned["user_id"].tolist() == expected["user_id"].tolist()
@@ -393,6 +432,25 @@ def test_missing_id_column_is_named_before_reading_rows(tmp_path: Path) -> None:
         DataError, match=r"user id column 'user_id' was not found; columns present: user, item_id"
     ):
         read_interactions(tmp_path / "train", COLUMNS, channel="train", min_rating=None)
+
+
+def test_read_interactions_reads_one_file_only_when_allowed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "test.csv"
+    path.write_text("user_id,item_id,timestamp\nu,a,2\nu,b,yesterday\n")
+
+    with pytest.raises(DataError, match=re.escape(f"'yesterday' (1 such rows), the first in {path}")):
+        read_interactions(path, COLUMNS, channel="test", min_rating=None, allow_file=True)
+    path.write_text("user_id,item_id,timestamp\nu,a,2\nv,b,1\nu,a,3\n")
+    with caplog.at_level(logging.INFO, logger="recsys.data.interactions"):
+        encoded = read_interactions(path, COLUMNS, channel="test", min_rating=None, allow_file=True)
+    with pytest.raises(DataError, match=re.escape(f"{path} is a file, but a channel must be a directory")):
+        read_interactions(path, COLUMNS, channel="train", min_rating=None)
+
+    assert encoded.timestamps.tolist() == [2.0, 1.0, 3.0]
+    assert encoded.user_ids().to_pylist() == ["u", "v"]
+    assert "rows kept" not in caplog.text  # the command that read it prints its own first line
 
 
 def test_index_encoded_drops_and_counts_pairs_with_unknown_ids_once() -> None:
@@ -532,10 +590,10 @@ def test_a_part_in_each_format_and_encoding_reads_like_one_csv(
 
     assert mixed == single
     rows, _ = mixed
-    # In memory too (offline evaluation reads a directory whole): the timestamps and ratings are
-    # text in every part there, and convert to the same values.
+    # In memory too (a directory read whole): the timestamps and ratings are text in every part
+    # there, and convert to the same values.
     table = read_table(tmp_path / "mixed", channel="test", string_columns=["user_id", "item_id"])
-    frame_rows = _rows(clean_interactions(table, COLUMNS, channel="test", min_rating=min_rating).frame)
+    frame_rows = _rows(_positives(table, channel="test", min_rating=min_rating)[0])
     assert frame_rows == rows
     kept = frame if min_rating is None else frame[frame["rating"] >= min_rating]
     latest = kept.groupby(["user_id", "item_id"])["timestamp"].max()

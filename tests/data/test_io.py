@@ -17,8 +17,9 @@ from recsys.data.io import (
     SUPPORTED_EXTENSIONS,
     list_data_files,
     open_channel,
+    open_path,
+    read_path,
     read_table,
-    require_columns,
     write_table,
 )
 from recsys.errors import DataError, UserError
@@ -328,32 +329,6 @@ def test_zero_rows_is_an_error(tmp_path: Path) -> None:
     assert "2 files read" in message
 
 
-def test_require_columns_message() -> None:
-    table = pa.table({"user": ["a"], "movie": ["b"], "rating": [1]})
-    with pytest.raises(DataError) as raised:
-        require_columns(
-            table,
-            ["user", "item_id"],
-            channel="train",
-            hint="Set the hyperparameter item_id_column to the right name.",
-        )
-
-    assert str(raised.value) == (
-        "channel 'train': column 'item_id' not found; columns present: user, movie, rating. "
-        "Set the hyperparameter item_id_column to the right name."
-    )
-
-
-def test_require_columns_names_every_missing_column() -> None:
-    table = pa.table({"user": ["a"]})
-    with pytest.raises(DataError, match=r"columns 'a', 'b' not found; columns present: user\.$"):
-        require_columns(table, ["a", "user", "b"], channel="items", hint="")
-
-
-def test_require_columns_passes_when_present() -> None:
-    require_columns(pa.table({"a": [1], "b": [2]}), ["b", "a"], channel="train", hint="unused")
-
-
 # Streaming: open_channel checks a channel like read_table, then reads it batch by batch.
 
 
@@ -533,3 +508,49 @@ def test_a_channel_of_empty_files_names_the_first_of_them(tmp_path: Path, reader
 
     assert "(5 files read, all empty)" in info.value.message
     assert f"{paths[0]}, {paths[1]}, {paths[2]} and 2 more" in info.value.message
+
+
+# open_path: one data file, or a directory (the command line's --test), streamed like a channel.
+
+
+@pytest.mark.parametrize("name", ["test.parquet", "test.csv.gz", "test.jsonl"])
+def test_open_path_streams_a_single_file(tmp_path: Path, name: str) -> None:
+    path = tmp_path / name
+    write_table(FRAME, path)
+
+    scan = open_path(path, channel="test", string_columns=["user_id", "item_id"])
+    rows = [row for batch in scan.batches(["user_id", "item_id"]) for row in batch.to_pylist()]
+
+    assert [file.path for file in scan.files] == [path]
+    assert rows == [
+        {"user_id": u, "item_id": i} for u, i in zip(FRAME["user_id"], FRAME["item_id"], strict=True)
+    ]
+
+
+def test_open_path_opens_a_directory_as_a_channel(tmp_path: Path) -> None:
+    write_table(FRAME.iloc[:1], tmp_path / "test" / "a.parquet")
+    write_table(FRAME.iloc[1:], tmp_path / "test" / "b.csv")
+
+    scan = open_path(tmp_path / "test", channel="test", string_columns=["user_id"])
+
+    assert [file.path.name for file in scan.files] == ["a.parquet", "b.csv"]
+    assert [row["user_id"] for batch in scan.batches(["user_id"]) for row in batch.to_pylist()] == [
+        "007",
+        "042",
+        "100",
+    ]
+
+
+@pytest.mark.parametrize("reader", [open_path, read_path], ids=["open_path", "read_path"])
+def test_a_single_file_that_is_empty_or_of_another_format_is_named(tmp_path: Path, reader: Any) -> None:
+    header_only = _write_text(tmp_path / "test.csv", "user_id,item_id\n")
+    other = _write_text(tmp_path / "test.xlsx", "not a table")
+
+    with pytest.raises(DataError, match=re.escape(f"test: file {header_only} holds no rows.")):
+        reader(header_only, channel="test")
+    with pytest.raises(DataError, match=re.escape(f"test: file {other} has an unsupported extension")):
+        reader(other, channel="test")
+    with pytest.raises(
+        DataError, match=re.escape(f"channel 'test': directory {tmp_path / 'nope'} does not exist")
+    ):
+        reader(tmp_path / "nope", channel="test")

@@ -11,6 +11,7 @@ import torch
 from recsys.data.device import DeviceInteractions, HeldOut, segment_positions
 from recsys.data.interactions import IndexedInteractions
 from recsys.evaluation.protocols import (
+    KnownPairs,
     beyond_accuracy,
     compare_rankings,
     drop_repeats,
@@ -18,6 +19,7 @@ from recsys.evaluation.protocols import (
     popular_ranking,
     popular_top_k,
     rank_top_k,
+    sample_negatives,
     sampled_ranking,
 )
 from recsys.models.ncf import NCF, ModelConfig
@@ -230,7 +232,7 @@ def test_sampled_negatives_never_include_a_known_item(monkeypatch: pytest.Monkey
         _train(train, num_items),
         _held_out(held),
         1,
-        num_negatives=30,  # 30 draws among 10 items, 4 of them known: clashes are certain before rejection
+        num_negatives=30,  # 30 asked for among 10 items, 4 of them known: all 6 unseen ones are used
         history_length=2,
         generator=torch.Generator().manual_seed(0),
         batch_size=4,
@@ -270,6 +272,156 @@ def test_sampled_ranking_with_real_scores() -> None:
     assert deep[f"sampled_ndcg@{num_negatives + 1}"] == pytest.approx(
         (1.0 + 1.0 / math.log2(num_negatives + 2)) / 2
     )
+
+
+def _sampled(
+    per_user_train: list[list[int]],
+    per_user_held: list[list[int]],
+    num_items: int,
+    rows: list[int],
+    count: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    known = KnownPairs.of(_train(per_user_train, num_items), _held_out(per_user_held), num_items)
+    generator = torch.Generator().manual_seed(7)
+    return sample_negatives(known, torch.tensor(rows), count, generator=generator)
+
+
+def test_sampled_negatives_are_distinct_unseen_items_and_all_of_them_when_too_few() -> None:
+    num_items, count = 50, 20
+    train = [
+        list(range(0, 50, 10)),  # 45 unseen: many more than asked for
+        list(range(35)),  # 15 unseen: fewer than asked for, every one is used
+        list(range(10, 38)),  # 22 unseen: a few more than asked for
+        list(range(50)),  # nothing unseen: no negative at all
+        [],  # 49 unseen (its held-out item aside)
+    ]
+    held = [[1], [], [40], [], [3]]
+    rows = [0, 1, 2, 3, 4, 0, 1, 2, 4, 2]
+
+    items, valid = _sampled(train, held, num_items, rows, count)
+
+    assert items.shape == valid.shape == (len(rows), count)
+    for row, user in enumerate(rows):
+        unseen = set(range(num_items)) - set(train[user]) - set(held[user])
+        drawn = items[row][valid[row]].tolist()
+        assert len(drawn) == len(set(drawn)) == min(count, len(unseen)), f"row {row} (user {user})"
+        assert set(drawn) <= unseen
+        if len(unseen) < count:
+            assert set(drawn) == unseen
+            assert set(items[row].tolist()) <= unseen or not unseen  # the padding repeats one of them
+    assert not valid[3].any()
+
+
+@pytest.mark.parametrize("unseen_items", [25, 60], ids=["random-order", "redraw-repeats"])
+def test_sampled_negatives_are_uniform_over_the_unseen_items(unseen_items: int) -> None:
+    num_items, count, rows = unseen_items + 6, 10, 3000
+    train = [[0, 2, 4, 6, 8]]  # 5 seen and 1 held out: the rest are unseen
+
+    items, valid = _sampled(train, [[1]], num_items, [0] * rows, count)
+
+    assert bool(valid.all())
+    frequency = torch.bincount(items.flatten(), minlength=num_items).double()
+    assert frequency[[0, 1, 2, 4, 6, 8]].sum() == 0
+    expected = rows * count / unseen_items
+    others = frequency[frequency > 0]
+    assert others.shape[0] == unseen_items
+    # Binomial counts: six standard deviations either way (deterministic with the seed anyway).
+    assert float((others - expected).abs().max()) < 6 * (expected * (1 - count / unseen_items)) ** 0.5
+
+
+def test_sampled_ranking_draws_distinct_negatives_per_held_out_item(monkeypatch: pytest.MonkeyPatch) -> None:
+    generator = torch.Generator().manual_seed(5)
+    num_users, num_items, num_negatives = 8, 40, 30  # 36 unseen per user: few to spare
+    picks = [torch.randperm(num_items, generator=generator)[:4].tolist() for _ in range(num_users)]
+    train, held = [p[:2] for p in picks], [p[2:] for p in picks]  # two held-out rows per user
+    model = _bias_model([0.0] * num_items, num_users=num_users)
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def reveal(
+        users: torch.Tensor,
+        history: torch.Tensor,
+        mask: torch.Tensor,
+        candidates: torch.Tensor,
+        extras: object = None,
+    ) -> torch.Tensor:
+        seen.append((users.clone(), candidates.clone()))
+        return torch.zeros(candidates.shape)
+
+    monkeypatch.setattr(model, "forward", reveal)
+    sampled_ranking(
+        model,
+        _train(train, num_items),
+        _held_out(held),
+        10,
+        num_negatives=num_negatives,
+        history_length=2,
+        generator=torch.Generator().manual_seed(0),
+        batch_size=5,
+    )
+    known = _known_sets(train, held)
+    rows = 0
+    for users, candidates in seen:
+        for user, row in zip(users.tolist(), candidates.tolist(), strict=True):
+            negatives = row[1:]
+            assert len(set(negatives)) == num_negatives, f"user {user} got a negative twice"
+            assert not set(negatives) & known[user]
+            rows += 1
+    assert rows == 2 * num_users
+
+
+def _ranked_at(rank: int, seen: list[int], num_items: int) -> int:
+    """The item at 0-based ``rank`` among the unseen items when item i's logit is num_items - i."""
+    return [i for i in range(num_items) if i not in seen][rank]
+
+
+def test_sampled_hit_rate_is_at_least_full_ranking_on_a_small_catalogue() -> None:
+    # With distinct negatives, the items outscoring a held-out one among its negatives are a subset
+    # of those outscoring it in full ranking: a full-ranking hit is a sampled hit. Drawn with
+    # replacement, an item above it could count twice and push it out of the top 10.
+    num_users, num_items, k = 40, 30, 10
+    generator = torch.Generator().manual_seed(11)
+    train = [sorted(torch.randperm(num_items, generator=generator)[:8].tolist()) for _ in range(num_users)]
+    held = [[_ranked_at(5 + u % 5, items, num_items)] for u, items in enumerate(train)]  # ranks 5 to 9
+    model = _bias_model([float(num_items - i) for i in range(num_items)], num_users=num_users)
+    train_tensors, held_tensors = _train(train, num_items), _held_out(held)
+
+    full = full_ranking(model, train_tensors, held_tensors, (k,), history_length=2).summary()
+    sampled = sampled_ranking(
+        model,
+        train_tensors,
+        held_tensors,
+        k,
+        num_negatives=20,  # of the 21 unseen items besides the held-out one
+        history_length=2,
+        generator=torch.Generator().manual_seed(0),
+    )
+
+    assert full["hr@10"] == 1.0
+    assert sampled["sampled_hr@10"] >= full["hr@10"]
+
+
+def test_sampled_hit_rate_is_at_least_full_ranking_for_a_model_with_histories() -> None:
+    num_users, num_items, k = 60, 30, 10
+    generator = torch.Generator().manual_seed(12)
+    picks = [torch.randperm(num_items, generator=generator)[:9].tolist() for _ in range(num_users)]
+    train, held = [p[:8] for p in picks], [p[8:] for p in picks]
+    torch.manual_seed(0)
+    model = NCF(ModelConfig(kind="neumf", num_users=num_users, num_items=num_items, embedding_dim=8)).eval()
+    train_tensors, held_tensors = _train(train, num_items), _held_out(held)
+
+    full = full_ranking(model, train_tensors, held_tensors, (k,), history_length=4).summary()
+    sampled = sampled_ranking(
+        model,
+        train_tensors,
+        held_tensors,
+        k,
+        num_negatives=20,
+        history_length=4,
+        generator=torch.Generator().manual_seed(0),
+    )
+
+    assert 0.0 < full["hr@10"] < 1.0
+    assert sampled["sampled_hr@10"] >= full["hr@10"]
 
 
 def test_beyond_accuracy_keys_and_values() -> None:
