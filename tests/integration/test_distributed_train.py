@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +24,12 @@ import pytest
 
 from recsys.data.synthetic import SyntheticData, SyntheticSpec, generate
 from recsys.training.artifact import load_artifact, verify_artifact
-from tests.conftest import free_port
+from tests.conftest import TreeBuilder, free_port
 
 pytestmark = pytest.mark.slow
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT_SECONDS = 300
-TreeBuilder = Callable[..., Path]
 
 DDP_HYPERPARAMETERS = {"epochs": "4", "embedding_dim": "16", "batch_size": "256", "patience": "10"}
 # Long enough (about 200 steps an epoch) to be interrupted in the middle of an epoch.
