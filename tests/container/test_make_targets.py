@@ -26,6 +26,8 @@ from tests.container.conftest import (
     make_env,
 )
 
+pytestmark = pytest.mark.slow  # Docker builds and containers
+
 STAGE_LABEL = "recsys.stage=torch-cpu"
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from recsys.data.io import read_table, write_table
 from recsys.data.prepare import SOLO, PrepareConfig, digest, k_core
@@ -174,6 +175,7 @@ def test_bad_input_exits_1_with_a_message_naming_the_file_and_column(tmp_path: P
     assert "no interactions are left" in paths.message_file.read_text()
 
 
+@pytest.mark.slow  # two `recsys prepare` subprocesses over gloo
 def test_two_instances_on_sharded_files_give_what_one_instance_gives(tmp_path: Path) -> None:
     """Each instance reads half of the files (ShardedByS3Key); users span both halves, so the
     shuffle by user and the k-core's global item counts are what make the result the same."""

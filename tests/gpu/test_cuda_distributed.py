@@ -63,6 +63,7 @@ def test_a_cuda_run_stopped_mid_epoch_resumes_to_the_uninterrupted_result(tmp_pa
         assert torch.allclose(tensor, resumed_state[name], atol=1e-4), name
 
 
+@pytest.mark.slow  # `recsys train` as two processes
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="fewer than two CUDA devices: NCCL test skipped")
 def test_two_gpus_train_together_with_nccl(tmp_path: Path) -> None:
     data = generate(SyntheticSpec(num_users=600, num_items=200, mean_interactions_per_user=40, seed=3))

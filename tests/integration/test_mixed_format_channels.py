@@ -21,6 +21,8 @@ from recsys.sagemaker.train import train
 from recsys.training.artifact import load_artifact
 from tests.conftest import TreeBuilder
 
+pytestmark = pytest.mark.slow  # integration/ is left out of `make test-fast` as a whole
+
 SPEC = SyntheticSpec(num_users=40, num_items=20, mean_interactions_per_user=8, seed=5)
 ONE_EPOCH = {
     "epochs": "1",
