@@ -130,9 +130,9 @@ def test_a_changed_pyproject_reinstalls_without_the_first_time_line(stub_venv: P
     assert "First" not in result.stdout
 
 
-def test_test_lint_and_push_need_the_full_install(stub_venv: Path) -> None:
+def test_the_test_lint_and_push_targets_need_the_full_install(stub_venv: Path) -> None:
     # -n: print what would run. Each of them starts with the full install.
-    for target in ("test", "lint", "push"):
+    for target in ("test", "test-fast", "lint", "push"):
         result = make("-n", target, f"VENV={stub_venv}")
         assert result.returncode == 0, result.stderr
         assert "-e '.[dev,aws]'" in result.stdout, (target, result.stdout)
