@@ -41,12 +41,13 @@ STAGE_LABEL := recsys.stage=torch-cpu
 BUILD_FLAGS = --platform $(PLATFORM) --build-arg BASE_IMAGE=$(BASE_IMAGE)
 PRUNE_STAGES = docker image prune -f --filter label=$(STAGE_LABEL) >/dev/null
 
-.PHONY: help install run serve test lint format bench-quality bench-features bench-serving bench-soak bench-scale bench-image image image-cpu local-train local-serve push clean
+.PHONY: help install run serve test test-fast lint format bench-quality bench-features bench-serving bench-soak bench-scale bench-image image image-cpu local-train local-serve push clean
 
 help:
 	@echo "make install        create $(VENV) with everything: recsys, its dev tools and the aws extra (idempotent)"
 	@echo "make run            install what running needs, then train on the bundled synthetic data in $(LOCAL_ML) and recommend"
 	@echo "make test           install everything, then run the test suite"
+	@echo "make test-fast      the in-process tests (pytest -m 'not slow'), under 2 min: no servers, moto, Docker or multi-process jobs"
 	@echo "make lint           ruff (lint + format check), mypy, the import layers (lint-imports) and hadolint"
 	@echo "make serve          serve the model of 'make run' on localhost:$(PORT)"
 	@echo "make bench-quality  MovieLens-100K: this model vs SASRec, GRU4Rec, EASE and most-popular (A, B, cold users)"
@@ -109,6 +110,10 @@ serve: $(RUNTIME)
 
 test: $(FULL_STAMP)
 	$(BIN)/python -m pytest -q
+
+# The suite less its `slow` tests (servers, moto, Docker, jobs run as subprocesses): see pyproject.toml.
+test-fast: $(FULL_STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: $(FULL_STAMP)
 	$(BIN)/ruff check recsys tests benchmarks

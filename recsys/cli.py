@@ -113,6 +113,7 @@ def _cmd_hyperparameters(args: argparse.Namespace) -> int:
 
 def _cmd_generate(args: argparse.Namespace) -> int:
     from recsys.data.synthetic import (
+        WRITTEN_CHANNELS,
         ScaledSpec,
         SyntheticSpec,
         generate,
@@ -120,6 +121,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         write_scaled_channels,
     )
 
+    written = f"{args.output}/{{{','.join(WRITTEN_CHANNELS)}}}"  # DIR/{train,items,users}
     if args.interactions is not None:
         parts = args.parts or max(1, -(-args.interactions // 1_000_000))
         try:
@@ -131,7 +133,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
             raise UserError(f"generate-data: {exc}") from exc
         print(
             f"wrote {summary.num_interactions} interactions of {scaled.num_users} users and "
-            f"{scaled.num_items} items in {parts} part(s) to {args.output}/{{train,items,users}}"
+            f"{scaled.num_items} items in {parts} part(s) to {written}"
         )
         return 0
     spec = SyntheticSpec(num_users=args.users, num_items=args.items, seed=args.seed)
@@ -139,7 +141,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     write_channels(data, args.output, fmt=args.format or "csv")
     print(
         f"wrote {len(data.interactions)} interactions of {spec.num_users} users and {spec.num_items} items "
-        f"to {args.output}/{{train,items,users}}"
+        f"to {written}"
     )
     return 0
 
@@ -295,12 +297,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--base-dir", type=Path, help="use this instead of $SAGEMAKER_BASE_DIR")
     # The launcher's parsers load boto3 and the SDK only when an aws command runs.
     from recsys.options import add_hyperparameter_option
+    from recsys.sagemaker.contract import CHANNEL_ITEMS, CHANNEL_TRAIN, CHANNEL_USERS, CHANNEL_VALIDATION
 
+    # One flag per channel, named as the channel (_cmd_train reads them back by KNOWN_CHANNELS).
     for channel, what in (
-        ("train", "interactions to train on (required with any other of these)"),
-        ("validation", "held-out interactions: early stopping and the reported metrics"),
-        ("items", "item attributes"),
-        ("users", "user attributes"),
+        (CHANNEL_TRAIN, "interactions to train on (required with any other of these)"),
+        (CHANNEL_VALIDATION, "held-out interactions: early stopping and the reported metrics"),
+        (CHANNEL_ITEMS, "item attributes"),
+        (CHANNEL_USERS, "user attributes"),
     ):
         train.add_argument(
             f"--{channel}",

@@ -1,9 +1,11 @@
-"""Shared fixtures: tiny synthetic data and a builder of ``/opt/ml``-shaped trees."""
+"""Shared fixtures and helpers: tiny synthetic data, a builder of ``/opt/ml``-shaped trees, the
+hyperparameters of a fast run, and a free local port."""
 
 from __future__ import annotations
 
 import json
 import logging
+import socket
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
@@ -16,7 +18,14 @@ from recsys.data.synthetic import SyntheticData, SyntheticSpec, generate, write_
 TINY_SPEC = SyntheticSpec(num_users=120, num_items=60, mean_interactions_per_user=12)
 FAST_HYPERPARAMETERS: dict[str, str] = {"epochs": "2", "embedding_dim": "8", "history_length": "10"}
 
-TreeBuilder = Callable[..., Path]
+TreeBuilder = Callable[..., Path]  # the ``make_tree`` fixture's type
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (another process may still take it)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 @pytest.fixture(scope="session")

@@ -9,9 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # a fresh interpreter imports torch and the whole container side
 def test_the_container_side_needs_nothing_from_the_launcher(tmp_path: Path) -> None:
     ignored = (REPO_ROOT / ".dockerignore").read_text().splitlines()
     assert "recsys/aws" in ignored

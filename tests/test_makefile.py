@@ -12,7 +12,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from recsys.data.synthetic import SyntheticData
+from tests.conftest import free_port
 from tests.serving.trained_model import trained_tree
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -130,9 +130,9 @@ def test_a_changed_pyproject_reinstalls_without_the_first_time_line(stub_venv: P
     assert "First" not in result.stdout
 
 
-def test_test_lint_and_push_need_the_full_install(stub_venv: Path) -> None:
+def test_the_test_lint_and_push_targets_need_the_full_install(stub_venv: Path) -> None:
     # -n: print what would run. Each of them starts with the full install.
-    for target in ("test", "lint", "push"):
+    for target in ("test", "test-fast", "lint", "push"):
         result = make("-n", target, f"VENV={stub_venv}")
         assert result.returncode == 0, result.stderr
         assert "-e '.[dev,aws]'" in result.stdout, (target, result.stdout)
@@ -178,12 +178,6 @@ def test_the_readme_runs_the_tag_that_make_builds() -> None:
 # --- make serve PORT=... --------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def _ping(port: int) -> int | None:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as response:
@@ -200,7 +194,7 @@ def test_serve_listens_on_the_port_it_is_given(
     if not (venv / "bin" / "recsys").exists():
         pytest.skip(f"no recsys console script in {venv}/bin (run the tests from the project's .venv)")
     tree = trained_tree(tmp_path_factory, tiny_data)
-    port = _free_port()
+    port = free_port()
     log = tmp_path / "serve.log"
     # -o STAMP: make takes both install stamps as up to date, whatever their age, so this can never
     # start pip (`make test` has installed this environment already).

@@ -60,6 +60,7 @@ import numpy.typing as npt
 import pandas as pd
 import pyarrow as pa
 
+from recsys.channels import CHANNEL_ITEMS, CHANNEL_TRAIN, CHANNEL_USERS
 from recsys.data.io import SUPPORTED_EXTENSIONS, write_table
 
 __all__ = [
@@ -68,13 +69,11 @@ __all__ = [
     "DEVICES",
     "EVENT_TYPES",
     "GENRE_NAMES",
-    "ITEMS_CHANNEL",
     "MIN_INTERACTIONS_PER_USER",
     "NIGHT_HOURS",
     "SUCCESSOR_PROBABILITIES",
-    "TRAIN_CHANNEL",
-    "USERS_CHANNEL",
     "WEEKEND_DAYS",
+    "WRITTEN_CHANNELS",
     "ScaledSpec",
     "ScaledSummary",
     "SyntheticData",
@@ -120,9 +119,8 @@ MIN_INTERACTIONS_PER_USER = 5
 # Chance that the next event is the previous item's successor, by the previous event's type.
 SUCCESSOR_PROBABILITIES: Mapping[str, float] = MappingProxyType({"click": 0.2, "cart": 0.5, "purchase": 0.9})
 
-TRAIN_CHANNEL = "train"
-ITEMS_CHANNEL = "items"
-USERS_CHANNEL = "users"
+# The training job's channels that write_channels and write_scaled_channels fill under data_dir.
+WRITTEN_CHANNELS: tuple[str, ...] = (CHANNEL_TRAIN, CHANNEL_ITEMS, CHANNEL_USERS)
 
 # Shape of the generative model; not worth exposing as knobs.
 _POPULARITY_EXPONENT = 1.0  # Zipf exponent of item popularity
@@ -557,9 +555,9 @@ def write_channels(data: SyntheticData, data_dir: Path, *, fmt: str = "csv") -> 
     if f".{fmt}" not in SUPPORTED_EXTENSIONS:
         supported = ", ".join(ext.lstrip(".") for ext in SUPPORTED_EXTENSIONS)
         raise ValueError(f"fmt must be one of {supported}, got {fmt!r}")
-    write_table(data.interactions, data_dir / TRAIN_CHANNEL / f"interactions.{fmt}")
-    write_table(data.items, data_dir / ITEMS_CHANNEL / f"items.{fmt}")
-    write_table(data.users, data_dir / USERS_CHANNEL / f"users.{fmt}")
+    write_table(data.interactions, data_dir / CHANNEL_TRAIN / f"interactions.{fmt}")
+    write_table(data.items, data_dir / CHANNEL_ITEMS / f"items.{fmt}")
+    write_table(data.users, data_dir / CHANNEL_USERS / f"users.{fmt}")
 
 
 # -- the scaled generator ----------------------------------------------------------------------
@@ -804,7 +802,7 @@ def write_scaled_channels(
 
     order = np.argsort(timestamps, kind="stable")
     user_ids, item_ids = _arrow_ids("u", spec.num_users), _arrow_ids("i", spec.num_items)
-    train_dir = data_dir / TRAIN_CHANNEL
+    train_dir = data_dir / CHANNEL_TRAIN
     for old in train_dir.glob("part-*") if train_dir.is_dir() else ():
         old.unlink()  # a smaller rerun must not leave parts of a larger one behind
     files: list[Path] = []
@@ -820,8 +818,8 @@ def write_scaled_channels(
         )
         write_table(table, path)
         files.append(path)
-    items_file = data_dir / ITEMS_CHANNEL / f"items.{fmt}"
-    users_file = data_dir / USERS_CHANNEL / f"users.{fmt}"
+    items_file = data_dir / CHANNEL_ITEMS / f"items.{fmt}"
+    users_file = data_dir / CHANNEL_USERS / f"users.{fmt}"
     write_table(_scaled_items(spec, catalogue, rng), items_file)
     write_table(_scaled_users(spec, rng), users_file)
     logger.info(

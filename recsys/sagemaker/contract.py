@@ -15,17 +15,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+# Channel names, as the training job's InputDataConfig names them. They are part of this contract;
+# they are spelled in recsys/channels.py, below every layer, so that recsys.data can use them too.
+from recsys.channels import CHANNEL_ITEMS as CHANNEL_ITEMS
+from recsys.channels import CHANNEL_TRAIN as CHANNEL_TRAIN
+from recsys.channels import CHANNEL_USERS as CHANNEL_USERS
+from recsys.channels import CHANNEL_VALIDATION as CHANNEL_VALIDATION
+from recsys.channels import KNOWN_CHANNELS as KNOWN_CHANNELS
 from recsys.errors import UserError
 
 BASE_DIR_ENV = "SAGEMAKER_BASE_DIR"
 DEFAULT_BASE_DIR = "/opt/ml"
-
-# Channel names, as the training job's InputDataConfig names them.
-CHANNEL_TRAIN = "train"
-CHANNEL_VALIDATION = "validation"
-CHANNEL_ITEMS = "items"
-CHANNEL_USERS = "users"
-KNOWN_CHANNELS = (CHANNEL_TRAIN, CHANNEL_VALIDATION, CHANNEL_ITEMS, CHANNEL_USERS)
 
 HYPERPARAMETERS_FILE = "hyperparameters.json"
 INPUT_DATA_CONFIG_FILE = "inputdataconfig.json"
@@ -230,7 +230,8 @@ def discover_channels(paths: ContainerPaths) -> dict[str, Path]:
     if CHANNEL_TRAIN not in channels:
         raise UserError(
             f"the required channel '{CHANNEL_TRAIN}' is missing: expected interaction files under "
-            f"{paths.channel_dir(CHANNEL_TRAIN)}. Pass an S3 prefix as the 'train' channel of the job."
+            f"{paths.channel_dir(CHANNEL_TRAIN)}. Pass an S3 prefix as the '{CHANNEL_TRAIN}' channel of "
+            "the job."
         )
     return channels
 

@@ -24,7 +24,12 @@ from fastapi.responses import JSONResponse
 from starlette.types import Message, Receive, Scope, Send
 
 from recsys.errors import ServerStateError, UserError
-from recsys.sagemaker.contract import CUSTOM_ATTRIBUTES_HEADER, HostingConfig, read_hosting_config
+from recsys.sagemaker.contract import (
+    CUSTOM_ATTRIBUTES_HEADER,
+    MAX_PAYLOAD_ENV,
+    HostingConfig,
+    read_hosting_config,
+)
 from recsys.serving import codecs
 from recsys.serving.batching import MicroBatcher
 from recsys.serving.engine import Recommender
@@ -402,7 +407,7 @@ def _error_body(message: str) -> bytes:
 
 def _too_large(limit: int) -> str:
     megabytes = limit / 2**20
-    return f"request body over the limit of {limit:,} bytes ({megabytes:.2f} MB; SAGEMAKER_MAX_PAYLOAD_IN_MB)"
+    return f"request body over the limit of {limit:,} bytes ({megabytes:.2f} MB; {MAX_PAYLOAD_ENV})"
 
 
 def app_from_environment() -> InvocationsEndpoint:

@@ -20,6 +20,7 @@ from pydantic import (
 
 from recsys.data.context import epoch_seconds
 from recsys.errors import UserError
+from recsys.sagemaker.contract import MAX_PAYLOAD_ENV
 from recsys.serving.engine import MAX_K, TIMESTAMP_KEY, Event, Query, Recommender
 
 # What the validators below accept, as JSON Schema: the OpenAPI page must promise no more and no
@@ -286,7 +287,7 @@ ERROR_STATUSES: dict[int, str] = {
     404: "Not served here: /invocations on a multi-model endpoint (POST /models/<name>/invoke), a "
     "model that is not loaded, or the /models API on a single-model endpoint.",
     406: "No media type in Accept can be answered (application/json, application/jsonlines, text/csv).",
-    413: "The body is over the endpoint's limit (SAGEMAKER_MAX_PAYLOAD_IN_MB).",
+    413: f"The body is over the endpoint's limit ({MAX_PAYLOAD_ENV}).",
     415: "The Content-Type is not one of application/json, application/jsonlines, text/csv.",
     500: "An internal error; its details are in the endpoint's logs only.",
     503: "The model is not loaded yet: retry once /ping answers 200.",

@@ -19,6 +19,8 @@ import pytest
 from recsys.data.synthetic import SyntheticSpec, generate, write_channels
 from tests.container.conftest import ARBITRARY_UID, ARBITRARY_USER, docker_user, give_back
 
+pytestmark = pytest.mark.slow  # Docker builds and containers
+
 
 @pytest.fixture(scope="module")
 def trained_tree(cpu_image: str, tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -19,8 +19,12 @@ from recsys.data.synthetic import SyntheticSpec, generate, write_channels
 from recsys.serving.engine import Query, Recommender
 from tests.container.conftest import skip_or_fail
 
-# The SDK's own model_trainer.py still imports its deprecated sagemaker.train.configs shim.
-pytestmark = pytest.mark.filterwarnings("ignore:sagemaker.train.configs has been moved:DeprecationWarning")
+# Slow: Docker containers. The SDK's own model_trainer.py still imports its deprecated
+# sagemaker.train.configs shim.
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.filterwarnings("ignore:sagemaker.train.configs has been moved:DeprecationWarning"),
+]
 
 
 @pytest.fixture(scope="module")

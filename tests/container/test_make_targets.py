@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import free_port
 from tests.container.conftest import (
     ARBITRARY_USER,
     ROOT,
@@ -24,6 +25,8 @@ from tests.container.conftest import (
     docker_user,
     make_env,
 )
+
+pytestmark = pytest.mark.slow  # Docker builds and containers
 
 STAGE_LABEL = "recsys.stage=torch-cpu"
 
@@ -42,12 +45,6 @@ def docker(*args: str, timeout: float = 120) -> str:
     return subprocess.run(
         ["docker", *args], capture_output=True, text=True, check=True, timeout=timeout
     ).stdout.strip()
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 # --- make image-cpu -------------------------------------------------------------------------------
@@ -97,7 +94,7 @@ def test_local_serve_as_another_user_on_the_given_port(
 ) -> None:
     tree, trained = arbitrary_user_tree
     assert trained.returncode == 0, (trained.stdout + trained.stderr)[-3000:]
-    port = _free_port()
+    port = free_port()
 
     result = make(
         "local-serve", f"IMAGE={cpu_image}", f"LOCAL_ML={tree}", f"PORT={port}",
@@ -116,7 +113,7 @@ def test_local_serve_as_another_user_on_the_given_port(
 @pytest.fixture(params=["a listening socket", "another container"])
 def taken_port(request: pytest.FixtureRequest, cpu_image: str) -> Iterator[int]:
     """A port on 127.0.0.1 that something already holds."""
-    port = _free_port()
+    port = free_port()
     if request.param == "a listening socket":
         with socket.socket() as holder:
             holder.bind(("127.0.0.1", port))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,11 +11,13 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from recsys.data.io import read_table, write_table
 from recsys.data.prepare import SOLO, PrepareConfig, digest, k_core
 from recsys.sagemaker.contract import ProcessingPaths
 from recsys.sagemaker.process import run_prepare
+from tests.conftest import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DAY = 86_400.0
@@ -174,12 +175,7 @@ def test_bad_input_exits_1_with_a_message_naming_the_file_and_column(tmp_path: P
     assert "no interactions are left" in paths.message_file.read_text()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
+@pytest.mark.slow  # two `recsys prepare` subprocesses over gloo
 def test_two_instances_on_sharded_files_give_what_one_instance_gives(tmp_path: Path) -> None:
     """Each instance reads half of the files (ShardedByS3Key); users span both halves, so the
     shuffle by user and the k-core's global item counts are what make the result the same."""
@@ -209,7 +205,7 @@ def test_two_instances_on_sharded_files_give_what_one_instance_gives(tmp_path: P
         paths.resource_config_file.write_text(json.dumps({"current_host": host, "hosts": hosts}))
         inputs = [{"InputName": "interactions", "S3Input": {"S3DataDistributionType": "ShardedByS3Key"}}]
         paths.job_config_file.write_text(json.dumps({"ProcessingInputs": inputs}))
-    env = {**os.environ, "RECSYS_MASTER_PORT": str(_free_port())}
+    env = {**os.environ, "RECSYS_MASTER_PORT": str(free_port())}
 
     def start(paths: ProcessingPaths) -> subprocess.Popen[str]:
         return subprocess.Popen(

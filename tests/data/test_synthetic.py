@@ -28,6 +28,7 @@ from recsys.data.synthetic import (
     NIGHT_HOURS,
     SUCCESSOR_PROBABILITIES,
     WEEKEND_DAYS,
+    WRITTEN_CHANNELS,
     ScaledSpec,
     ScaledSummary,
     SyntheticData,
@@ -204,6 +205,24 @@ def test_write_channels_round_trip(tmp_path: Path, fmt: str) -> None:
     assert missing.any()
     assert devices[missing].map(lambda value: value in (None, "")).all()
     assert devices[~missing].tolist() == data.interactions["device"][~missing].tolist()
+
+
+def test_the_channels_written_are_named_as_the_contract_names_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from recsys.cli import main
+    from recsys.sagemaker.contract import CHANNEL_ITEMS, CHANNEL_TRAIN, CHANNEL_USERS, KNOWN_CHANNELS
+
+    assert WRITTEN_CHANNELS == (CHANNEL_TRAIN, CHANNEL_ITEMS, CHANNEL_USERS)
+    assert set(WRITTEN_CHANNELS) <= set(KNOWN_CHANNELS)
+    write_channels(generate(SMALL), tmp_path / "bundled")
+    write_scaled_channels(ScaledSpec(num_users=3, num_items=10, num_interactions=15), tmp_path / "scaled")
+    for data_dir in (tmp_path / "bundled", tmp_path / "scaled"):
+        assert sorted(path.name for path in data_dir.iterdir()) == sorted(WRITTEN_CHANNELS)
+
+    assert main(["generate-data", "--output", str(tmp_path / "cli"), "--users", "50", "--items", "40"]) == 0
+    assert sorted(path.name for path in (tmp_path / "cli").iterdir()) == sorted(WRITTEN_CHANNELS)
+    assert capsys.readouterr().out.rstrip().endswith(f"to {tmp_path / 'cli'}/{{train,items,users}}")
 
 
 def test_write_channels_rejects_unknown_format(tmp_path: Path) -> None:

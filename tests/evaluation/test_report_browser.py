@@ -18,6 +18,8 @@ import pytest
 from recsys.evaluation.report import build_report, draw_charts, write_report_files
 from tests.evaluation.report_pages import PNG_MAGIC, read_page, synthetic_inputs
 
+pytestmark = pytest.mark.slow  # a headless Chromium subprocess
+
 INSTALL = "sudo apt-get install -y chromium  (Debian/Ubuntu; as root: apt-get install -y chromium)"
 WINDOW = (1200, 2000)
 TIMEOUT_SECONDS = 120

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +20,7 @@ from recsys.data.synthetic import SyntheticSpec, generate
 from recsys.training.checkpoints import Checkpointer, TrainingInterrupted
 from recsys.training.distributed import SINGLE_PROCESS
 from recsys.training.loop import RunContext, fit
-from tests.conftest import build_tree
+from tests.conftest import build_tree, free_port
 from tests.training.test_checkpoints import StopOnPoll
 from tests.training.test_loop import _data, _model, _settings
 
@@ -65,13 +64,12 @@ def test_a_cuda_run_stopped_mid_epoch_resumes_to_the_uninterrupted_result(tmp_pa
         assert torch.allclose(tensor, resumed_state[name], atol=1e-4), name
 
 
+@pytest.mark.slow  # `recsys train` as two processes
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="fewer than two CUDA devices: NCCL test skipped")
 def test_two_gpus_train_together_with_nccl(tmp_path: Path) -> None:
     data = generate(SyntheticSpec(num_users=600, num_items=200, mean_interactions_per_user=40, seed=3))
     base = build_tree(tmp_path, data, hyperparameters={"epochs": "3", "batch_size": "256"})
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SAGEMAKER_")}
     env.update(
         {"SAGEMAKER_BASE_DIR": str(base), "RECSYS_PROCESSES_PER_HOST": "2", "RECSYS_MASTER_PORT": str(port)}

@@ -13,11 +13,10 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +24,12 @@ import pytest
 
 from recsys.artifact import load_artifact, verify_artifact
 from recsys.data.synthetic import SyntheticData, SyntheticSpec, generate
+from tests.conftest import TreeBuilder, free_port
 
 pytestmark = pytest.mark.slow
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT_SECONDS = 300
-TreeBuilder = Callable[..., Path]
 
 DDP_HYPERPARAMETERS = {"epochs": "4", "embedding_dim": "16", "batch_size": "256", "patience": "10"}
 # Long enough (about 200 steps an epoch) to be interrupted in the middle of an epoch.
@@ -46,12 +45,6 @@ RESUME_HYPERPARAMETERS = {
 @pytest.fixture(scope="module")
 def data() -> SyntheticData:
     return generate(SyntheticSpec(num_users=600, num_items=200, mean_interactions_per_user=40, seed=3))
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _start(base: Path, extra_env: Mapping[str, str] | None = None) -> subprocess.Popen[str]:
@@ -109,7 +102,7 @@ def test_two_processes_on_one_host_train_together(
 ) -> None:
     base = make_tree(tmp_path, data, hyperparameters=DDP_HYPERPARAMETERS)
 
-    out = _train(base, {"RECSYS_PROCESSES_PER_HOST": "2", "RECSYS_MASTER_PORT": str(_free_port())})
+    out = _train(base, {"RECSYS_PROCESSES_PER_HOST": "2", "RECSYS_MASTER_PORT": str(free_port())})
 
     assert "starting 2 training process(es), 2 in all" in out
     assert "rank 0 of 2 joined the gloo process group" in out
@@ -124,7 +117,7 @@ def test_two_hosts_on_loopback_train_together_and_only_the_leader_writes_the_mod
 ) -> None:
     # Two names for this machine: each "host" resolves to 127.0.0.1.
     hosts = ["localhost", "127.0.0.1"]
-    port = str(_free_port())
+    port = str(free_port())
     bases = []
     for host in hosts:
         base = make_tree(tmp_path / host, data, hyperparameters=DDP_HYPERPARAMETERS)

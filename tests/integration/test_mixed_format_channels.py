@@ -6,7 +6,6 @@ optionally gzip-compressed; each part here writes the timestamps, ids and rating
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,9 @@ from recsys.data.io import write_table
 from recsys.data.synthetic import SyntheticData, SyntheticSpec, generate
 from recsys.sagemaker.contract import ContainerPaths
 from recsys.sagemaker.train import train
+from tests.conftest import TreeBuilder
+
+pytestmark = pytest.mark.slow  # integration/ is left out of `make test-fast` as a whole
 
 SPEC = SyntheticSpec(num_users=40, num_items=20, mean_interactions_per_user=8, seed=5)
 ONE_EPOCH = {
@@ -29,8 +31,6 @@ ONE_EPOCH = {
     "sampled_eval_negatives": "5",
     "min_rating": "2",
 }
-
-TreeBuilder = Callable[..., Path]  # the ``make_tree`` fixture of tests/conftest.py
 
 
 @pytest.fixture

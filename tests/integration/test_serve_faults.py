@@ -29,6 +29,7 @@ import pytest
 from recsys.data.synthetic import SyntheticData
 from recsys.errors import UserError
 from recsys.serving.engine import Recommender
+from tests.conftest import free_port
 from tests.integration.test_serve_http import (
     READY_SECONDS,
     REPO_ROOT,
@@ -37,7 +38,6 @@ from tests.integration.test_serve_http import (
     _assert_same,
     _error,
     _expected,
-    _free_port,
     _invoke,
     _ping_status,
     _predictions,
@@ -287,7 +287,7 @@ def _worker_pids(server: Server, count: int) -> list[int]:
 def _serve(base: Path, log_path: Path, workers: int) -> Server:
     """``recsys serve`` with ``workers`` worker processes (``_start`` always runs one)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SAGEMAKER_", "SM_", "RECSYS_"))}
-    port = _free_port()
+    port = free_port()
     env.update(
         SAGEMAKER_BASE_DIR=str(base),
         SAGEMAKER_BIND_TO_PORT=str(port),
@@ -409,7 +409,7 @@ def test_a_broken_artifact_is_one_error_line_and_exit_1(
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SAGEMAKER_", "SM_", "RECSYS_"))}
     env.update(
         SAGEMAKER_BASE_DIR=str(base),
-        SAGEMAKER_BIND_TO_PORT=str(_free_port()),
+        SAGEMAKER_BIND_TO_PORT=str(free_port()),
         SAGEMAKER_MODEL_SERVER_WORKERS=str(workers),
     )
 

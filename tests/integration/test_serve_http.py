@@ -31,6 +31,7 @@ import pytest
 
 from recsys.data.synthetic import SyntheticData
 from recsys.serving.engine import Query, Recommender
+from tests.conftest import free_port
 from tests.serving.trained_model import trained_tree
 
 pytestmark = pytest.mark.slow
@@ -57,15 +58,9 @@ class Server:
         return self.log_path.read_text(encoding="utf-8", errors="replace")
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def _start(base: Path, log_path: Path, extra_env: Mapping[str, str] | None = None) -> Server:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SAGEMAKER_", "SM_", "RECSYS_"))}
-    port = _free_port()
+    port = free_port()
     env.update(
         SAGEMAKER_BASE_DIR=str(base),
         SAGEMAKER_BIND_TO_PORT=str(port),
@@ -101,7 +96,7 @@ def _wait_ready(server: Server) -> None:
         if server.process.poll() is not None:
             pytest.fail(f"the server exited with {server.process.returncode}:\n{server.log()[-3000:]}")
         # Our own log must say the port is bound: a 200 from another process that took the port
-        # between _free_port and the bind must not pass for ours.
+        # between free_port and the bind must not pass for ours.
         bound = f"Uvicorn running on http://0.0.0.0:{server.port}" in server.log()
         if bound and _ping_status(server.port) == 200:
             return

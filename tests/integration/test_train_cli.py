@@ -11,7 +11,7 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from recsys.artifact import load_artifact
 from recsys.data.io import write_table
 from recsys.data.synthetic import SyntheticData
 from recsys.sagemaker.metric_definitions import METRIC_DEFINITIONS
+from tests.conftest import TreeBuilder
 
 pytestmark = pytest.mark.slow
 
@@ -36,8 +37,6 @@ HYPERPARAMETERS = {
     "final_fit": "refit",
 }
 TIMEOUT_SECONDS = 180
-
-TreeBuilder = Callable[..., Path]  # the ``make_tree`` fixture of tests/conftest.py
 
 
 def _recsys(

@@ -14,7 +14,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -27,7 +26,7 @@ from typing import Any
 import pytest
 
 from recsys.data.synthetic import SyntheticData
-from tests.conftest import build_tree
+from tests.conftest import build_tree, free_port
 
 REGION = "eu-west-1"
 ACCOUNT = "123456789012"  # moto's account
@@ -35,12 +34,6 @@ ROLE_ARN = f"arn:aws:iam::{ACCOUNT}:role/SageMakerRecsys"
 IMAGE_URI = f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/recsys:1.0"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 _CREDENTIAL_SCOPE = re.compile(r"Credential=[^/]+/\d{8}/([a-z0-9-]+)/")
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.fixture(scope="session")
@@ -52,7 +45,7 @@ def moto_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     )
     if executable is None:
         pytest.skip("moto_server is not installed (the dev extra installs moto[server])")
-    port = _free_port()
+    port = free_port()
     log = tmp_path_factory.mktemp("moto") / "moto.log"
     with log.open("w") as sink:
         server = subprocess.Popen([executable, "-H", "127.0.0.1", "-p", str(port)], stdout=sink, stderr=sink)

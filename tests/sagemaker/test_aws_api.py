@@ -10,7 +10,12 @@ import zipfile
 from io import BytesIO
 from pathlib import Path
 
+import pytest
+
 from tests.sagemaker.conftest import REGION, FakeAws, Run
+
+# The launcher against a moto_server subprocess: left out of `make test-fast`.
+pytestmark = pytest.mark.slow
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "recsys" / "aws" / "templates" / "api.yaml"
 

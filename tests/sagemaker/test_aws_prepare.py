@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tests.sagemaker.conftest import IMAGE_URI, ROLE_ARN, FakeAws, Run
+
+# The launcher against a moto_server subprocess: left out of `make test-fast`.
+pytestmark = pytest.mark.slow
 
 
 def _prepare(*extra: str) -> list[str]:

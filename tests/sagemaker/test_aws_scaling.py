@@ -7,6 +7,9 @@ import pytest
 
 from tests.sagemaker.conftest import IMAGE_URI, ROLE_ARN, FakeAws, Run
 
+# The launcher against a moto_server subprocess: left out of `make test-fast`.
+pytestmark = pytest.mark.slow
+
 MODEL = "s3://bucket/jobs/j/output/model.tar.gz"
 RESOURCE = "endpoint/recs/variant/AllTraffic"
 

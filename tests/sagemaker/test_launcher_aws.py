@@ -33,8 +33,12 @@ from tests.sagemaker.conftest import (
     TrainingRun,
 )
 
+# Slow: the launcher against a moto_server subprocess, and a real `recsys train` run (conftest.py).
 # The SDK's own model_trainer.py still imports its deprecated sagemaker.train.configs shim.
-pytestmark = pytest.mark.filterwarnings("ignore:sagemaker.train.configs has been moved:DeprecationWarning")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.filterwarnings("ignore:sagemaker.train.configs has been moved:DeprecationWarning"),
+]
 
 SENT_METRICS = [{"Name": d["Name"], "Regex": d["Regex"]} for d in METRIC_DEFINITIONS]
 

@@ -20,14 +20,12 @@ from recsys.data.io import write_table
 from recsys.data.synthetic import SyntheticData, SyntheticSpec, generate
 from recsys.sagemaker.contract import ContainerPaths
 from recsys.sagemaker.train import EXIT_INTERNAL_ERROR, EXIT_USER_ERROR, train
+from tests.conftest import FAST_HYPERPARAMETERS, TreeBuilder
 
 # Smaller than the shared tiny data: for runs that only need to finish.
 SMALL_SPEC = SyntheticSpec(num_users=40, num_items=20, mean_interactions_per_user=8, seed=5)
-FAST_HYPERPARAMETERS = {"epochs": "2", "embedding_dim": "8", "history_length": "10"}
 # Few sampled-evaluation negatives: with 20 items, 99 of them would mostly be redraws.
 ONE_EPOCH = {**FAST_HYPERPARAMETERS, "epochs": "1", "sampled_eval_negatives": "5"}
-
-TreeBuilder = Callable[..., Path]  # the ``make_tree`` fixture of tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -24,12 +24,12 @@ import pytest
 
 from recsys.data.synthetic import SyntheticData
 from recsys.errors import ServerStateError
-from recsys.sagemaker.contract import HostingConfig
+from recsys.sagemaker.contract import MAX_PAYLOAD_ENV, HostingConfig
 from recsys.serving import app as app_module
 from recsys.serving.app import InvocationsEndpoint, create_app, invoke
 from recsys.serving.engine import Query, Recommendation
 from recsys.serving.processes import LARGE_REQUEST_BYTES, release_freed_memory
-from recsys.serving.schemas import InvocationResponse
+from recsys.serving.schemas import ERROR_STATUSES, InvocationResponse
 from tests.serving.trained_model import trained_tree
 
 
@@ -64,6 +64,27 @@ async def _client(endpoint: Any, *, loaded: bool = True) -> AsyncIterator[httpx.
 
 def _run(coroutine: Any) -> Any:
     return asyncio.run(coroutine)
+
+
+def test_a_body_over_the_limit_is_a_413_naming_the_limits_variable(model_dir: Path) -> None:
+    endpoint = create_app(_config(model_dir, max_payload_bytes=1024))
+    padded = b'{"user_id": "u1"' + b" " * 2048 + b"}"
+
+    async def scenario() -> httpx.Response:
+        async with _client(endpoint) as client:
+            return await client.post(
+                "/invocations", content=padded, headers={"Content-Type": "application/json"}
+            )
+
+    response = _run(scenario())
+
+    assert response.status_code == 413
+    assert (
+        response.json()["error"]
+        == "request body over the limit of 1,024 bytes (0.00 MB; SAGEMAKER_MAX_PAYLOAD_IN_MB)"
+    )
+    assert MAX_PAYLOAD_ENV == "SAGEMAKER_MAX_PAYLOAD_IN_MB"
+    assert MAX_PAYLOAD_ENV in ERROR_STATUSES[413]  # the OpenAPI document names it too
 
 
 def test_before_the_model_loads_ping_and_invocations_are_503_server_states(model_dir: Path) -> None:

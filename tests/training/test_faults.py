@@ -15,7 +15,7 @@ import os
 import shutil
 import subprocess
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +32,7 @@ from recsys.sagemaker.train import EXIT_USER_ERROR, train
 from recsys.training import checkpoints as checkpoints_module
 from recsys.training.checkpoints import Checkpointer
 from recsys.training.distributed import SINGLE_PROCESS
-
-TreeBuilder = Callable[..., Path]  # the ``make_tree`` fixture of tests/conftest.py
+from tests.conftest import TreeBuilder
 
 PAGE = 4096
 
