@@ -18,13 +18,14 @@ import sys
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, NoReturn
+from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 from recsys.aws.common import ROLE_PERMISSIONS_HINT, timestamped_name
 from recsys.aws.hosting import (
     CSV,
     DEFAULT_STARTUP_HEALTH_CHECK_SECONDS,
     DEFAULT_TARGET_INVOCATIONS,
+    JSON,
     JSON_LINES,
     AutoscalingSpec,
     EndpointSpec,
@@ -45,6 +46,9 @@ from recsys.config import TrainConfig
 from recsys.errors import ConfigError, UserError
 from recsys.options import add_hyperparameter_option, key_value
 from recsys.sagemaker.contract import KNOWN_CHANNELS, MULTI_MODEL_ENV
+
+if TYPE_CHECKING:
+    from recsys.aws.api import ApiSpec
 
 ROLE_ENV = "RECSYS_SAGEMAKER_ROLE"
 # After --region, the region's sources in the AWS CLI v2's order. boto3 reads AWS_DEFAULT_REGION
@@ -404,6 +408,13 @@ def add_aws_parser(subparsers: Any) -> None:
     api_deploy.add_argument("--rate", type=positive_int, default=50, help="requests per second (default: 50)")
     api_deploy.add_argument("--burst", type=positive_int, default=100, help="burst (default: 100)")
     api_deploy.add_argument("--quota", type=positive_int, default=100_000, help="requests per day per key")
+    api_deploy.add_argument(
+        "--no-api-key",
+        dest="api_key",
+        action="store_false",
+        help="callers send no API key: no usage plan, so no per-key throttle or daily quota, only "
+        "the stage's --rate/--burst over all callers (default: an API key is required)",
+    )
     api_deploy.add_argument(
         "--max-body-bytes", type=positive_int, default=1_048_576, help="largest request body (default: 1 MiB)"
     )
@@ -834,21 +845,46 @@ def _api(args: argparse.Namespace, environ: Mapping[str, str], session: Any) -> 
         throttle_burst=args.burst,
         quota_per_day=args.quota,
         max_body_bytes=args.max_body_bytes,
+        require_api_key=args.api_key,
     )
     outputs = deploy_api(session, spec, echo)
+    for line in api_usage_lines(spec, outputs, session.region_name):
+        echo(line)
+    return 0
+
+
+def api_usage_lines(spec: ApiSpec, outputs: Mapping[str, str], region: str) -> list[str]:
+    """How to fetch the API key and call the API, as ``api deploy`` prints them."""
     url = outputs.get("InvokeUrl", "URL")
+    lines: list[str] = []
+    key_header = ""
+    key_id = outputs.get("ApiKeyId")
+    if key_id:
+        lines.append(
+            f"API key {key_id}: requests send it as x-api-key (usage plan: {spec.throttle_rate}/s, "
+            f"burst {spec.throttle_burst}, {spec.quota_per_day:,} a day); fetch it with"
+        )
+        lines.append(
+            f"  API_KEY=$(aws apigateway get-api-key --api-key {key_id} --include-value "
+            f"--query value --output text --region {region})"
+        )
+        key_header = '-H "x-api-key: $API_KEY" '
+    example = f'-H \'Content-Type: {JSON}\' -d \'{{"user_id": "u0001", "k": 5}}\' {url}'
     if spec.auth == "iam":
-        echo(
-            f"try it (SigV4-signed, with credentials allowed execute-api:Invoke): curl --aws-sigv4 "
-            f'"aws:amz:{session.region_name}:execute-api" --user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY" '
-            f'-H \'Content-Type: application/json\' -d \'{{"user_id": "u0001", "k": 5}}\' {url}'
+        # Temporary credentials (SSO, an assumed role) sign with their session token too, which
+        # curl sends as x-amz-security-token; the export fills all three from any profile. With
+        # long-term keys the token is empty, and curl leaves an empty header out.
+        lines.append(
+            "try it (credentials allowed execute-api:Invoke): "
+            'eval "$(aws configure export-credentials --format env)"; '
+            f'curl --aws-sigv4 "aws:amz:{region}:execute-api" '
+            '--user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY" '
+            '-H "x-amz-security-token: $AWS_SESSION_TOKEN" '
+            f"{key_header}{example}"
         )
     else:
-        echo(
-            f"try it: curl -H \"Authorization: $ID_TOKEN\" -H 'Content-Type: application/json' "
-            f"-d '{{...}}' {url}"
-        )
-    return 0
+        lines.append(f'try it: curl -H "Authorization: $ID_TOKEN" {key_header}{example}')
+    return lines
 
 
 def _delete(args: argparse.Namespace, environ: Mapping[str, str], session: Any) -> int:
