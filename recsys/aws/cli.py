@@ -45,7 +45,7 @@ from recsys.aws.jobs import (
 from recsys.config import TrainConfig
 from recsys.errors import ConfigError, UserError
 from recsys.options import add_hyperparameter_option, key_value
-from recsys.sagemaker.contract import KNOWN_CHANNELS, MULTI_MODEL_ENV
+from recsys.sagemaker.contract import CHANNEL_TRAIN, KNOWN_CHANNELS, MULTI_MODEL_ENV
 
 if TYPE_CHECKING:
     from recsys.aws.api import ApiSpec
@@ -189,11 +189,12 @@ def _training_options(parser: argparse.ArgumentParser, *, local_mode: bool) -> N
     parser.add_argument("--image", required=True, help="training image URI (printed by `recsys aws push`)")
     _role_option(parser)
     for channel in KNOWN_CHANNELS:
+        required = channel == CHANNEL_TRAIN
         parser.add_argument(
             f"--{channel}",
-            required=channel == "train",
+            required=required,
             metavar="S3_URI",
-            help=f"S3 prefix of the '{channel}' channel" + (" (required)" if channel == "train" else ""),
+            help=f"S3 prefix of the '{channel}' channel" + (" (required)" if required else ""),
         )
     # argparse has no "required unless": train checks --output itself (resolve_training).
     parser.add_argument(
@@ -331,7 +332,7 @@ def add_aws_parser(subparsers: Any) -> None:
     body = invoke.add_mutually_exclusive_group(required=True)
     body.add_argument("--body", help='the request, e.g. \'{"user_id": "u0001", "k": 5}\'')
     body.add_argument("--file", type=Path, help="a file holding the request ('-' for stdin)")
-    invoke.add_argument("--content-type", help="default: from --file's extension, else application/json")
+    invoke.add_argument("--content-type", help=f"default: from --file's extension, else {JSON}")
     invoke.add_argument("--accept", help="default: the content type")
 
     batch = actions.add_parser(
@@ -603,7 +604,7 @@ def resolve_model(
 
 def read_request_body(args: argparse.Namespace) -> tuple[bytes, str]:
     if args.body is not None:
-        body, guessed = args.body.encode("utf-8"), "application/json"
+        body, guessed = args.body.encode("utf-8"), JSON
     else:
         path: Path = args.file
         try:
@@ -611,9 +612,9 @@ def read_request_body(args: argparse.Namespace) -> tuple[bytes, str]:
         except OSError as exc:
             raise UserError(f"cannot read --file {path}: {exc.strerror}.") from exc
         suffix = path.suffix.lower()
-        guessed = {".jsonl": JSON_LINES, ".csv": CSV}.get(suffix, "application/json")
+        guessed = {".jsonl": JSON_LINES, ".csv": CSV}.get(suffix, JSON)
     content_type = args.content_type or guessed
-    if content_type == "application/json":
+    if content_type == JSON:
         try:
             json.loads(body)
         except json.JSONDecodeError as exc:
@@ -796,7 +797,7 @@ def _batch(args: argparse.Namespace, environ: Mapping[str, str], session: Any) -
 
 def resolve_prepare(args: argparse.Namespace, environ: Mapping[str, str]) -> Any:
     from recsys.aws.processing import PrepareJobSpec
-    from recsys.sagemaker.process import config_from_args, prepare_arguments
+    from recsys.sagemaker.process import ATTRIBUTE_INPUTS, config_from_args, prepare_arguments
 
     config = config_from_args(args)  # bad settings are refused here, before any request
     return PrepareJobSpec(
@@ -806,7 +807,7 @@ def resolve_prepare(args: argparse.Namespace, environ: Mapping[str, str]) -> Any
         interactions_s3_uri=args.input,
         output_s3_uri=args.output,
         arguments=tuple(prepare_arguments(args)),
-        attribute_s3_uris={name: getattr(args, name) for name in ("items", "users") if getattr(args, name)},
+        attribute_s3_uris={name: getattr(args, name) for name in ATTRIBUTE_INPUTS if getattr(args, name)},
         instance_type=args.instance_type,
         instance_count=args.instance_count,
         volume_size_gb=args.volume_size,
@@ -817,6 +818,7 @@ def resolve_prepare(args: argparse.Namespace, environ: Mapping[str, str]) -> Any
 
 def _prepare(args: argparse.Namespace, environ: Mapping[str, str], session: Any) -> int:
     from recsys.aws.processing import next_training_command, start_prepare, wait_for_prepare
+    from recsys.sagemaker.process import REPORT_OUTPUT
 
     spec = resolve_prepare(args, environ)
     start_prepare(session, spec)
@@ -824,7 +826,10 @@ def _prepare(args: argparse.Namespace, environ: Mapping[str, str], session: Any)
     if args.no_wait:
         return 0
     wait_for_prepare(session, spec, echo)
-    echo(f"report: {spec.output_uri('report')}data_report.md")
+    # The report's file name is the data layer's (it loads pandas: only now, after the job).
+    from recsys.data.prepare_report import REPORT_MARKDOWN
+
+    echo(f"report: {spec.output_uri(REPORT_OUTPUT)}{REPORT_MARKDOWN}")
     echo(f"next: {next_training_command(spec)}")
     return 0
 

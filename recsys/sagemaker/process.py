@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 # Names of the data layer's outputs, repeated for the parser: `recsys --help` builds this module's
 # options, and the data layer loads pandas (half a second) - tests/data/test_prepare.py checks they agree.
+INTERACTIONS_INPUT = "interactions"
 SPLIT_OUTPUTS = ("train", "validation", "test")
 COLD_OUTPUT = "cold"
 

@@ -241,11 +241,11 @@ def test_two_instances_on_sharded_files_give_what_one_instance_gives(tmp_path: P
     assert _report(trees[0])["instances"] == 2
 
 
-def test_the_parsers_output_names_are_the_data_layers() -> None:
-    from recsys.data.prepare import COLD, SPLITS
-    from recsys.sagemaker.process import COLD_OUTPUT, SPLIT_OUTPUTS
+def test_the_parsers_input_and_output_names_are_the_data_layers() -> None:
+    from recsys.data.prepare import COLD, INTERACTIONS, SPLITS
+    from recsys.sagemaker.process import COLD_OUTPUT, INTERACTIONS_INPUT, SPLIT_OUTPUTS
 
-    assert (SPLIT_OUTPUTS, COLD_OUTPUT) == (SPLITS, COLD)
+    assert (INTERACTIONS_INPUT, SPLIT_OUTPUTS, COLD_OUTPUT) == (INTERACTIONS, SPLITS, COLD)
 
 
 def test_parquet_datetimes_of_any_unit_read_as_epoch_seconds(tmp_path: Path) -> None:

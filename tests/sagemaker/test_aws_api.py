@@ -172,3 +172,15 @@ def test_deploy_prints_how_to_fetch_the_key_and_call_the_api_with_it() -> None:
     assert '-H "x-amz-security-token: $AWS_SESSION_TOKEN"' in keyed
     unkeyed = "\n".join(api_usage_lines(spec, outputs, REGION))
     assert "x-api-key" not in unkeyed and "get-api-key" not in unkeyed
+
+
+def test_the_handlers_media_types_are_the_servers() -> None:
+    # The handler runs in Lambda without recsys, so it keeps a copy: it must accept exactly what
+    # the endpoint's codecs accept, or it would refuse good requests or pass on doomed ones.
+    from recsys.aws import api_handler
+    from recsys.serving.codecs import MEDIA_TYPES, REQUEST_MEDIA_TYPES, content_type_of
+
+    assert api_handler.MEDIA_TYPES == REQUEST_MEDIA_TYPES
+    assert MEDIA_TYPES["json"] == api_handler.JSON
+    for media_type in REQUEST_MEDIA_TYPES:
+        content_type_of(media_type)  # the codecs take each one (an unknown type raises a 415)
