@@ -406,6 +406,8 @@ def prepare(
 
     rows = read_raw(files, config, counts)
     report.files = total(len(files))
+    if report.files == 0:  # every instance got an empty shard: all of them stop here, together
+        raise DataError(f"input '{INTERACTIONS}': no data files on any of the {peers.world} instances")
     steps.append(("read", total(counts.get("read", 0))))
     for reason in ("dropped: empty user or item id", "dropped: missing or unreadable timestamp"):
         steps.append((reason, total(counts.get(reason, 0))))
@@ -479,8 +481,23 @@ def digest(frame: pd.DataFrame) -> str:
 
 def instance_files(directory: Path, *, rank: int, world: int, replicated: bool) -> list[Path]:
     """This instance's share of the input: every file it was given (``ShardedByS3Key``), or, when
-    every instance was given every file (``FullyReplicated``), every world-th file from its rank."""
-    files = list_data_files(directory)
-    if not files:
+    every instance was given every file (``FullyReplicated``), every world-th file from its rank.
+
+    ``ShardedByS3Key`` hands out whole files, so with fewer files than instances some instance
+    gets none, and maybe no directory: it has zero rows, as an instance past the last file has in
+    the replicated case, and still takes part in every collective (were it to stop, its peers
+    would wait for it until gloo's timeout). Only an input that every instance sees empty is an
+    error here (one instance, or replicated files: each instance stops at the same point);
+    sharded instances that all got nothing stop together in ``prepare``."""
+    files = list_data_files(directory) if directory.is_dir() else []
+    if not files and (world == 1 or replicated):
         raise DataError(f"input '{INTERACTIONS}': no data files under {directory}")
+    if not files:
+        logger.warning(
+            "instance %d of %d got no file of input '%s' (ShardedByS3Key gave them to the others): "
+            "it takes part with zero rows",
+            rank + 1,
+            world,
+            INTERACTIONS,
+        )
     return files[rank::world] if replicated and world > 1 else files

@@ -175,13 +175,13 @@ def _run(paths: ProcessingPaths, config: PrepareConfig, environ: Mapping[str, st
     hosts = contract.resources.hosts
     rank, world = hosts.index(contract.resources.current_host), len(hosts)
     source = paths.input_dir(INTERACTIONS)
-    if not source.is_dir():
+    replicated = contract.replicated.get(INTERACTIONS, False)
+    # A sharded instance may get no file, and then no directory: it runs with zero rows.
+    if not source.is_dir() and (world == 1 or replicated):
         raise UserError(
             f"the required input '{INTERACTIONS}' is missing: expected raw interaction files under {source}."
         )
-    files = instance_files(
-        source, rank=rank, world=world, replicated=contract.replicated.get(INTERACTIONS, False)
-    )
+    files = instance_files(source, rank=rank, world=world, replicated=replicated)
     # Every output exists, empty or not: an instance with no rows of a split still has the
     # directory that its ProcessingOutput uploads.
     given = [name for name in ATTRIBUTE_INPUTS if paths.input_dir(name).is_dir()]
