@@ -445,8 +445,9 @@ def prepare(
     report.users = total(int(rows["user_id"].nunique()))
     report.items = int((item_counts > 0).sum())
     per_user = rows["user_id"].value_counts().to_numpy()
-    # The same bins on every instance: the sum of the instances' largest counts bounds them all.
-    largest = float(peers.sum(np.array([per_user.max() if len(per_user) else 0], dtype=np.float64))[0])
+    # The same bins on every instance, and the ones a single instance would draw: the largest
+    # count of any instance (a sum of them only bounded it, and could add an empty last bin).
+    largest = float(peers.sum(_one_hot(peers, float(per_user.max()) if len(per_user) else 0.0)).max())
     report.activity_histogram = _histogram(per_user, _log_edges(largest), peers)
     popular = item_counts[item_counts > 0]  # global already: the same on every instance
     report.popularity_histogram = _histogram(popular, _log_edges(float(popular.max())), SOLO)

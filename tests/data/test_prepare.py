@@ -258,6 +258,9 @@ def test_two_instances_on_sharded_files_give_what_one_instance_gives(tmp_path: P
     assert not any(trees[1].output_dir("report").iterdir())  # there, but empty
     assert _report(trees[0])["steps"] == _report(single)["steps"]
     assert _report(trees[0])["instances"] == 2
+    # The histograms are global too: the time bins span every instance's rows, counts are summed.
+    for histogram in ("time_histogram", "activity_histogram", "popularity_histogram"):
+        assert _report(trees[0])[histogram] == _report(single)[histogram], histogram
 
 
 def test_an_instance_given_no_file_takes_part_with_zero_rows(tmp_path: Path) -> None:
