@@ -15,6 +15,9 @@ For each tag:
 * cold start, ``--runs`` times: the clock starts before ``docker run -d ... IMAGE serve`` and stops
   at the first 200 on ``GET /ping`` (polled every 20 ms); the container is removed before the next
   run. The time for ``docker run -d`` alone (container created and started) is shown beside it.
+  The container runs without a CPU or memory limit, on whatever cores the host has: the figure
+  is serve's own start there, not a serverless endpoint's cold start at a given memory size
+  (which also sets its CPU share, and adds provisioning).
 
 The containers run as the calling user (``--user UID:GID``), so that the tree they write stays
 removable without root; ``--user ''`` runs them as the image's default user, root, as SageMaker does.

@@ -27,7 +27,10 @@ from typing import Any
 logger = logging.getLogger()
 logger.setLevel(logging.INFO)
 
-MEDIA_TYPES = ("application/json", "application/jsonlines", "application/x-jsonlines", "text/csv")
+# The endpoint's request media types. recsys.serving.codecs owns them, but this file runs in
+# Lambda alone, without recsys: a copy, which tests/sagemaker/test_aws_api.py holds equal.
+JSON = "application/json"
+MEDIA_TYPES = (JSON, "application/jsonlines", "application/x-jsonlines", "text/csv")
 DEFAULT_MAX_BODY_BYTES = 5 * 2**20  # under Lambda's 6 MB synchronous payload, base64 included
 TARGET_MODEL_HEADER = "x-target-model"
 _client: Any = None
@@ -44,7 +47,7 @@ def _runtime() -> Any:
     return _client
 
 
-def _answer(status: int, body: str | bytes, content_type: str = "application/json") -> dict[str, Any]:
+def _answer(status: int, body: str | bytes, content_type: str = JSON) -> dict[str, Any]:
     text = body.decode("utf-8", errors="replace") if isinstance(body, bytes) else body
     return {"statusCode": status, "headers": {"Content-Type": content_type}, "body": text}
 
@@ -76,10 +79,10 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     limit = int(os.environ.get("MAX_BODY_BYTES") or DEFAULT_MAX_BODY_BYTES)
     if len(body) > limit:
         return _error(413, f"request body of {len(body):,} bytes is over the limit of {limit:,} bytes")
-    content_type = _media_type(headers.get("content-type")) or "application/json"
+    content_type = _media_type(headers.get("content-type")) or JSON
     if content_type not in MEDIA_TYPES:
         return _error(415, f"unsupported Content-Type {content_type!r}; supported: {', '.join(MEDIA_TYPES)}")
-    if content_type == "application/json":
+    if content_type == JSON:
         try:
             json.loads(body)
         except (json.JSONDecodeError, UnicodeDecodeError) as error:

@@ -18,13 +18,14 @@ import sys
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, NoReturn
+from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 from recsys.aws.common import ROLE_PERMISSIONS_HINT, timestamped_name
 from recsys.aws.hosting import (
     CSV,
     DEFAULT_STARTUP_HEALTH_CHECK_SECONDS,
     DEFAULT_TARGET_INVOCATIONS,
+    JSON,
     JSON_LINES,
     AutoscalingSpec,
     EndpointSpec,
@@ -44,7 +45,10 @@ from recsys.aws.jobs import (
 from recsys.config import TrainConfig
 from recsys.errors import ConfigError, UserError
 from recsys.options import add_hyperparameter_option, key_value
-from recsys.sagemaker.contract import KNOWN_CHANNELS, MULTI_MODEL_ENV
+from recsys.sagemaker.contract import CHANNEL_TRAIN, KNOWN_CHANNELS, MULTI_MODEL_ENV
+
+if TYPE_CHECKING:
+    from recsys.aws.api import ApiSpec
 
 ROLE_ENV = "RECSYS_SAGEMAKER_ROLE"
 # After --region, the region's sources in the AWS CLI v2's order. boto3 reads AWS_DEFAULT_REGION
@@ -185,11 +189,12 @@ def _training_options(parser: argparse.ArgumentParser, *, local_mode: bool) -> N
     parser.add_argument("--image", required=True, help="training image URI (printed by `recsys aws push`)")
     _role_option(parser)
     for channel in KNOWN_CHANNELS:
+        required = channel == CHANNEL_TRAIN
         parser.add_argument(
             f"--{channel}",
-            required=channel == "train",
+            required=required,
             metavar="S3_URI",
-            help=f"S3 prefix of the '{channel}' channel" + (" (required)" if channel == "train" else ""),
+            help=f"S3 prefix of the '{channel}' channel" + (" (required)" if required else ""),
         )
     # argparse has no "required unless": train checks --output itself (resolve_training).
     parser.add_argument(
@@ -327,7 +332,7 @@ def add_aws_parser(subparsers: Any) -> None:
     body = invoke.add_mutually_exclusive_group(required=True)
     body.add_argument("--body", help='the request, e.g. \'{"user_id": "u0001", "k": 5}\'')
     body.add_argument("--file", type=Path, help="a file holding the request ('-' for stdin)")
-    invoke.add_argument("--content-type", help="default: from --file's extension, else application/json")
+    invoke.add_argument("--content-type", help=f"default: from --file's extension, else {JSON}")
     invoke.add_argument("--accept", help="default: the content type")
 
     batch = actions.add_parser(
@@ -404,6 +409,13 @@ def add_aws_parser(subparsers: Any) -> None:
     api_deploy.add_argument("--rate", type=positive_int, default=50, help="requests per second (default: 50)")
     api_deploy.add_argument("--burst", type=positive_int, default=100, help="burst (default: 100)")
     api_deploy.add_argument("--quota", type=positive_int, default=100_000, help="requests per day per key")
+    api_deploy.add_argument(
+        "--no-api-key",
+        dest="api_key",
+        action="store_false",
+        help="callers send no API key: no usage plan, so no per-key throttle or daily quota, only "
+        "the stage's --rate/--burst over all callers (default: an API key is required)",
+    )
     api_deploy.add_argument(
         "--max-body-bytes", type=positive_int, default=1_048_576, help="largest request body (default: 1 MiB)"
     )
@@ -592,7 +604,7 @@ def resolve_model(
 
 def read_request_body(args: argparse.Namespace) -> tuple[bytes, str]:
     if args.body is not None:
-        body, guessed = args.body.encode("utf-8"), "application/json"
+        body, guessed = args.body.encode("utf-8"), JSON
     else:
         path: Path = args.file
         try:
@@ -600,9 +612,9 @@ def read_request_body(args: argparse.Namespace) -> tuple[bytes, str]:
         except OSError as exc:
             raise UserError(f"cannot read --file {path}: {exc.strerror}.") from exc
         suffix = path.suffix.lower()
-        guessed = {".jsonl": JSON_LINES, ".csv": CSV}.get(suffix, "application/json")
+        guessed = {".jsonl": JSON_LINES, ".csv": CSV}.get(suffix, JSON)
     content_type = args.content_type or guessed
-    if content_type == "application/json":
+    if content_type == JSON:
         try:
             json.loads(body)
         except json.JSONDecodeError as exc:
@@ -785,7 +797,7 @@ def _batch(args: argparse.Namespace, environ: Mapping[str, str], session: Any) -
 
 def resolve_prepare(args: argparse.Namespace, environ: Mapping[str, str]) -> Any:
     from recsys.aws.processing import PrepareJobSpec
-    from recsys.sagemaker.process import config_from_args, prepare_arguments
+    from recsys.sagemaker.process import ATTRIBUTE_INPUTS, config_from_args, prepare_arguments
 
     config = config_from_args(args)  # bad settings are refused here, before any request
     return PrepareJobSpec(
@@ -795,7 +807,7 @@ def resolve_prepare(args: argparse.Namespace, environ: Mapping[str, str]) -> Any
         interactions_s3_uri=args.input,
         output_s3_uri=args.output,
         arguments=tuple(prepare_arguments(args)),
-        attribute_s3_uris={name: getattr(args, name) for name in ("items", "users") if getattr(args, name)},
+        attribute_s3_uris={name: getattr(args, name) for name in ATTRIBUTE_INPUTS if getattr(args, name)},
         instance_type=args.instance_type,
         instance_count=args.instance_count,
         volume_size_gb=args.volume_size,
@@ -806,6 +818,7 @@ def resolve_prepare(args: argparse.Namespace, environ: Mapping[str, str]) -> Any
 
 def _prepare(args: argparse.Namespace, environ: Mapping[str, str], session: Any) -> int:
     from recsys.aws.processing import next_training_command, start_prepare, wait_for_prepare
+    from recsys.sagemaker.process import REPORT_OUTPUT
 
     spec = resolve_prepare(args, environ)
     start_prepare(session, spec)
@@ -813,7 +826,10 @@ def _prepare(args: argparse.Namespace, environ: Mapping[str, str], session: Any)
     if args.no_wait:
         return 0
     wait_for_prepare(session, spec, echo)
-    echo(f"report: {spec.output_uri('report')}data_report.md")
+    # The report's file name is the data layer's (it loads pandas: only now, after the job).
+    from recsys.data.prepare_report import REPORT_MARKDOWN
+
+    echo(f"report: {spec.output_uri(REPORT_OUTPUT)}{REPORT_MARKDOWN}")
     echo(f"next: {next_training_command(spec)}")
     return 0
 
@@ -834,21 +850,46 @@ def _api(args: argparse.Namespace, environ: Mapping[str, str], session: Any) -> 
         throttle_burst=args.burst,
         quota_per_day=args.quota,
         max_body_bytes=args.max_body_bytes,
+        require_api_key=args.api_key,
     )
     outputs = deploy_api(session, spec, echo)
+    for line in api_usage_lines(spec, outputs, session.region_name):
+        echo(line)
+    return 0
+
+
+def api_usage_lines(spec: ApiSpec, outputs: Mapping[str, str], region: str) -> list[str]:
+    """How to fetch the API key and call the API, as ``api deploy`` prints them."""
     url = outputs.get("InvokeUrl", "URL")
+    lines: list[str] = []
+    key_header = ""
+    key_id = outputs.get("ApiKeyId")
+    if key_id:
+        lines.append(
+            f"API key {key_id}: requests send it as x-api-key (usage plan: {spec.throttle_rate}/s, "
+            f"burst {spec.throttle_burst}, {spec.quota_per_day:,} a day); fetch it with"
+        )
+        lines.append(
+            f"  API_KEY=$(aws apigateway get-api-key --api-key {key_id} --include-value "
+            f"--query value --output text --region {region})"
+        )
+        key_header = '-H "x-api-key: $API_KEY" '
+    example = f'-H \'Content-Type: {JSON}\' -d \'{{"user_id": "u0001", "k": 5}}\' {url}'
     if spec.auth == "iam":
-        echo(
-            f"try it (SigV4-signed, with credentials allowed execute-api:Invoke): curl --aws-sigv4 "
-            f'"aws:amz:{session.region_name}:execute-api" --user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY" '
-            f'-H \'Content-Type: application/json\' -d \'{{"user_id": "u0001", "k": 5}}\' {url}'
+        # Temporary credentials (SSO, an assumed role) sign with their session token too, which
+        # curl sends as x-amz-security-token; the export fills all three from any profile. With
+        # long-term keys the token is empty, and curl leaves an empty header out.
+        lines.append(
+            "try it (credentials allowed execute-api:Invoke): "
+            'eval "$(aws configure export-credentials --format env)"; '
+            f'curl --aws-sigv4 "aws:amz:{region}:execute-api" '
+            '--user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY" '
+            '-H "x-amz-security-token: $AWS_SESSION_TOKEN" '
+            f"{key_header}{example}"
         )
     else:
-        echo(
-            f"try it: curl -H \"Authorization: $ID_TOKEN\" -H 'Content-Type: application/json' "
-            f"-d '{{...}}' {url}"
-        )
-    return 0
+        lines.append(f'try it: curl -H "Authorization: $ID_TOKEN" {key_header}{example}')
+    return lines
 
 
 def _delete(args: argparse.Namespace, environ: Mapping[str, str], session: Any) -> int:

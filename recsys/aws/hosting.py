@@ -14,7 +14,8 @@ from recsys.aws.common import Echo, aws_errors
 from recsys.errors import UserError
 from recsys.serving.codecs import MEDIA_TYPES
 
-# The endpoint's own media types, for Batch Transform and invoke.
+# The endpoint's own media types, for Batch Transform, invoke and the public API's examples.
+JSON = MEDIA_TYPES["json"]
 JSON_LINES = MEDIA_TYPES["jsonlines"]
 CSV = MEDIA_TYPES["csv"]
 

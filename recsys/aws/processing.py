@@ -15,8 +15,8 @@ from typing import Any
 
 from recsys.aws.common import Echo, aws_errors
 from recsys.errors import UserError
-from recsys.sagemaker.contract import DEFAULT_BASE_DIR, ProcessingPaths
-from recsys.sagemaker.process import ATTRIBUTE_INPUTS, output_names
+from recsys.sagemaker.contract import DEFAULT_BASE_DIR, KNOWN_CHANNELS, ProcessingPaths
+from recsys.sagemaker.process import ATTRIBUTE_INPUTS, INTERACTIONS_INPUT, output_names
 
 # Where the container sees its inputs and outputs: the contract's paths under /opt/ml.
 _CONTAINER = ProcessingPaths(Path(DEFAULT_BASE_DIR))
@@ -62,7 +62,7 @@ def _input(name: str, uri: str, *, sharded: bool) -> dict[str, Any]:
 
 
 def build_create_processing_job_request(spec: PrepareJobSpec) -> dict[str, Any]:
-    inputs = [_input("interactions", spec.interactions_s3_uri, sharded=spec.instance_count > 1)]
+    inputs = [_input(INTERACTIONS_INPUT, spec.interactions_s3_uri, sharded=spec.instance_count > 1)]
     inputs += [
         _input(name, spec.attribute_s3_uris[name], sharded=False)
         for name in ATTRIBUTE_INPUTS
@@ -130,6 +130,8 @@ def wait_for_prepare(
 
 def next_training_command(spec: PrepareJobSpec) -> str:
     """The ``recsys aws train`` that reads this job's outputs."""
-    channels = ["train", "validation", *[n for n in ATTRIBUTE_INPUTS if n in spec.attribute_s3_uris]]
+    # The outputs are named as the channels they feed: every channel a training job reads that
+    # this job writes (train and validation, items and users when given), in the channels' order.
+    channels = [name for name in KNOWN_CHANNELS if name in spec.outputs]
     flags = " ".join(f"--{name} {spec.output_uri(name)}" for name in channels)
     return f"recsys aws train --image {spec.image_uri} {flags} --output {spec.output_s3_uri.rstrip('/')}/jobs"

@@ -406,6 +406,8 @@ def prepare(
 
     rows = read_raw(files, config, counts)
     report.files = total(len(files))
+    if report.files == 0:  # every instance got an empty shard: all of them stop here, together
+        raise DataError(f"input '{INTERACTIONS}': no data files on any of the {peers.world} instances")
     steps.append(("read", total(counts.get("read", 0))))
     for reason in ("dropped: empty user or item id", "dropped: missing or unreadable timestamp"):
         steps.append((reason, total(counts.get(reason, 0))))
@@ -443,8 +445,9 @@ def prepare(
     report.users = total(int(rows["user_id"].nunique()))
     report.items = int((item_counts > 0).sum())
     per_user = rows["user_id"].value_counts().to_numpy()
-    # The same bins on every instance: the sum of the instances' largest counts bounds them all.
-    largest = float(peers.sum(np.array([per_user.max() if len(per_user) else 0], dtype=np.float64))[0])
+    # The same bins on every instance, and the ones a single instance would draw: the largest
+    # count of any instance (a sum of them only bounded it, and could add an empty last bin).
+    largest = float(peers.sum(_one_hot(peers, float(per_user.max()) if len(per_user) else 0.0)).max())
     report.activity_histogram = _histogram(per_user, _log_edges(largest), peers)
     popular = item_counts[item_counts > 0]  # global already: the same on every instance
     report.popularity_histogram = _histogram(popular, _log_edges(float(popular.max())), SOLO)
@@ -479,8 +482,23 @@ def digest(frame: pd.DataFrame) -> str:
 
 def instance_files(directory: Path, *, rank: int, world: int, replicated: bool) -> list[Path]:
     """This instance's share of the input: every file it was given (``ShardedByS3Key``), or, when
-    every instance was given every file (``FullyReplicated``), every world-th file from its rank."""
-    files = list_data_files(directory)
-    if not files:
+    every instance was given every file (``FullyReplicated``), every world-th file from its rank.
+
+    ``ShardedByS3Key`` hands out whole files, so with fewer files than instances some instance
+    gets none, and maybe no directory: it has zero rows, as an instance past the last file has in
+    the replicated case, and still takes part in every collective (were it to stop, its peers
+    would wait for it until gloo's timeout). Only an input that every instance sees empty is an
+    error here (one instance, or replicated files: each instance stops at the same point);
+    sharded instances that all got nothing stop together in ``prepare``."""
+    files = list_data_files(directory) if directory.is_dir() else []
+    if not files and (world == 1 or replicated):
         raise DataError(f"input '{INTERACTIONS}': no data files under {directory}")
+    if not files:
+        logger.warning(
+            "instance %d of %d got no file of input '%s' (ShardedByS3Key gave them to the others): "
+            "it takes part with zero rows",
+            rank + 1,
+            world,
+            INTERACTIONS,
+        )
     return files[rank::world] if replicated and world > 1 else files

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 # Names of the data layer's outputs, repeated for the parser: `recsys --help` builds this module's
 # options, and the data layer loads pandas (half a second) - tests/data/test_prepare.py checks they agree.
+INTERACTIONS_INPUT = "interactions"
 SPLIT_OUTPUTS = ("train", "validation", "test")
 COLD_OUTPUT = "cold"
 
@@ -174,13 +175,13 @@ def _run(paths: ProcessingPaths, config: PrepareConfig, environ: Mapping[str, st
     hosts = contract.resources.hosts
     rank, world = hosts.index(contract.resources.current_host), len(hosts)
     source = paths.input_dir(INTERACTIONS)
-    if not source.is_dir():
+    replicated = contract.replicated.get(INTERACTIONS, False)
+    # A sharded instance may get no file, and then no directory: it runs with zero rows.
+    if not source.is_dir() and (world == 1 or replicated):
         raise UserError(
             f"the required input '{INTERACTIONS}' is missing: expected raw interaction files under {source}."
         )
-    files = instance_files(
-        source, rank=rank, world=world, replicated=contract.replicated.get(INTERACTIONS, False)
-    )
+    files = instance_files(source, rank=rank, world=world, replicated=replicated)
     # Every output exists, empty or not: an instance with no rows of a split still has the
     # directory that its ProcessingOutput uploads.
     given = [name for name in ATTRIBUTE_INPUTS if paths.input_dir(name).is_dir()]

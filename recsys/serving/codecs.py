@@ -56,6 +56,8 @@ _ACCEPT_TYPES: dict[str, Format] = {
     "text/*": "csv",
 }
 _SUPPORTED = ", ".join(_CONTENT_TYPES)
+REQUEST_MEDIA_TYPES: tuple[str, ...] = tuple(_CONTENT_TYPES)
+"""Every request Content-Type the server takes (recsys/aws/api_handler.py keeps its own copy)."""
 # Between the item ids of a CSV record's history field.
 HISTORY_SEPARATOR = "|"
 

@@ -15,6 +15,7 @@ import pytest
 
 from recsys.data.io import read_table, write_table
 from recsys.data.prepare import SOLO, PrepareConfig, digest, k_core
+from recsys.errors import DataError
 from recsys.sagemaker.contract import ProcessingPaths
 from recsys.sagemaker.process import run_prepare
 from tests.conftest import free_port
@@ -175,6 +176,46 @@ def test_bad_input_exits_1_with_a_message_naming_the_file_and_column(tmp_path: P
     assert "no interactions are left" in paths.message_file.read_text()
 
 
+def _start(paths: ProcessingPaths, settings: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "recsys", "prepare", "--base-dir", str(paths.base), *settings],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _run_two_instances(
+    base: Path, shards: list[dict[str, pd.DataFrame]], settings: list[str]
+) -> tuple[list[ProcessingPaths], list[str]]:
+    """Two real processes on loopback, as two instances of a ShardedByS3Key job given ``shards``
+    (an instance given no file gets no input directory); their trees and their outputs."""
+    hosts = ["localhost", "127.0.0.1"]
+    trees = [_tree(base / host, parts) for host, parts in zip(hosts, shards, strict=True)]
+    for host, paths in zip(hosts, trees, strict=True):
+        paths.config_dir.mkdir(parents=True)
+        paths.resource_config_file.write_text(json.dumps({"current_host": host, "hosts": hosts}))
+        inputs = [{"InputName": "interactions", "S3Input": {"S3DataDistributionType": "ShardedByS3Key"}}]
+        paths.job_config_file.write_text(json.dumps({"ProcessingInputs": inputs}))
+    env = {**os.environ, "RECSYS_MASTER_PORT": str(free_port())}
+    processes = [_start(paths, settings, env) for paths in trees]
+    try:
+        outputs = [p.communicate(timeout=300)[0] for p in processes]
+    finally:
+        for process in processes:  # a hung peer must not outlive the test
+            if process.poll() is None:
+                process.kill()
+    assert [p.returncode for p in processes] == [0, 0], outputs
+    return trees, outputs
+
+
+def _run_one_instance(paths: ProcessingPaths, settings: list[str]) -> None:
+    solo = _start(paths, settings, dict(os.environ))
+    assert solo.wait(timeout=300) == 0, solo.communicate()[0]
+
+
 @pytest.mark.slow  # two `recsys prepare` subprocesses over gloo
 def test_two_instances_on_sharded_files_give_what_one_instance_gives(tmp_path: Path) -> None:
     """Each instance reads half of the files (ShardedByS3Key); users span both halves, so the
@@ -196,32 +237,9 @@ def test_two_instances_on_sharded_files_give_what_one_instance_gives(tmp_path: P
     ]
 
     single = _tree(tmp_path / "single", {f"part-{i}.csv": s for i, s in enumerate(shards)})
-    hosts = ["localhost", "127.0.0.1"]
-    trees = [
-        _tree(tmp_path / h, {f"part-{i}.csv": shards[i] for i in range(r, 4, 2)}) for r, h in enumerate(hosts)
-    ]
-    for host, paths in zip(hosts, trees, strict=True):
-        paths.config_dir.mkdir(parents=True)
-        paths.resource_config_file.write_text(json.dumps({"current_host": host, "hosts": hosts}))
-        inputs = [{"InputName": "interactions", "S3Input": {"S3DataDistributionType": "ShardedByS3Key"}}]
-        paths.job_config_file.write_text(json.dumps({"ProcessingInputs": inputs}))
-    env = {**os.environ, "RECSYS_MASTER_PORT": str(free_port())}
-
-    def start(paths: ProcessingPaths) -> subprocess.Popen[str]:
-        return subprocess.Popen(
-            [sys.executable, "-m", "recsys", "prepare", "--base-dir", str(paths.base), *settings],
-            cwd=REPO_ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-
-    processes = [start(paths) for paths in trees]
-    outputs = [p.communicate(timeout=300)[0] for p in processes]
-    assert [p.returncode for p in processes] == [0, 0], outputs
-    solo = start(single)
-    assert solo.wait(timeout=300) == 0, solo.communicate()[0]
+    halves = [{f"part-{i}.csv": shards[i] for i in range(r, 4, 2)} for r in range(2)]
+    trees, _ = _run_two_instances(tmp_path, halves, settings)
+    _run_one_instance(single, settings)
 
     for split in ("train", "validation", "test"):
         two = pd.concat([_out(paths, split) for paths in trees], ignore_index=True)
@@ -235,13 +253,57 @@ def test_two_instances_on_sharded_files_give_what_one_instance_gives(tmp_path: P
     assert not any(trees[1].output_dir("report").iterdir())  # there, but empty
     assert _report(trees[0])["steps"] == _report(single)["steps"]
     assert _report(trees[0])["instances"] == 2
+    # The histograms are global too: the time bins span every instance's rows, counts are summed.
+    for histogram in ("time_histogram", "activity_histogram", "popularity_histogram"):
+        assert _report(trees[0])[histogram] == _report(single)[histogram], histogram
 
 
-def test_the_parsers_output_names_are_the_data_layers() -> None:
-    from recsys.data.prepare import COLD, SPLITS
-    from recsys.sagemaker.process import COLD_OUTPUT, SPLIT_OUTPUTS
+@pytest.mark.slow  # two `recsys prepare` subprocesses over gloo
+def test_an_instance_given_no_file_takes_part_with_zero_rows(tmp_path: Path) -> None:
+    """Two instances and one file: ShardedByS3Key gives the second instance nothing (here not
+    even its input directory). It must not stop, or the first would wait on it for gloo's
+    timeout; it joins with zero rows, receives its users' rows in the shuffle and the job
+    gives what one instance gives."""
+    log = _history_log(users=30, per_user=8)
+    settings = ["--min-item-interactions", "3", "--rating-column", "rating"]
 
-    assert (SPLIT_OUTPUTS, COLD_OUTPUT) == (SPLITS, COLD)
+    trees, outputs = _run_two_instances(tmp_path, [{"log.csv": log}, {}], settings)
+    single = _tree(tmp_path / "single", {"log.csv": log})
+    _run_one_instance(single, settings)
+
+    assert not trees[1].input_dir("interactions").exists()
+    assert "instance 2 of 2 got no file" in outputs[1]
+    for split in ("train", "validation", "test"):
+        parts = [_out(paths, split) for paths in trees]
+        assert all(len(part) > 0 for part in parts), split  # users were shuffled to both
+        assert digest(pd.concat(parts, ignore_index=True)) == digest(_out(single, split)), split
+    report = _report(trees[0])
+    assert report["files"] == 1 and report["instances"] == 2
+    assert report["steps"] == _report(single)["steps"]
+
+
+def test_an_input_without_files_is_refused_whoever_sees_it(tmp_path: Path) -> None:
+    from recsys.data.prepare import instance_files, prepare
+
+    empty = tmp_path / "interactions"
+    empty.mkdir()
+    # One instance, or every instance seeing the same (replicated) files: each stops alike.
+    for world, replicated in ((1, False), (2, True)):
+        with pytest.raises(DataError, match="no data files"):
+            instance_files(empty, rank=0, world=world, replicated=replicated)
+    # A sharded instance past the last file: zero rows, not an error.
+    assert instance_files(empty, rank=1, world=2, replicated=False) == []
+    assert instance_files(tmp_path / "absent", rank=1, world=2, replicated=False) == []
+    # Unless every instance got nothing: prepare's first collective finds no file anywhere.
+    with pytest.raises(DataError, match="no data files on any of the 1 instances"):
+        prepare([], PrepareConfig(), write=lambda name, rows: None)
+
+
+def test_the_parsers_input_and_output_names_are_the_data_layers() -> None:
+    from recsys.data.prepare import COLD, INTERACTIONS, SPLITS
+    from recsys.sagemaker.process import COLD_OUTPUT, INTERACTIONS_INPUT, SPLIT_OUTPUTS
+
+    assert (INTERACTIONS_INPUT, SPLIT_OUTPUTS, COLD_OUTPUT) == (INTERACTIONS, SPLITS, COLD)
 
 
 def test_parquet_datetimes_of_any_unit_read_as_epoch_seconds(tmp_path: Path) -> None:

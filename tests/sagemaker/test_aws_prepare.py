@@ -73,10 +73,19 @@ def test_prepare_sends_the_exact_processing_job_and_prints_the_next_training_com
     assert sent["ProcessingResources"]["ClusterConfig"]["InstanceCount"] == 2
     assert sent["RoleArn"] == ROLE_ARN
     assert "processing job prep-1 completed" in out
+    assert "report: s3://bucket/prepared/report/data_report.md" in out
     assert (
         f"next: recsys aws train --image {IMAGE_URI} --train s3://bucket/prepared/train/ "
         "--validation s3://bucket/prepared/validation/ --items s3://bucket/prepared/items/" in out
     )
+
+
+def test_every_channel_a_training_job_reads_is_an_output_of_prepare() -> None:
+    # The launcher hands prepare's outputs to `recsys aws train` by name: they must be the channels'.
+    from recsys.sagemaker.contract import KNOWN_CHANNELS
+    from recsys.sagemaker.process import ATTRIBUTE_INPUTS, output_names
+
+    assert set(KNOWN_CHANNELS) <= set(output_names(cold=False, attributes=ATTRIBUTE_INPUTS))
 
 
 def test_a_failed_processing_job_exits_1_with_the_containers_message(aws: FakeAws, recsys_aws: Run) -> None:
