@@ -63,7 +63,10 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def _start(base: Path, log_path: Path, extra_env: Mapping[str, str] | None = None) -> Server:
+def _start(
+    base: Path, log_path: Path, extra_env: Mapping[str, str] | None = None, *, verbose: bool = False
+) -> Server:
+    """``recsys serve`` with one worker; ``verbose``: ``recsys -v``, DEBUG lines in its log."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SAGEMAKER_", "SM_", "RECSYS_"))}
     port = _free_port()
     env.update(
@@ -74,7 +77,7 @@ def _start(base: Path, log_path: Path, extra_env: Mapping[str, str] | None = Non
     )
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "recsys", "serve"],
+            [sys.executable, "-m", "recsys", *(["-v"] if verbose else []), "serve"],
             cwd=REPO_ROOT,
             env=env,
             stdout=log,
@@ -247,8 +250,9 @@ def _error(reply: Reply, status: int) -> str:
 
 
 def _expected(engine: Recommender, instances: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    # Instances are JSON objects: their values' types are the fields', which mypy cannot see.
     queries = [
-        Query(**{k: tuple(v) if isinstance(v, list) else v for k, v in instance.items()})
+        Query(**{k: tuple(v) if isinstance(v, list) else v for k, v in instance.items()})  # type: ignore[arg-type]
         for instance in instances
     ]
     return [result.to_json() for result in engine.recommend(queries)]
