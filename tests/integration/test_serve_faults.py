@@ -30,6 +30,7 @@ from recsys.data.synthetic import SyntheticData
 from recsys.errors import UserError
 from recsys.serving.codecs import decode_instances
 from recsys.serving.engine import Recommender
+from recsys.serving.processes import LARGE_REQUEST_BYTES
 from recsys.serving.schemas import parse_instances
 from tests.integration.test_serve_http import (
     READY_SECONDS,
@@ -61,6 +62,8 @@ TIMED_OUT_INSTANCES = 100_000
 TIMED_OUT_HISTORY = 5
 TIMED_OUT_PAYLOAD_MB = 32
 WORKER_EXIT_SECONDS = 10.0  # the watchdog polls twice a second; the kernel's signal is at once
+# A hang guard, not a timing: the trim is queued on the scoring thread as the response is sent.
+TRIM_LOG_SECONDS = 30.0
 BAD_ARTIFACT_EXIT_SECONDS = 60.0
 LONG_INTEGER = "1" * 4301  # past Python's int <-> str conversion limit
 
@@ -266,6 +269,33 @@ def test_bad_requests_fail_no_request_scored_beside_them(
     # The engine's refusals really met good requests in a batch: at least one batch failed and
     # was scored again request by request (32 clients at once keep the scoring thread's queue full).
     assert len(RESCORED_BATCH.findall(server.log())) > rescored_before, server.log()[-3000:]
+
+
+# --- a large request: memory ---------------------------------------------------------------------
+
+
+def test_a_large_request_is_followed_by_a_trim(server: Server, user_ids: list[str]) -> None:
+    """A body of 1 MiB or more: once answered, the worker returns its freed heap pages
+    (``release_freed_memory``) and says so in its DEBUG log; a small request costs no trim.
+    What the trim does to RSS is left to ``make bench-soak``: here it is noise."""
+    instance = json.dumps({"user_id": user_ids[0], "k": 3})
+    small = instance.encode("utf-8")
+    # Valid JSON padded with whitespace: a large body that costs nothing to score.
+    large = (instance + " " * (LARGE_REQUEST_BYTES + 4321 - len(instance))).encode("utf-8")
+
+    assert _invoke(server, small).status == 200
+    assert len(_predictions(_invoke(server, large))[0]["item_ids"]) == 3
+
+    trimmed = f"after a request of {len(large)} bytes: "
+    deadline = time.monotonic() + TRIM_LOG_SECONDS
+    while trimmed not in server.log() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    line = next((line for line in server.log().splitlines() if trimmed in line), None)
+    assert line is not None, f"no trim after the large request:\n{server.log()[-3000:]}"
+    assert "DEBUG recsys.serving.app" in line
+    if sys.platform.startswith("linux"):
+        assert "returned to the system (malloc_trim)" in line, line
+    assert f"after a request of {len(small)} bytes" not in server.log()
 
 
 # --- a timed-out request -----------------------------------------------------------------------
