@@ -494,6 +494,25 @@ def _directory_for_a_file(model: Path) -> str:
     return "items.json is not a file"
 
 
+def _manifest_as_a_list(model: Path) -> str:
+    manifest = json.loads((model / "manifest.json").read_text(encoding="utf-8"))
+    (model / "manifest.json").write_text(json.dumps([manifest]), encoding="utf-8")
+    return "manifest.json is not a JSON object"
+
+
+def _manifest_without_files(model: Path) -> str:
+    manifest = json.loads((model / "manifest.json").read_text(encoding="utf-8"))
+    del manifest["files"]
+    (model / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    return "manifest.json lists no files"
+
+
+def _directory_for_the_weights(model: Path) -> str:
+    (model / "model.safetensors").unlink()
+    (model / "model.safetensors").mkdir()
+    return "model.safetensors is not a file"
+
+
 @pytest.mark.parametrize(
     ("damage", "workers"),
     [
@@ -502,7 +521,10 @@ def _directory_for_a_file(model: Path) -> str:
         (_truncated("items.json"), 2),
         (_truncated("seen_indptr.npy"), 1),
         (_flipped_manifest, 2),
+        (_manifest_as_a_list, 1),
+        (_manifest_without_files, 2),
         (_directory_for_a_file, 1),
+        (_directory_for_the_weights, 2),
     ],
     ids=lambda v: getattr(v, "__name__", str(v)),
 )
