@@ -384,6 +384,9 @@ def run_job(size: Size, data_dir: Path, work: Path, epochs: int, timeout: float 
 
 
 def main() -> None:
+    # The thresholds named in --loss's help: recsys.config's own, so that the help follows them.
+    from recsys.config import CPU_FULL_SOFTMAX_MAX_ITEMS, FULL_SOFTMAX_MAX_ITEMS
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--job",
@@ -397,7 +400,13 @@ def main() -> None:
     parser.add_argument("--no-epoch", action="store_true", help="load and encode only")
     parser.add_argument("--no-artifact", action="store_true", help="skip the 1M-item artifact")
     parser.add_argument("--batch-size", type=int, default=None, help="default: the job's (1,024)")
-    parser.add_argument("--loss", default=None, help="default: the job's (auto: softmax up to 100,000 items)")
+    parser.add_argument(
+        "--loss",
+        default=None,
+        help="default: the job's (auto: for GMF on the CPU these runs use, the full softmax up to "
+        f"{CPU_FULL_SOFTMAX_MAX_ITEMS:,} items and the sampled one above; on a GPU the full softmax "
+        f"up to {FULL_SOFTMAX_MAX_ITEMS:,})",
+    )
     parser.add_argument(
         "--epoch-limit",
         type=float,

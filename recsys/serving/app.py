@@ -330,21 +330,31 @@ class InvocationsEndpoint:
                 await send(message)
 
             await self.app(scope, receive, counted)
-        if sent >= LARGE_REQUEST_BYTES or _declared_length(scope) >= LARGE_REQUEST_BYTES:
-            self._release_memory()
+        size = max(sent, _declared_length(scope))
+        if size >= LARGE_REQUEST_BYTES:
+            self._release_memory(size)
 
-    def _release_memory(self) -> None:
+    def _release_memory(self, size: int) -> None:
         # On the scoring thread, after the response is sent: no client waits for it, and requests
         # queued meanwhile are scored after it (a few ms) rather than beside it. One at a time.
         if self._trimming:
+            logger.debug("after a request of %d bytes: a trim is running already; none added", size)
             return
         self._trimming = True
 
         def trim() -> None:
             try:
-                release_freed_memory()
+                released = release_freed_memory()
             finally:
                 self._trimming = False
+            # The only trace of a trim outside the process (its effect on RSS is noise to a test).
+            logger.debug(
+                "after a request of %d bytes: %s",
+                size,
+                "freed heap pages returned to the system (malloc_trim)"
+                if released
+                else "no malloc_trim here; nothing returned",
+            )
 
         asyncio.get_running_loop().run_in_executor(self._executor, trim)
 

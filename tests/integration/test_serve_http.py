@@ -58,7 +58,10 @@ class Server:
         return self.log_path.read_text(encoding="utf-8", errors="replace")
 
 
-def _start(base: Path, log_path: Path, extra_env: Mapping[str, str] | None = None) -> Server:
+def _start(
+    base: Path, log_path: Path, extra_env: Mapping[str, str] | None = None, *, verbose: bool = False
+) -> Server:
+    """``recsys serve`` with one worker; ``verbose``: ``recsys -v``, DEBUG lines in its log."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SAGEMAKER_", "SM_", "RECSYS_"))}
     port = free_port()
     env.update(
@@ -69,7 +72,7 @@ def _start(base: Path, log_path: Path, extra_env: Mapping[str, str] | None = Non
     )
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "recsys", "serve"],
+            [sys.executable, "-m", "recsys", *(["-v"] if verbose else []), "serve"],
             cwd=REPO_ROOT,
             env=env,
             stdout=log,
@@ -242,8 +245,9 @@ def _error(reply: Reply, status: int) -> str:
 
 
 def _expected(engine: Recommender, instances: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    # Instances are JSON objects: their values' types are the fields', which mypy cannot see.
     queries = [
-        Query(**{k: tuple(v) if isinstance(v, list) else v for k, v in instance.items()})
+        Query(**{k: tuple(v) if isinstance(v, list) else v for k, v in instance.items()})  # type: ignore[arg-type]
         for instance in instances
     ]
     return [result.to_json() for result in engine.recommend(queries)]
