@@ -109,13 +109,9 @@ def _encode(
     )
 
 
-def prepare_data(channels: Channels, config: TrainConfig) -> PreparedData:
-    """Read, clean and index every channel.
-
-    The interaction channels are streamed in record batches and held as int32 codes, so memory
-    grows with the interactions' arrays (16 bytes a row), not with their text.
-    """
-    columns = InteractionColumns(
+def interaction_columns(config: TrainConfig) -> InteractionColumns:
+    """The interaction tables' column names a job's hyperparameters give."""
+    return InteractionColumns(
         config.user_id_column,
         config.item_id_column,
         config.rating_column,
@@ -123,6 +119,15 @@ def prepare_data(channels: Channels, config: TrainConfig) -> PreparedData:
         config.event_type_column,
         config.context_columns,
     )
+
+
+def prepare_data(channels: Channels, config: TrainConfig) -> PreparedData:
+    """Read, clean and index every channel.
+
+    The interaction channels are streamed in record batches and held as int32 codes, so memory
+    grows with the interactions' arrays (16 bytes a row), not with their text.
+    """
+    columns = interaction_columns(config)
     train = read_interactions(channels.train, columns, channel="train", min_rating=config.min_rating)
     has_timestamps = train.has_timestamp
     row_encoding = fit_row_encoding(

@@ -21,6 +21,7 @@ from recsys.evaluation.protocols import (
     RankingReport,
     beyond_accuracy,
     compare_rankings,
+    cutoffs,
     full_ranking,
     popular_ranking,
     sampled_ranking,
@@ -84,21 +85,37 @@ class ItemStatistics:
         )
 
 
+@dataclass(frozen=True)
+class EvaluationSettings:
+    """How a model is evaluated: explicit values, so that evaluation needs no training config."""
+
+    ks: tuple[int, ...]  # the accuracy metrics' cut-offs
+    k: int  # the cut-off of the sampled protocol and of the beyond-accuracy metrics
+    history_length: int  # the model's: how many of each user's latest events it reads
+    sampled_negatives: int  # per held-out item in the sampled protocol
+    seed: int  # of the sampled protocol's negatives
+
+    @classmethod
+    def of(cls, config: TrainConfig, history_length: int) -> EvaluationSettings:
+        """The settings a training job's hyperparameters give (``eval_k``, ``sampled_eval_negatives``,
+        ``seed``) for a model reading ``history_length`` events."""
+        return cls(
+            cutoffs(config.eval_k), config.eval_k, history_length, config.sampled_eval_negatives, config.seed
+        )
+
+
 def evaluate_model(
     model: NCF,
     train: DeviceInteractions,
     held: HeldOut,
     items: ItemStatistics,
-    *,
-    ks: tuple[int, ...],
-    k: int,
-    history_length: int,
-    sampled_negatives: int,
-    seed: int,
+    settings: EvaluationSettings,
 ) -> Evaluation:
-    """Every metric (full ranking at each of ``ks`` with standard errors; the sampled protocol and
-    the beyond-accuracy metrics at ``k``), and the most-popular baseline ranked by ``items.counts``
-    over the same users with the same masks."""
+    """Every metric (full ranking at each of ``settings.ks`` with standard errors; the sampled
+    protocol and the beyond-accuracy metrics at ``settings.k``), and the most-popular baseline
+    ranked by ``items.counts`` over the same users with the same masks."""
+    ks, k, history_length = settings.ks, settings.k, settings.history_length
+    sampled_negatives, seed = settings.sampled_negatives, settings.seed
     model.eval()
     users = torch.nonzero(held.counts > 0).squeeze(1)
     report = full_ranking(model, train, held, ks, history_length=history_length, users=users)

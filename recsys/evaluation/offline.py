@@ -15,12 +15,13 @@ from recsys.data.context import RowEncoding
 from recsys.data.device import DeviceInteractions, resolve_device
 from recsys.data.interactions import (
     IndexedInteractions,
-    InteractionColumns,
     index_encoded,
     read_interactions,
 )
+from recsys.data.prepared import interaction_columns
 from recsys.errors import DataError, UserError
 from recsys.evaluation.evaluate import (
+    EvaluationSettings,
     ItemStatistics,
     build_evaluation_report,
     evaluate_model,
@@ -28,7 +29,7 @@ from recsys.evaluation.evaluate import (
     write_evaluation_report,
 )
 from recsys.evaluation.held_out import held_out_tensors
-from recsys.evaluation.protocols import cutoffs, drop_repeats
+from recsys.evaluation.protocols import drop_repeats
 from recsys.evaluation.summary import verdict
 
 logger = logging.getLogger(__name__)
@@ -69,14 +70,7 @@ def evaluate_saved_model(
         raise UserError("--device cuda, but no CUDA device is visible here; pass --device cpu or auto.")
     torch_device = resolve_device(device)
     # The rules of the training job's validation channel, with the codes its training learnt.
-    columns = InteractionColumns(
-        config.user_id_column,
-        config.item_id_column,
-        config.rating_column,
-        config.timestamp_column,
-        config.event_type_column,
-        config.context_columns,
-    )
+    columns = interaction_columns(config)
     encoded = read_interactions(
         test_path, columns, channel="test", min_rating=config.min_rating, allow_file=True
     )
@@ -127,11 +121,7 @@ def evaluate_saved_model(
             arrays=artifact.item_arrays,
             device=torch_device,
         ),
-        ks=cutoffs(config.eval_k),
-        k=config.eval_k,
-        history_length=model.config.history_length,
-        sampled_negatives=config.sampled_eval_negatives,
-        seed=config.seed,
+        EvaluationSettings.of(config, model.config.history_length),
     )
     if not evaluation.comparison.clearly_better:
         warnings.append(verdict(evaluation.comparison))

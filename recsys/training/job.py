@@ -25,6 +25,7 @@ from recsys.data.device import DeviceInteractions, resolve_device
 from recsys.data.features import column_names
 from recsys.data.prepared import Channels, PreparedData, prepare_data, training_rows
 from recsys.evaluation.evaluate import (
+    EvaluationSettings,
     ItemStatistics,
     build_evaluation_report,
     evaluate_model,
@@ -32,7 +33,6 @@ from recsys.evaluation.evaluate import (
     report_details,
 )
 from recsys.evaluation.held_out import ValidationSplit, held_out_tensors, query_context, validation_split
-from recsys.evaluation.protocols import cutoffs
 from recsys.models.ncf import NCF
 from recsys.training.checkpoints import Checkpointer, StopRequest
 from recsys.training.distributed import SINGLE_PROCESS, DistContext, barrier
@@ -149,11 +149,7 @@ def train(
             arrays=data.item_arrays,
             device=device,
         ),
-        ks=cutoffs(config.eval_k),
-        k=config.eval_k,
-        history_length=model.config.history_length,
-        sampled_negatives=config.sampled_eval_negatives,
-        seed=config.seed,
+        EvaluationSettings.of(config, model.config.history_length),
     )
     # The line SageMaker's metric definitions read last: the kept model's values.
     logger.info(
