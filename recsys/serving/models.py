@@ -26,6 +26,7 @@ import torch
 
 from recsys.errors import ServerStateError, UserError
 from recsys.models.retrieval import ItemIndex
+from recsys.sagemaker.contract import MODEL_MEMORY_ENV
 from recsys.serving.batching import MicroBatcher
 from recsys.serving.engine import Recommender
 
@@ -135,7 +136,7 @@ class ModelStore:
     def _too_large(self, name: str, size: int, what: str) -> ServerStateError:
         return ServerStateError(
             f"model {name!r} needs {size / 2**20:,.1f} MiB ({what}), more than the budget of "
-            f"{self.budget_bytes / 2**20:,.1f} MiB (RECSYS_MODEL_MEMORY_MB)",
+            f"{self.budget_bytes / 2**20:,.1f} MiB ({MODEL_MEMORY_ENV})",
             status_code=INSUFFICIENT_STORAGE,
         )
 

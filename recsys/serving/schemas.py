@@ -20,7 +20,7 @@ from pydantic import (
 
 from recsys.data.context import epoch_seconds
 from recsys.errors import UserError
-from recsys.sagemaker.contract import MAX_PAYLOAD_ENV
+from recsys.sagemaker.contract import MAX_PAYLOAD_ENV, MODEL_MEMORY_ENV
 from recsys.serving.engine import MAX_K, TIMESTAMP_KEY, Event, Query, Recommender
 
 # What the validators below accept, as JSON Schema: the OpenAPI page must promise no more and no
@@ -293,7 +293,7 @@ ERROR_STATUSES: dict[int, str] = {
     503: "The model is not loaded yet: retry once /ping answers 200.",
     504: "Scoring took longer than the endpoint's timeout: send fewer instances.",
     409: "A model of that name is loaded already.",
-    507: "The model is larger than the endpoint's memory budget (RECSYS_MODEL_MEMORY_MB).",
+    507: f"The model is larger than the endpoint's memory budget ({MODEL_MEMORY_ENV}).",
 }
 
 
