@@ -9,12 +9,14 @@ of the moment (a context column), with click and purchase events.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from recsys.artifact import MANIFEST, SEEN_EVENT_MASKS
 from recsys.data.io import write_table
 from recsys.errors import UserError
 from recsys.sagemaker.contract import ContainerPaths
@@ -24,6 +26,11 @@ from tests.serving.test_engine import NUM_PAIRS, PAIR_HYPERPARAMETERS, _pair_int
 
 
 def _trained(base: Path, hyperparameters: dict[str, str], channels: dict[str, pd.DataFrame]) -> Recommender:
+    return Recommender.load(_trained_dir(base, hyperparameters, channels))
+
+
+def _trained_dir(base: Path, hyperparameters: dict[str, str], channels: dict[str, pd.DataFrame]) -> Path:
+    """The model directory of a job run through the real training contract on ``channels``."""
     (base / "input" / "config").mkdir(parents=True)
     (base / "input" / "config" / "hyperparameters.json").write_text(json.dumps(hyperparameters))
     for name, table in channels.items():
@@ -33,7 +40,7 @@ def _trained(base: Path, hyperparameters: dict[str, str], channels: dict[str, pd
     code = train(ContainerPaths(base))
     failure = base / "output" / "failure"
     assert code == 0, failure.read_text() if failure.exists() else code
-    return Recommender.load(base / "model")
+    return base / "model"
 
 
 def one(recommender: Recommender, query: Query) -> Recommendation:
@@ -207,15 +214,18 @@ def shelf() -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 @pytest.fixture(scope="module")
-def shelved(
-    tmp_path_factory: pytest.TempPathFactory, shelf: tuple[pd.DataFrame, pd.DataFrame]
-) -> Recommender:
+def shelf_model(tmp_path_factory: pytest.TempPathFactory, shelf: tuple[pd.DataFrame, pd.DataFrame]) -> Path:
     interactions, users = shelf
-    return _trained(
+    return _trained_dir(
         tmp_path_factory.mktemp("shelf_opt_ml"),
         SHELF_HYPERPARAMETERS,
         {"train": interactions, "users": users},
     )
+
+
+@pytest.fixture(scope="module")
+def shelved(shelf_model: Path) -> Recommender:
+    return Recommender.load(shelf_model)
 
 
 def _share(result: Recommendation, group: list[str]) -> float:
@@ -274,14 +284,21 @@ def test_the_moment_comes_from_the_request_timestamp_or_the_clock(shelved: Recom
     assert at[0].scores != at[2].scores  # another hour of the day
 
 
+def _bought_and_clicked(interactions: pd.DataFrame, user: str) -> tuple[set[str], set[str], set[str]]:
+    """A user's items: (ever bought, bought and clicked after the last purchase, only clicked)."""
+    mine = interactions[interactions["user_id"] == user].sort_values("timestamp")
+    types = mine.groupby("item_id")["event_type"].agg(list)
+    bought = {item for item, seen in types.items() if "purchase" in seen}
+    clicked_since = {item for item, seen in types.items() if "purchase" in seen and seen[-1] == "click"}
+    return bought, clicked_since, set(types.index) - bought
+
+
 def test_exclude_event_types_leaves_out_what_was_bought_but_not_what_was_clicked(
     shelved: Recommender, shelf: tuple[pd.DataFrame, pd.DataFrame]
 ) -> None:
     interactions, _ = shelf
     user = "u010"
-    mine = interactions[interactions["user_id"] == user].sort_values("timestamp")
-    latest = mine.groupby("item_id")["event_type"].last()
-    bought, clicked = set(latest[latest == "purchase"].index), set(latest[latest == "click"].index)
+    bought, _, clicked = _bought_and_clicked(interactions, user)
     assert bought and clicked
     everything = shelved.num_items
 
@@ -299,6 +316,132 @@ def test_exclude_event_types_leaves_out_what_was_bought_but_not_what_was_clicked
     assert set(result.item_ids) == set(shelved.artifact.items.ids) - bought
     assert clicked <= set(result.item_ids)
     assert "tv-x-0" not in fresh.item_ids
+
+
+def _users_who_clicked_what_they_bought(interactions: pd.DataFrame, count: int) -> list[str]:
+    """The first ``count`` users with an item bought, then clicked, and an item only clicked."""
+    users = []
+    for user in sorted(interactions["user_id"].unique()):
+        _, clicked_since, clicked = _bought_and_clicked(interactions, user)
+        if clicked_since and clicked:
+            users.append(user)
+    assert len(users) >= count, users
+    return users[:count]
+
+
+def test_an_item_bought_then_clicked_stays_excluded_and_one_only_clicked_does_not(
+    shelved: Recommender, shelf: tuple[pd.DataFrame, pd.DataFrame]
+) -> None:
+    # The stored pair's latest event is the click: the purchase before it must still count. Six
+    # users, so that the batch builds its user sides together (BATCHED_SIDES_FROM) and alone.
+    interactions, _ = shelf
+    users = _users_who_clicked_what_they_bought(interactions, 6)
+    queries = [Query(user_id=u, exclude_event_types=("purchase",), k=shelved.num_items) for u in users]
+
+    together = shelved.recommend(queries)
+    alone = [one(shelved, query) for query in queries]
+
+    for user, batched, single in zip(users, together, alone, strict=True):
+        bought, clicked_since, clicked = _bought_and_clicked(interactions, user)
+        for result in (batched, single):
+            assert not clicked_since & set(result.item_ids), (user, clicked_since)
+            assert set(result.item_ids) == set(shelved.artifact.items.ids) - bought, user
+            assert clicked <= set(result.item_ids)
+
+
+def test_fresh_events_count_for_exclusion_by_type_beside_the_stored_ones(
+    shelved: Recommender, shelf: tuple[pd.DataFrame, pd.DataFrame]
+) -> None:
+    interactions, _ = shelf
+    (user,) = _users_who_clicked_what_they_bought(interactions, 1)
+    bought, clicked_since, clicked = _bought_and_clicked(interactions, user)
+    again, newly_bought = sorted(clicked_since)[0], sorted(clicked)[0]
+    never = sorted(set(shelved.artifact.items.ids) - bought - clicked)[0]
+    fresh = (
+        Event(again, event_type="click"),  # a stored purchase, clicked once more: still bought
+        Event(newly_bought, event_type="purchase"),  # only clicked before, bought now
+        Event(never, event_type="click"),  # a first click: may come back
+    )
+
+    result = one(
+        shelved,
+        Query(user_id=user, history=fresh, exclude_event_types=("purchase",), k=shelved.num_items),
+    )
+
+    assert result.fresh_events == 3
+    assert set(result.item_ids) == set(shelved.artifact.items.ids) - bought - {newly_bought}
+    assert never in result.item_ids
+
+
+def test_an_artifact_without_event_masks_judges_a_pair_by_its_latest_event(
+    shelf_model: Path, shelf: tuple[pd.DataFrame, pd.DataFrame], tmp_path: Path
+) -> None:
+    # What an artifact written before the masks serves: bought then clicked counts as clicked.
+    older = tmp_path / "model"
+    shutil.copytree(shelf_model, older)
+    (older / SEEN_EVENT_MASKS).unlink()
+    manifest = json.loads((older / MANIFEST).read_text())
+    del manifest["files"][SEEN_EVENT_MASKS]
+    (older / MANIFEST).write_text(json.dumps(manifest))
+    interactions, _ = shelf
+    (user,) = _users_who_clicked_what_they_bought(interactions, 1)
+    bought, clicked_since, _ = _bought_and_clicked(interactions, user)
+    recommender = Recommender.load(older)
+
+    result = one(recommender, Query(user_id=user, exclude_event_types=("purchase",), k=recommender.num_items))
+
+    assert recommender.seen_event_masks is None
+    assert set(result.item_ids) == set(recommender.artifact.items.ids) - (bought - clicked_since)
+
+
+@pytest.fixture(scope="module")
+def shelved_with_validation(
+    tmp_path_factory: pytest.TempPathFactory, shelf: tuple[pd.DataFrame, pd.DataFrame]
+) -> Recommender:
+    """The shelf data with each user's last four events in the validation channel; one epoch, as
+    only the served state matters here."""
+    interactions, users = shelf
+    ordered = interactions.sort_values(["user_id", "timestamp"])
+    last = ordered.groupby("user_id").cumcount(ascending=False) < 4
+    return _trained(
+        tmp_path_factory.mktemp("shelf_validation_opt_ml"),
+        {**SHELF_HYPERPARAMETERS, "epochs": "1"},
+        {"train": ordered[~last], "validation": ordered[last], "users": users},
+    )
+
+
+def test_a_purchase_in_train_and_a_click_in_validation_stays_excluded(
+    shelved_with_validation: Recommender, shelf: tuple[pd.DataFrame, pd.DataFrame]
+) -> None:
+    interactions, _ = shelf
+    ordered = interactions.sort_values(["user_id", "timestamp"])
+    last = ordered.groupby("user_id").cumcount(ascending=False) < 4
+    train_buys = set(
+        ordered[~last & (ordered["event_type"] == "purchase")][["user_id", "item_id"]].itertuples(False)
+    )
+    latest = ordered.groupby(["user_id", "item_id"]).tail(1)
+    # Pairs bought in train whose latest event, in validation, is a click.
+    across = [
+        (user, item)
+        for user, item, event in latest[last.loc[latest.index]][
+            ["user_id", "item_id", "event_type"]
+        ].itertuples(False)
+        if event == "click" and (user, item) in train_buys
+    ]
+    assert len(across) >= 5, across
+    recommender = shelved_with_validation
+
+    results = recommender.recommend(
+        [
+            Query(user_id=user, exclude_event_types=("purchase",), k=recommender.num_items)
+            for user, _ in across
+        ]
+    )
+
+    for (user, item), result in zip(across, results, strict=True):
+        bought, _, _ = _bought_and_clicked(interactions, user)
+        assert item not in result.item_ids, (user, item)
+        assert set(result.item_ids) == set(recommender.artifact.items.ids) - bought, user
 
 
 @pytest.mark.parametrize(
