@@ -565,6 +565,12 @@ BAD_REQUESTS = [
         ["colour", "genres", "price", "release_year"],
     ),
     (
+        "filter-value-typo",
+        '{"user_id": "u0001", "filter": {"genres": "comedy"}}',
+        "application/json",
+        ["filter 'genres'", "no item has the value 'comedy'", "did you mean 'Comedy'?"],
+    ),
+    (
         "bad-numeric-filter",
         '{"user_id": "u0001", "filter": {"price": {"below": 3}}}',
         "application/json",

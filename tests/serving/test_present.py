@@ -18,10 +18,12 @@ import pytest
 
 from recsys.artifact import MANIFEST, SEEN_EVENT_MASKS
 from recsys.data.io import write_table
+from recsys.data.synthetic import SyntheticData
 from recsys.errors import UserError
 from recsys.sagemaker.contract import ContainerPaths
 from recsys.sagemaker.train import train
 from recsys.serving.engine import Event, Query, Recommendation, Recommender
+from tests.conftest import FAST_HYPERPARAMETERS
 from tests.serving.test_engine import NUM_PAIRS, PAIR_HYPERPARAMETERS, _pair_interactions
 
 
@@ -29,14 +31,17 @@ def _trained(base: Path, hyperparameters: dict[str, str], channels: dict[str, pd
     return Recommender.load(_trained_dir(base, hyperparameters, channels))
 
 
-def _trained_dir(base: Path, hyperparameters: dict[str, str], channels: dict[str, pd.DataFrame]) -> Path:
-    """The model directory of a job run through the real training contract on ``channels``."""
+def _trained_dir(
+    base: Path, hyperparameters: dict[str, str], channels: dict[str, pd.DataFrame], suffix: str = "csv"
+) -> Path:
+    """The model directory of a job run through the real training contract on ``channels``, each
+    written as one file of the format ``suffix`` names."""
     (base / "input" / "config").mkdir(parents=True)
     (base / "input" / "config" / "hyperparameters.json").write_text(json.dumps(hyperparameters))
     for name, table in channels.items():
         directory = base / "input" / "data" / name
         directory.mkdir(parents=True)
-        write_table(table, directory / f"{name}.csv")
+        write_table(table, directory / f"{name}.{suffix}")
     code = train(ContainerPaths(base))
     failure = base / "output" / "failure"
     assert code == 0, failure.read_text() if failure.exists() else code
@@ -491,6 +496,100 @@ def test_every_bad_field_is_a_400_that_names_it(shelved: Recommender, query: Que
     assert caught.value.status_code == 400
     for part in named:
         assert part in str(caught.value)
+
+
+@pytest.fixture(scope="module")
+def measured(tmp_path_factory: pytest.TempPathFactory, tiny_data: SyntheticData) -> Recommender:
+    """The tiny data with a numeric context column (the basket's value when the event happened)
+    and a numeric user attribute (age); one epoch, as only what the model accepts matters here.
+
+    Parquet, whose columns keep their types: from CSV every context column arrives as text, and a
+    context column is numeric only when its first batch holds numbers."""
+    rng = np.random.default_rng(0)
+    interactions = tiny_data.interactions.assign(
+        basket_value=rng.uniform(5, 50, len(tiny_data.interactions)).round(2)
+    )
+    users = tiny_data.users.assign(age=rng.integers(18, 70, len(tiny_data.users)))
+    return Recommender.load(
+        _trained_dir(
+            tmp_path_factory.mktemp("measured_opt_ml"),
+            {
+                **FAST_HYPERPARAMETERS,
+                "epochs": "1",
+                "context_columns": "basket_value",
+                "sampled_eval_negatives": "20",
+            },
+            {"train": interactions, "users": users},
+            suffix="parquet",
+        )
+    )
+
+
+@pytest.mark.parametrize(
+    ("query", "named"),
+    [
+        (
+            Query(user_id="u0001", context={"basket_value": "lots"}),
+            ["context: 'basket_value' is numeric", "'lots'"],
+        ),
+        (
+            Query(user_id="u0001", context={"basket_value": True}),
+            ["context: 'basket_value' is numeric", "True"],
+        ),
+        # The popular fallback checks the context too.
+        (
+            Query(user_id="nobody", context={"basket_value": "12"}),
+            ["context: 'basket_value' is numeric", "'12'"],
+        ),
+        (Query(user_attributes={"age": "old"}), ["user_attributes", "'age' is numeric", "'old'"]),
+        (Query(user_attributes={"age": "30"}), ["user_attributes", "'age' is numeric", "'30'"]),
+        (
+            Query(user_id="u0001", user_attributes={"age": True}),
+            ["user_attributes", "'age' is numeric", "True"],
+        ),
+    ],
+    ids=[
+        "context-text",
+        "context-bool",
+        "fallback-context-text",
+        "attribute-text",
+        "attribute-numeric-text",
+        "attribute-bool",
+    ],
+)
+def test_a_numeric_field_given_a_non_number_is_a_400_that_names_it(
+    measured: Recommender, query: Query, named: list[str]
+) -> None:
+    with pytest.raises(UserError) as caught:
+        measured.recommend([query])
+
+    assert caught.value.status_code == 400
+    for part in named:
+        assert part in str(caught.value)
+
+
+def test_numbers_for_the_numeric_fields_are_served(measured: Recommender) -> None:
+    # The faults above are the values, not the fields: both are numeric, and numbers are scored.
+    assert [c.name for c in measured.rows.numeric] == ["basket_value"]
+    assert [c.name for c in measured.artifact.user_encoding.numeric] == ["age"]
+    result = one(
+        measured, Query(user_id="u0001", context={"basket_value": 12.5}, user_attributes={"age": 30}, k=3)
+    )
+
+    assert len(result.item_ids) == 3 and not result.fallback
+
+
+def test_exclude_event_types_on_a_model_without_event_types_is_a_400_that_names_it(
+    paired: Recommender,
+) -> None:
+    assert paired.rows.event_column is None  # the pair data has no event_type column
+
+    with pytest.raises(UserError) as caught:
+        paired.recommend([Query(user_id="p0000", exclude_event_types=("purchase",))])
+
+    assert caught.value.status_code == 400
+    assert "exclude_event_types" in str(caught.value)
+    assert "trained without event types" in str(caught.value)
 
 
 def _random_queries(recommender: Recommender, rng: np.random.Generator, count: int) -> list[Query]:
