@@ -8,9 +8,14 @@ of the moment (a context column), with click and purchase events.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import shutil
+import time
+from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -22,6 +27,7 @@ from recsys.data.synthetic import SyntheticData
 from recsys.errors import UserError
 from recsys.sagemaker.contract import ContainerPaths
 from recsys.sagemaker.train import train
+from recsys.serving import engine
 from recsys.serving.engine import Event, Query, Recommendation, Recommender
 from tests.conftest import FAST_HYPERPARAMETERS
 from tests.serving.test_engine import NUM_PAIRS, PAIR_HYPERPARAMETERS, _pair_interactions
@@ -289,13 +295,52 @@ def test_the_moment_comes_from_the_request_timestamp_or_the_clock(shelved: Recom
     assert at[0].scores != at[2].scores  # another hour of the day
 
 
+@pytest.fixture
+def clock_off_utc(monkeypatch: pytest.MonkeyPatch) -> Iterator[float]:
+    """The engine's clock pinned to a moment, on a server whose local zone is UTC+05:30: the time
+    features must come from the moment in UTC, never from the server's wall clock."""
+    moment = 1_750_000_000.0 + 6 * 3600 + 17  # Sunday 2025-06-15 21:46:57 UTC
+    monkeypatch.setattr(engine, "time", SimpleNamespace(time=lambda: moment))
+    monkeypatch.setenv("TZ", "IST-5:30")  # POSIX form: no zone database needed
+    time.tzset()
+    assert time.timezone == -(5 * 3600 + 30 * 60)
+    yield moment
+    monkeypatch.undo()
+    time.tzset()
+
+
+def test_a_request_without_a_timestamp_is_scored_at_the_servers_clock_in_utc(
+    shelved: Recommender, clock_off_utc: float
+) -> None:
+    def queries(context: dict[str, Any]) -> list[Query]:
+        # A stored history, a fresh event sent without a time (it happened "now"), a new user.
+        return [
+            Query(user_id="u000", context={"device": "tv", **context}, k=10, exclude_seen=False),
+            Query(user_id="u001", history=(Event("tv-y-0"),), context=context or None, k=10),
+            Query(user_attributes={"segment": "x"}, context={"device": "phone", **context}, k=10),
+        ]
+
+    utc = dt.datetime.fromtimestamp(clock_off_utc, dt.UTC).isoformat()
+    # The server's local wall clock, read as if it were UTC: what a local-time bug would score.
+    local = dt.datetime.fromtimestamp(clock_off_utc).replace(tzinfo=dt.UTC).isoformat()
+
+    clock = shelved.recommend(queries({}))
+    stamped = shelved.recommend(queries({"timestamp": utc}))
+    wall = shelved.recommend(queries({"timestamp": local}))
+
+    for by_clock, by_stamp in zip(clock, stamped, strict=True):
+        assert by_clock.item_ids == by_stamp.item_ids
+        assert by_clock.scores == pytest.approx(by_stamp.scores, abs=1e-6)
+    assert local != utc and clock[0].scores != pytest.approx(wall[0].scores, abs=1e-6)
+
+
 def _bought_and_clicked(interactions: pd.DataFrame, user: str) -> tuple[set[str], set[str], set[str]]:
     """A user's items: (ever bought, bought and clicked after the last purchase, only clicked)."""
     mine = interactions[interactions["user_id"] == user].sort_values("timestamp")
-    types = mine.groupby("item_id")["event_type"].agg(list)
+    types = {str(item): list(seen) for item, seen in mine.groupby("item_id")["event_type"].agg(list).items()}
     bought = {item for item, seen in types.items() if "purchase" in seen}
     clicked_since = {item for item, seen in types.items() if "purchase" in seen and seen[-1] == "click"}
-    return bought, clicked_since, set(types.index) - bought
+    return bought, clicked_since, set(types) - bought
 
 
 def test_exclude_event_types_leaves_out_what_was_bought_but_not_what_was_clicked(
