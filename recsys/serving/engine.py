@@ -213,6 +213,13 @@ class Recommender:
         # pair's latest event stands for all of its events.
         masks = artifact.seen_event_masks
         wide_enough = masks is not None and 8 * masks.dtype.itemsize >= self.rows.num_event_codes
+        if masks is not None and not wide_enough:
+            logger.warning(
+                "seen_event_masks has %d bits for %d event codes: exclude_event_types judges a pair "
+                "by its latest event",
+                8 * masks.dtype.itemsize,
+                self.rows.num_event_codes,
+            )
         self.seen_event_masks: np.ndarray | None = masks if wide_enough else None
         self.seen_events: Tensor | None = None
         if config.num_event_types and self.seen_event_codes is not None:
