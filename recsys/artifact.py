@@ -18,6 +18,12 @@ Layout (all under ``model/``):
   0 unknown), aligned with ``seen_items.npy``: the time gaps and event types of a served history,
   and exclusion by event type. Optional, so an artifact without them still reads as format 2: its
   histories are served without times or types.
+- ``seen_event_masks.npy`` (with ``seen_events.npy``, up to 63 event types): per stored pair, an
+  unsigned bitmask of every event type the pair ever had, in any channel (bit c: code c), aligned
+  with ``seen_items.npy``. ``seen_events`` keeps a merged pair's latest type only, and an item
+  bought then clicked must still count as bought. Optional, and ignored by code that predates it,
+  so it leaves the format at 2; without it exclusion by event type judges a pair by its latest
+  event.
 - ``item_popularity.npy``: interaction count per item (popular-items fallback, novelty).
 - ``item_labels.parquet`` (when the items table has text the model does not use: titles,
   names): one row per item, for people reading recommendations.
@@ -82,6 +88,7 @@ ENCODINGS = "encodings.json"
 ITEM_LABELS = "item_labels.parquet"
 SEEN_TIMESTAMPS = "seen_timestamps.npy"
 SEEN_EVENTS = "seen_events.npy"
+SEEN_EVENT_MASKS = "seen_event_masks.npy"
 ITEM_INDEX = "item_index.faiss"
 
 log = logging.getLogger(__name__)
@@ -120,6 +127,8 @@ class Artifact:
     item_labels: pa.Table | None = None  # [N rows] text columns for display only
     seen_timestamps: np.ndarray | None = None  # [S] float64 epoch seconds, aligned with seen_items
     seen_events: np.ndarray | None = None  # [S] int16 event-type codes, aligned with seen_items
+    # [S] unsigned bitmask of every event-type code a stored pair had, aligned with seen_items
+    seen_event_masks: np.ndarray | None = None
     # Vocabularies of inputs beyond ids and attributes (event types, contexts): any JSON object,
     # kept opaque here so that whoever encodes the inputs owns its shape.
     feature_encodings: dict[str, Any] = field(default_factory=dict)
@@ -179,6 +188,7 @@ def build_artifact(model: NCF, data: PreparedData, config: TrainConfig, metrics:
         item_labels=data.item_labels,
         seen_timestamps=seen.timestamps if data.has_timestamps else None,
         seen_events=seen.events,
+        seen_event_masks=seen.event_masks,
         # Serving encodes a request's event types and context with the codes training used.
         feature_encodings={"rows": data.row_encoding.to_json()},
     )
@@ -275,6 +285,9 @@ def save_artifact(artifact: Artifact, model_dir: Path) -> None:
             np.save(staging / SEEN_TIMESTAMPS, artifact.seen_timestamps.astype(np.float64))
         if artifact.seen_events is not None:
             np.save(staging / SEEN_EVENTS, artifact.seen_events.astype(np.int16))
+        if artifact.seen_event_masks is not None:
+            # Its own unsigned type: the narrowest that has a bit per event code.
+            np.save(staging / SEEN_EVENT_MASKS, artifact.seen_event_masks)
         np.save(staging / "item_popularity.npy", artifact.item_popularity.astype(np.int64))
         _write_json(staging / ENCODINGS, artifact.feature_encodings)
         _write_json(staging / "train_config.json", artifact.train_config)
@@ -503,15 +516,28 @@ def load_artifact(model_dir: Path) -> Artifact:
         feature_encodings=feature_encodings,
         seen_timestamps=_optional_array(model_dir, SEEN_TIMESTAMPS, manifest),
         seen_events=_optional_array(model_dir, SEEN_EVENTS, manifest),
+        seen_event_masks=_optional_array(model_dir, SEEN_EVENT_MASKS, manifest),
         retrieval=manifest.get("retrieval") if isinstance(manifest.get("retrieval"), dict) else None,
     )
     artifact.item_index = _load_index(model_dir, manifest, model_config)
-    for name, aligned in ((SEEN_TIMESTAMPS, artifact.seen_timestamps), (SEEN_EVENTS, artifact.seen_events)):
-        if aligned is not None and len(aligned) != len(artifact.seen_items):
+    for name, aligned in (
+        (SEEN_TIMESTAMPS, artifact.seen_timestamps),
+        (SEEN_EVENTS, artifact.seen_events),
+        (SEEN_EVENT_MASKS, artifact.seen_event_masks),
+    ):
+        if aligned is None:
+            continue
+        if aligned.ndim != 1:
+            raise ArtifactError(
+                f"model artifact {model_dir} is inconsistent: {name} is an array of shape "
+                f"{aligned.shape}, not one value per row of seen_items.npy."
+            )
+        if len(aligned) != len(artifact.seen_items):
             raise ArtifactError(
                 f"model artifact {model_dir} is inconsistent: {name} holds {len(aligned)} rows, "
                 f"seen_items.npy {len(artifact.seen_items)}."
             )
+    _check_event_masks(model_dir, artifact)
     labels = artifact.item_labels
     if (
         len(artifact.users) != model_config.num_users
@@ -524,6 +550,26 @@ def load_artifact(model_dir: Path) -> Artifact:
         )
     _check_seen(model_dir, artifact)
     return artifact
+
+
+def _check_event_masks(model_dir: Path, artifact: Artifact) -> None:
+    """Event-type bitmasks must be unsigned, come with the latest event types, and hold each pair's
+    latest type: a mask that is not the pair's would exclude, or keep, the wrong items."""
+    masks, events = artifact.seen_event_masks, artifact.seen_events
+    if masks is None:
+        return
+    problem = ""
+    bits = 8 * masks.dtype.itemsize
+    if not np.issubdtype(masks.dtype, np.unsignedinteger):
+        problem = f"{SEEN_EVENT_MASKS} must hold unsigned bitmasks, it holds {masks.dtype}"
+    elif events is None:
+        problem = f"{SEEN_EVENT_MASKS} comes without {SEEN_EVENTS}"
+    elif len(events) and (int(events.min()) < 0 or int(events.max()) >= bits):
+        problem = f"{SEEN_EVENTS} holds event codes outside the {bits} bits of {SEEN_EVENT_MASKS}"
+    elif not bool(((masks >> events.astype(masks.dtype)) & 1).all()):
+        problem = f"{SEEN_EVENT_MASKS} lacks the latest event type ({SEEN_EVENTS}) of some pairs"
+    if problem:
+        raise ArtifactError(f"model artifact {model_dir} is inconsistent: {problem}.")
 
 
 def _check_weights(model_dir: Path, config: ModelConfig, state_dict: dict[str, torch.Tensor]) -> None:

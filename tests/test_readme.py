@@ -7,6 +7,7 @@ from pathlib import Path
 
 from recsys.config import hyperparameter_table
 from recsys.sagemaker.metric_definitions import METRIC_DEFINITIONS
+from recsys.serving.schemas import HistoryEvent, Instance
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -24,3 +25,21 @@ def test_metric_definitions_in_readme_are_the_ones_in_code() -> None:
     text = README.read_text(encoding="utf-8")
     for definition in METRIC_DEFINITIONS:
         assert f'"Name": "{definition["Name"]}", "Regex": r"{definition["Regex"]}"' in text
+
+
+def _invocation_examples() -> str:
+    """The commands (comments left out) of the shell block in README's "POST /invocations"."""
+    text = README.read_text(encoding="utf-8")
+    section = text.split("### POST /invocations", 1)[1].split("\n## ", 1)[0]
+    match = re.search(r"```bash\n(.*?)\n```", section, re.S)
+    assert match, 'README\'s "POST /invocations" has no shell block of examples'
+    return "\n".join(line for line in match.group(1).splitlines() if not line.lstrip().startswith("#"))
+
+
+def test_every_request_field_has_a_curl_example() -> None:
+    examples = _invocation_examples()
+    fields = [*Instance.model_fields, *HistoryEvent.model_fields]
+
+    missing = [name for name in fields if f'"{name}":' not in examples]
+
+    assert not missing, f"README's POST /invocations examples never send {missing}"

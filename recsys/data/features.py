@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -386,7 +387,7 @@ def encode_values(encoding: FeatureEncoding, records: Sequence[Mapping[str, Any]
     A column left out, or a null, is missing (code 0, numeric 0: the learnt "unknown" embedding);
     a categorical value no training row had is missing too, and is listed in ``unknown``. Raises
     ``ValueError`` naming a column the table never had (with the ones it has), or a numeric column
-    given a value that is not a number.
+    given a value that is not a finite number (text such as "30", and booleans, included).
     """
     known = set(column_names(encoding))
     for record in records:
@@ -423,11 +424,14 @@ def encode_values(encoding: FeatureEncoding, records: Sequence[Mapping[str, Any]
             raw = record.get(spec.name)
             if raw is None:
                 continue
+            # A number only, as for a numeric context value: float() would also take True and
+            # "30", which the request schema (a number) does not promise to take.
+            is_number = isinstance(raw, int | float | np.integer | np.floating) and not isinstance(raw, bool)
             try:
-                number = float(raw)
-            except (TypeError, ValueError):
-                raise ValueError(f"attribute column {spec.name!r} is numeric; got {raw!r}") from None
-            if not np.isfinite(number):
+                number = float(raw) if is_number else math.nan
+            except OverflowError:  # an int past float's range
+                number = math.inf
+            if not math.isfinite(number):
                 raise ValueError(f"attribute column {spec.name!r} is numeric; got {raw!r}")
             numeric[row, f] = (number - spec.mean) / spec.std
     return EncodedValues(tuple(categorical), numeric, tuple(unknown))

@@ -12,7 +12,9 @@ same code on batches already in memory):
 - times are epoch seconds (numbers, numeric strings, ISO 8601 strings, Arrow timestamps or
   dates); each part of a channel may write them its own way (even value by value), and one
   moment is one float64 however it is written; without a time column the row order is time;
-- a (user, item) pair seen several times is one positive, dated at its latest time;
+- a (user, item) pair seen several times is one positive, dated at its latest time, with its
+  latest row's event type and context, and a bitmask of every event type its rows had (an item
+  bought, then clicked, was still bought);
 - positives are ordered by user, then time, then item.
 
 Ids never become one Python object per row: each batch's id column is dictionary-encoded by
@@ -611,6 +613,9 @@ class IndexedInteractions:
     events: np.ndarray | None = None  # [P] int16 event-type codes (RowEncoding), 0 unknown
     context: np.ndarray | None = None  # [P, C] int32 codes of the categorical context columns
     context_numeric: np.ndarray | None = None  # [P, Cn] float32 standardised, NaN missing
+    # [P] unsigned bitmask (event_mask_dtype): bit c set when any row of the pair had event code
+    # c. ``events`` keeps only the latest row's type; exclusion by event type needs them all.
+    event_masks: np.ndarray | None = None
 
     @property
     def num_interactions(self) -> int:
@@ -659,22 +664,33 @@ def _time_keys(stamps: np.ndarray) -> np.ndarray:
 
 
 def _order_rows(
-    users: np.ndarray, items: np.ndarray, stamps: np.ndarray, num_items: int, *, rows: bool
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None, int]:
+    users: np.ndarray,
+    items: np.ndarray,
+    stamps: np.ndarray,
+    num_items: int,
+    *,
+    rows: bool,
+    masks: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None, int]:
     """Rows ordered by (user, time, item), one per pair at its latest time.
 
     Three stable sorts: by pair (which also puts a pair's repeats side by side), by time, by
     user. A stable sort keeps the previous order among ties, so equal times stay in item order.
-    Returns (users, items, times, with ``rows`` each kept row's index in the input, rows merged
-    away). With ``rows``, the rows are put in time order first, so that the row a merged pair
-    keeps is its latest one (whose event type and context then describe the positive)."""
+    Returns (users, items, times, with ``rows`` each kept row's index in the input, with
+    ``masks`` (one event-type bitmask per input row) each pair's masks OR-ed together, rows
+    merged away). With ``rows``, the rows are put in time order first, so that the row a merged
+    pair keeps is its latest one (whose event type and context then describe the positive)."""
     pre: np.ndarray | None = None
     if rows:
         pre = _stable_sort(_time_keys(stamps))[1]
         users, items, stamps = users[pre], items[pre], stamps[pre]
+        if masks is not None:
+            masks = masks[pre]
     # Arrays are deleted as soon as they are used: at 50M rows each one is 200-400 MB.
     pairs, by_pair = _stable_sort(users.astype(np.int64) * max(num_items, 1) + items)
     stamps = stamps[by_pair]
+    if masks is not None:
+        masks = masks[by_pair]
     merged = 0
     if len(pairs) > 1:
         last = np.empty(len(pairs), dtype=bool)
@@ -684,6 +700,8 @@ def _order_rows(
         if merged:
             first = np.flatnonzero(np.concatenate(([True], last[:-1])))
             stamps = np.maximum.reduceat(stamps, first)
+            if masks is not None:
+                masks = np.bitwise_or.reduceat(masks, first)
             by_pair = by_pair[last]
     del pairs
     users, items = users[by_pair], items[by_pair]
@@ -697,7 +715,7 @@ def _order_rows(
         kept = by_pair[order]
         if pre is not None:
             kept = pre[kept]
-    return users[order], items[order], stamps[order], kept, merged
+    return users[order], items[order], stamps[order], kept, None if masks is None else masks[order], merged
 
 
 def _positions(values: pa.StringArray, vocabulary: Vocabulary) -> np.ndarray:
@@ -721,15 +739,18 @@ def index_encoded(
     """Merge repeats, index, order. Pairs with an id outside the vocabularies are dropped and counted.
 
     With ``row_encoding`` (learnt from the training channel by ``fit_row_encoding``), each positive
-    carries the event type and context codes of its latest row."""
+    carries the event type and context codes of its latest row, and the bitmask of every event
+    type its rows had."""
     dtype = index_dtype(max(len(users), len(items)) + max(len(encoded.user_values), len(encoded.item_values)))
     user_index = _positions(encoded.user_values, users).astype(dtype, copy=False)[encoded.user_codes]
     item_index = _positions(encoded.item_values, items).astype(dtype, copy=False)[encoded.item_codes]
     num_item_positions = len(items) + len(encoded.item_values)
     with_rows = row_encoding is not None and not encoded.rows.is_empty
-    user_index, item_index, stamps, rows, merged = _order_rows(
-        user_index, item_index, encoded.timestamps, num_item_positions, rows=with_rows
+    row_masks = _row_event_masks(encoded.rows, row_encoding) if row_encoding is not None else None
+    user_index, item_index, stamps, rows, masks, merged = _order_rows(
+        user_index, item_index, encoded.timestamps, num_item_positions, rows=with_rows, masks=row_masks
     )
+    del row_masks
     if merged:
         logger.info("channel '%s': merged %d duplicate user-item pairs", encoded.channel, merged)
     keep = (user_index < len(users)) & (item_index < len(items))
@@ -738,10 +759,41 @@ def index_encoded(
         user_index, item_index, stamps = user_index[keep], item_index[keep], stamps[keep]
         if rows is not None:
             rows = rows[keep]
+        if masks is not None:
+            masks = masks[keep]
     indexed = _indexed(user_index, item_index, stamps, len(users), len(items))
     if rows is not None and row_encoding is not None:
         indexed = _with_row_codes(indexed, encoded.rows.take(rows), row_encoding)
+    if masks is not None:
+        indexed = replace(indexed, event_masks=masks)
     return indexed, dropped
+
+
+def event_mask_dtype(num_event_codes: int) -> type[np.unsignedinteger[Any]] | None:
+    """The narrowest unsigned type with a bit per event code (code 0, "unknown", included); None
+    past 64 codes, where a pair keeps its latest event type only (``IndexedInteractions.events``)."""
+    for kind in (np.uint8, np.uint16, np.uint32, np.uint64):
+        if num_event_codes <= np.iinfo(kind).bits:
+            return kind
+    return None
+
+
+def _row_event_masks(rows: RowValues, encoding: RowEncoding) -> np.ndarray | None:
+    """One bitmask per row, its event code's bit set; None without event types or past 64 codes."""
+    if encoding.event_column is None or encoding.event_column not in rows.categorical:
+        return None
+    kind = event_mask_dtype(encoding.num_event_codes)
+    if kind is None:
+        logger.warning(
+            "%d event types: too many to record every type of a user-item pair; exclude_event_types "
+            "will judge a pair by its latest event",
+            len(encoding.event_types),
+        )
+        return None
+    codes, values = rows.categorical[encoding.event_column]
+    shifts = value_codes(codes, values, Vocabulary(encoding.event_types)).astype(kind)
+    masks: np.ndarray = np.left_shift(kind(1), shifts)
+    return masks
 
 
 def fit_row_encoding(
@@ -847,17 +899,24 @@ def _subset(data: IndexedInteractions, mask: np.ndarray) -> IndexedInteractions:
         None if data.events is None else data.events[mask],
         None if data.context is None else data.context[mask],
         None if data.context_numeric is None else data.context_numeric[mask],
+        None if data.event_masks is None else data.event_masks[mask],
     )
 
 
 def combine(first: IndexedInteractions, second: IndexedInteractions) -> IndexedInteractions:
     """Both tables' rows over the same vocabularies, ordered by user then time, a pair that is in
-    both once, at its latest time and with that row's event type and context (the served state of
-    a job trained with a validation channel)."""
+    both once, at its latest time and with that row's event type and context, and every event
+    type it had in either (the served state of a job trained with a validation channel)."""
     users = np.concatenate([first.users, second.users]).astype(np.int64)
     items = np.concatenate([first.items, second.items]).astype(np.int64)
     stamps = np.concatenate([first.timestamps, second.timestamps])
-    users, items, stamps, rows, _ = _order_rows(users, items, stamps, first.num_items, rows=True)
+    masks = None
+    if first.event_masks is not None and second.event_masks is not None:
+        # Both come from one RowEncoding, so one dtype; promoted anyway, never truncated.
+        masks = np.concatenate([first.event_masks, second.event_masks])
+    users, items, stamps, rows, masks, _ = _order_rows(
+        users, items, stamps, first.num_items, rows=True, masks=masks
+    )
     assert rows is not None  # asked for with rows=True
 
     def taken(a: np.ndarray | None, b: np.ndarray | None) -> np.ndarray | None:
@@ -868,6 +927,7 @@ def combine(first: IndexedInteractions, second: IndexedInteractions) -> IndexedI
         events=taken(first.events, second.events),
         context=taken(first.context, second.context),
         context_numeric=taken(first.context_numeric, second.context_numeric),
+        event_masks=masks,
     )
 
 

@@ -376,7 +376,8 @@ def decode_instances(body: bytes, fmt: str, *, max_instances: int) -> list[dict[
       (``196,10,i1|i7|i3``); ``k`` may be empty (``196,,i1|i7``: the default), and so may
       ``user_id`` when a history is given (a new user: ``,5,i1|i7``). There is no header line: the
       first line is data. ``user_id`` is kept exactly as sent. Blank lines are errors, as in JSON
-      Lines; CRLF line endings work.
+      Lines; CRLF line endings work. Any field may be quoted (``196,10,"i1|i7"``); ``|`` splits a
+      history quoted or not, so an item id holding ``|`` cannot travel in CSV (JSON Lines can).
 
     The body must be UTF-8 (a BOM is allowed), hold at least one instance and at most
     ``max_instances``. Every failure is a 400 ``UserError``; line numbers start at 1, JSON list

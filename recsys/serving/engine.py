@@ -208,6 +208,19 @@ class Recommender:
         if config.use_gaps and self.seen_times is not None:
             codes = gap_codes(previous_gaps(self.seen_times, indptr)).astype(np.int64)
             self.seen_gaps = torch.from_numpy(codes).to(device)
+        # Every event type each stored pair had (bit c: code c), for exclusion by event type.
+        # Without it (an artifact that predates it, or masks too narrow for the model's codes), a
+        # pair's latest event stands for all of its events.
+        masks = artifact.seen_event_masks
+        wide_enough = masks is not None and 8 * masks.dtype.itemsize >= self.rows.num_event_codes
+        if masks is not None and not wide_enough:
+            logger.warning(
+                "seen_event_masks has %d bits for %d event codes: exclude_event_types judges a pair "
+                "by its latest event",
+                8 * masks.dtype.itemsize,
+                self.rows.num_event_codes,
+            )
+        self.seen_event_masks: np.ndarray | None = masks if wide_enough else None
         self.seen_events: Tensor | None = None
         if config.num_event_types and self.seen_event_codes is not None:
             self.seen_events = torch.from_numpy(self.seen_event_codes).to(device)
@@ -610,6 +623,23 @@ class Recommender:
         )
         return items, times, events
 
+    def _stored_of_types(self, user: int, codes: np.ndarray) -> np.ndarray:
+        """A user's stored items that had an event of one of ``codes`` at any time (an item bought,
+        then clicked, was bought); by their latest event where the artifact has no masks."""
+        if user < 0:
+            return np.zeros(0, np.int64)
+        start, end = int(self.artifact.seen_indptr[user]), int(self.artifact.seen_indptr[user + 1])
+        items = self.artifact.seen_items[start:end].astype(np.int64)
+        masks = self.seen_event_masks
+        if masks is not None:
+            wanted = masks.dtype.type(sum(1 << int(code) for code in set(codes.tolist())))
+            had = (masks[start:end] & wanted) != 0
+        else:
+            assert self.seen_event_codes is not None  # _check_event_types refuses a model without
+            had = np.isin(self.seen_event_codes[start:end], codes)
+        kept: np.ndarray = items[had]
+        return kept
+
     def _user_side(self, query: Query, user: int, moment: float, unknown: list[str]) -> _UserSide:
         """The history, gaps, event types, extra exclusions and attributes of one query, alone."""
         # Column by column, not event by event: a request may carry hundreds of events, and this
@@ -636,9 +666,7 @@ class Recommender:
         excluded = query.exclude_event_types
         if excluded:
             codes = np.asarray([self.rows.event_code(n) for n in excluded])
-            seen = np.concatenate(
-                [stored_items[np.isin(stored_events, codes)], new_items[np.isin(new_events, codes)]]
-            )
+            seen = np.concatenate([self._stored_of_types(user, codes), new_items[np.isin(new_events, codes)]])
         else:
             seen = new_items
         merge = query.history_mode == "merge" and user >= 0
@@ -818,18 +846,17 @@ class Recommender:
             fresh_here = int(kept_fresh[r])
             new_lo, new_hi = int(new_end[r] - new_counts[r]), int(new_end[r])
             excluded = query.exclude_event_types
+            user = int(users[r])
             if excluded:
                 codes = np.asarray([self.rows.event_code(n) for n in excluded])
-                st_lo, st_hi = int(stored_end[r] - stored_counts[r]), int(stored_end[r])
                 seen = np.concatenate(
                     [
-                        stored_items[st_lo:st_hi][np.isin(stored_events[st_lo:st_hi], codes)],
+                        self._stored_of_types(user, codes),
                         found[new_lo:new_hi][np.isin(new_events[new_lo:new_hi], codes)],
                     ]
                 )
             else:
                 seen = found[new_lo:new_hi]
-            user = int(users[r])
             attributes = (
                 self._attribute_values(query.user_attributes, user) if query.user_attributes else None
             )

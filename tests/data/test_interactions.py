@@ -18,6 +18,8 @@ from recsys.data.interactions import (
     InteractionColumns,
     combine,
     encode_batches,
+    event_mask_dtype,
+    fit_row_encoding,
     index_encoded,
     read_interactions,
     split_last_out,
@@ -717,6 +719,63 @@ def test_combine_orders_both_tables_by_user_and_time_and_keeps_a_pairs_latest_ro
     assert both.items.tolist() == [4, 2, 1, 3, 0]  # user 0 by time; item 1 once, at its later time
     assert both.timestamps.tolist() == [20.0, 30.0, 40.0, 5.0, 50.0]
     assert both.events is not None and both.events.tolist() == [2, 1, 3, 1, 2]  # item 1: the later row's
+
+
+def _typed(
+    rows: list[tuple[str, str, float, str | None]], users: Vocabulary, items: Vocabulary
+) -> IndexedInteractions:
+    """Rows of (user, item, time, event type) indexed with the event codes of their own types."""
+    table = pa.table(
+        dict(zip(["user_id", "item_id", "timestamp", "event_type"], zip(*rows, strict=True), strict=True))
+    )
+    encoded = encode_batches(table.column_names, table.to_batches(), COLUMNS, channel="test", min_rating=None)
+    encoding = fit_row_encoding(encoded, COLUMNS, time_features=False)
+    assert encoding.event_types == ("click", "purchase")  # codes 1 and 2; 0 is none or unknown
+    indexed, _ = index_encoded(encoded, users, items, encoding)
+    return indexed
+
+
+def test_a_merged_pair_keeps_its_latest_event_type_and_the_mask_of_all_of_them() -> None:
+    users, items = Vocabulary.build(["u", "v"]), Vocabulary.build("abcd")
+    data = _typed(
+        [
+            ("u", "a", 1.0, "purchase"),
+            ("u", "b", 2.0, "click"),
+            ("v", "c", 3.0, "purchase"),
+            ("u", "a", 4.0, "click"),  # bought, then clicked: still bought
+            ("u", "b", 5.0, "click"),
+            ("u", "d", 6.0, None),
+            ("w", "a", 7.0, "purchase"),  # an unknown user: dropped, the masks stay aligned
+        ],
+        users,
+        items,
+    )
+
+    # u in time order (a@4, b@5, d@6), then v (c@3).
+    assert data.items.tolist() == [0, 1, 3, 2]
+    assert data.events is not None and data.events.tolist() == [1, 1, 0, 2]
+    assert data.event_masks is not None and data.event_masks.dtype == np.uint8
+    assert data.event_masks.tolist() == [0b110, 0b010, 0b001, 0b100]
+
+
+def test_combine_ors_the_event_masks_of_a_pair_in_both_channels() -> None:
+    users, items = Vocabulary.build(["u"]), Vocabulary.build("ab")
+    train = _typed([("u", "a", 1.0, "purchase"), ("u", "b", 2.0, "click")], users, items)
+    validation = _typed([("u", "a", 3.0, "click"), ("u", "b", 4.0, "purchase")], users, items)
+
+    both = combine(train, validation)
+
+    assert both.items.tolist() == [0, 1]
+    assert both.events is not None and both.events.tolist() == [1, 2]  # the latest rows': click, purchase
+    assert both.event_masks is not None and both.event_masks.tolist() == [0b110, 0b110]
+
+
+@pytest.mark.parametrize(
+    ("codes", "kind"),
+    [(1, np.uint8), (8, np.uint8), (9, np.uint16), (33, np.uint64), (64, np.uint64), (65, None)],
+)
+def test_event_masks_take_the_narrowest_type_with_a_bit_per_code(codes: int, kind: type | None) -> None:
+    assert event_mask_dtype(codes) is kind
 
 
 def test_ids_with_nul_bytes_are_skipped_like_empty_ones(caplog: pytest.LogCaptureFixture) -> None:

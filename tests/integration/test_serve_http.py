@@ -513,6 +513,27 @@ def test_csv_in_json_out(server: Server, engine: Recommender) -> None:
     _assert_same(predictions, _expected(engine, instances))
 
 
+def test_a_csv_request_with_histories_is_answered_as_the_same_request_in_json(server: Server) -> None:
+    # A known user's fresh events (merged with the stored ones), a new user's quoted history, and a
+    # known user's history with k left empty: the CSV decoder must give the JSON request's instances.
+    body = 'u0002,5,i0003|i0017\r\n,4,"i0003|i0010|i0042"\r\n"u0005",,i0001\r\n'
+    instances: list[dict[str, Any]] = [
+        {"user_id": "u0002", "k": 5, "history": ["i0003", "i0017"]},
+        {"k": 4, "history": ["i0003", "i0010", "i0042"]},
+        {"user_id": "u0005", "history": ["i0001"]},
+    ]
+
+    from_csv = _predictions(_invoke(server, body, content_type="text/csv", accept="application/json"))
+    from_json = _predictions(_invoke(server, {"instances": instances}))
+    as_csv = _parse_csv(_invoke(server, body, content_type="text/csv", accept="text/csv"))
+
+    _assert_same(from_csv, from_json)
+    assert [p["kind"] for p in from_csv] == ["history"] * 3
+    assert [p["fresh_events"] for p in from_csv] == [2, 3, 1]
+    assert [len(p["item_ids"]) for p in from_csv] == [5, 4, 10]
+    assert as_csv == [p["item_ids"] for p in from_json]
+
+
 # --- headers -----------------------------------------------------------------------------------
 
 
@@ -563,6 +584,12 @@ BAD_REQUESTS = [
         '{"user_id": "u0001", "filter": {"colour": ["red"]}}',
         "application/json",
         ["colour", "genres", "price", "release_year"],
+    ),
+    (
+        "filter-value-typo",
+        '{"user_id": "u0001", "filter": {"genres": "comedy"}}',
+        "application/json",
+        ["filter 'genres'", "no item has the value 'comedy'", "did you mean 'Comedy'?"],
     ),
     (
         "bad-numeric-filter",

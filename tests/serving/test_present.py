@@ -8,32 +8,50 @@ of the moment (a context column), with click and purchase events.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import shutil
+import time
+from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from recsys.artifact import MANIFEST, SEEN_EVENT_MASKS
 from recsys.data.io import write_table
+from recsys.data.synthetic import SyntheticData
 from recsys.errors import UserError
 from recsys.sagemaker.contract import ContainerPaths
 from recsys.sagemaker.train import train
+from recsys.serving import engine
 from recsys.serving.engine import Event, Query, Recommendation, Recommender
+from tests.conftest import FAST_HYPERPARAMETERS
 from tests.serving.test_engine import NUM_PAIRS, PAIR_HYPERPARAMETERS, _pair_interactions
 
 
 def _trained(base: Path, hyperparameters: dict[str, str], channels: dict[str, pd.DataFrame]) -> Recommender:
+    return Recommender.load(_trained_dir(base, hyperparameters, channels))
+
+
+def _trained_dir(
+    base: Path, hyperparameters: dict[str, str], channels: dict[str, pd.DataFrame], suffix: str = "csv"
+) -> Path:
+    """The model directory of a job run through the real training contract on ``channels``, each
+    written as one file of the format ``suffix`` names."""
     (base / "input" / "config").mkdir(parents=True)
     (base / "input" / "config" / "hyperparameters.json").write_text(json.dumps(hyperparameters))
     for name, table in channels.items():
         directory = base / "input" / "data" / name
         directory.mkdir(parents=True)
-        write_table(table, directory / f"{name}.csv")
+        write_table(table, directory / f"{name}.{suffix}")
     code = train(ContainerPaths(base))
     failure = base / "output" / "failure"
     assert code == 0, failure.read_text() if failure.exists() else code
-    return Recommender.load(base / "model")
+    return base / "model"
 
 
 def one(recommender: Recommender, query: Query) -> Recommendation:
@@ -207,15 +225,18 @@ def shelf() -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 @pytest.fixture(scope="module")
-def shelved(
-    tmp_path_factory: pytest.TempPathFactory, shelf: tuple[pd.DataFrame, pd.DataFrame]
-) -> Recommender:
+def shelf_model(tmp_path_factory: pytest.TempPathFactory, shelf: tuple[pd.DataFrame, pd.DataFrame]) -> Path:
     interactions, users = shelf
-    return _trained(
+    return _trained_dir(
         tmp_path_factory.mktemp("shelf_opt_ml"),
         SHELF_HYPERPARAMETERS,
         {"train": interactions, "users": users},
     )
+
+
+@pytest.fixture(scope="module")
+def shelved(shelf_model: Path) -> Recommender:
+    return Recommender.load(shelf_model)
 
 
 def _share(result: Recommendation, group: list[str]) -> float:
@@ -274,14 +295,60 @@ def test_the_moment_comes_from_the_request_timestamp_or_the_clock(shelved: Recom
     assert at[0].scores != at[2].scores  # another hour of the day
 
 
+@pytest.fixture
+def clock_off_utc(monkeypatch: pytest.MonkeyPatch) -> Iterator[float]:
+    """The engine's clock pinned to a moment, on a server whose local zone is UTC+05:30: the time
+    features must come from the moment in UTC, never from the server's wall clock."""
+    moment = 1_750_000_000.0 + 6 * 3600 + 17  # Sunday 2025-06-15 21:46:57 UTC
+    monkeypatch.setattr(engine, "time", SimpleNamespace(time=lambda: moment))
+    monkeypatch.setenv("TZ", "IST-5:30")  # POSIX form: no zone database needed
+    time.tzset()
+    assert time.timezone == -(5 * 3600 + 30 * 60)
+    yield moment
+    monkeypatch.undo()
+    time.tzset()
+
+
+def test_a_request_without_a_timestamp_is_scored_at_the_servers_clock_in_utc(
+    shelved: Recommender, clock_off_utc: float
+) -> None:
+    def queries(context: dict[str, Any]) -> list[Query]:
+        # A stored history, a fresh event sent without a time (it happened "now"), a new user.
+        return [
+            Query(user_id="u000", context={"device": "tv", **context}, k=10, exclude_seen=False),
+            Query(user_id="u001", history=(Event("tv-y-0"),), context=context or None, k=10),
+            Query(user_attributes={"segment": "x"}, context={"device": "phone", **context}, k=10),
+        ]
+
+    utc = dt.datetime.fromtimestamp(clock_off_utc, dt.UTC).isoformat()
+    # The server's local wall clock, read as if it were UTC: what a local-time bug would score.
+    local = dt.datetime.fromtimestamp(clock_off_utc).replace(tzinfo=dt.UTC).isoformat()
+
+    clock = shelved.recommend(queries({}))
+    stamped = shelved.recommend(queries({"timestamp": utc}))
+    wall = shelved.recommend(queries({"timestamp": local}))
+
+    for by_clock, by_stamp in zip(clock, stamped, strict=True):
+        assert by_clock.item_ids == by_stamp.item_ids
+        assert by_clock.scores == pytest.approx(by_stamp.scores, abs=1e-6)
+    assert local != utc and clock[0].scores != pytest.approx(wall[0].scores, abs=1e-6)
+
+
+def _bought_and_clicked(interactions: pd.DataFrame, user: str) -> tuple[set[str], set[str], set[str]]:
+    """A user's items: (ever bought, bought and clicked after the last purchase, only clicked)."""
+    mine = interactions[interactions["user_id"] == user].sort_values("timestamp")
+    types = {str(item): list(seen) for item, seen in mine.groupby("item_id")["event_type"].agg(list).items()}
+    bought = {item for item, seen in types.items() if "purchase" in seen}
+    clicked_since = {item for item, seen in types.items() if "purchase" in seen and seen[-1] == "click"}
+    return bought, clicked_since, set(types) - bought
+
+
 def test_exclude_event_types_leaves_out_what_was_bought_but_not_what_was_clicked(
     shelved: Recommender, shelf: tuple[pd.DataFrame, pd.DataFrame]
 ) -> None:
     interactions, _ = shelf
     user = "u010"
-    mine = interactions[interactions["user_id"] == user].sort_values("timestamp")
-    latest = mine.groupby("item_id")["event_type"].last()
-    bought, clicked = set(latest[latest == "purchase"].index), set(latest[latest == "click"].index)
+    bought, _, clicked = _bought_and_clicked(interactions, user)
     assert bought and clicked
     everything = shelved.num_items
 
@@ -299,6 +366,132 @@ def test_exclude_event_types_leaves_out_what_was_bought_but_not_what_was_clicked
     assert set(result.item_ids) == set(shelved.artifact.items.ids) - bought
     assert clicked <= set(result.item_ids)
     assert "tv-x-0" not in fresh.item_ids
+
+
+def _users_who_clicked_what_they_bought(interactions: pd.DataFrame, count: int) -> list[str]:
+    """The first ``count`` users with an item bought, then clicked, and an item only clicked."""
+    users = []
+    for user in sorted(interactions["user_id"].unique()):
+        _, clicked_since, clicked = _bought_and_clicked(interactions, user)
+        if clicked_since and clicked:
+            users.append(user)
+    assert len(users) >= count, users
+    return users[:count]
+
+
+def test_an_item_bought_then_clicked_stays_excluded_and_one_only_clicked_does_not(
+    shelved: Recommender, shelf: tuple[pd.DataFrame, pd.DataFrame]
+) -> None:
+    # The stored pair's latest event is the click: the purchase before it must still count. Six
+    # users, so that the batch builds its user sides together (BATCHED_SIDES_FROM) and alone.
+    interactions, _ = shelf
+    users = _users_who_clicked_what_they_bought(interactions, 6)
+    queries = [Query(user_id=u, exclude_event_types=("purchase",), k=shelved.num_items) for u in users]
+
+    together = shelved.recommend(queries)
+    alone = [one(shelved, query) for query in queries]
+
+    for user, batched, single in zip(users, together, alone, strict=True):
+        bought, clicked_since, clicked = _bought_and_clicked(interactions, user)
+        for result in (batched, single):
+            assert not clicked_since & set(result.item_ids), (user, clicked_since)
+            assert set(result.item_ids) == set(shelved.artifact.items.ids) - bought, user
+            assert clicked <= set(result.item_ids)
+
+
+def test_fresh_events_count_for_exclusion_by_type_beside_the_stored_ones(
+    shelved: Recommender, shelf: tuple[pd.DataFrame, pd.DataFrame]
+) -> None:
+    interactions, _ = shelf
+    (user,) = _users_who_clicked_what_they_bought(interactions, 1)
+    bought, clicked_since, clicked = _bought_and_clicked(interactions, user)
+    again, newly_bought = sorted(clicked_since)[0], sorted(clicked)[0]
+    never = sorted(set(shelved.artifact.items.ids) - bought - clicked)[0]
+    fresh = (
+        Event(again, event_type="click"),  # a stored purchase, clicked once more: still bought
+        Event(newly_bought, event_type="purchase"),  # only clicked before, bought now
+        Event(never, event_type="click"),  # a first click: may come back
+    )
+
+    result = one(
+        shelved,
+        Query(user_id=user, history=fresh, exclude_event_types=("purchase",), k=shelved.num_items),
+    )
+
+    assert result.fresh_events == 3
+    assert set(result.item_ids) == set(shelved.artifact.items.ids) - bought - {newly_bought}
+    assert never in result.item_ids
+
+
+def test_an_artifact_without_event_masks_judges_a_pair_by_its_latest_event(
+    shelf_model: Path, shelf: tuple[pd.DataFrame, pd.DataFrame], tmp_path: Path
+) -> None:
+    # What an artifact written before the masks serves: bought then clicked counts as clicked.
+    older = tmp_path / "model"
+    shutil.copytree(shelf_model, older)
+    (older / SEEN_EVENT_MASKS).unlink()
+    manifest = json.loads((older / MANIFEST).read_text())
+    del manifest["files"][SEEN_EVENT_MASKS]
+    (older / MANIFEST).write_text(json.dumps(manifest))
+    interactions, _ = shelf
+    (user,) = _users_who_clicked_what_they_bought(interactions, 1)
+    bought, clicked_since, _ = _bought_and_clicked(interactions, user)
+    recommender = Recommender.load(older)
+
+    result = one(recommender, Query(user_id=user, exclude_event_types=("purchase",), k=recommender.num_items))
+
+    assert recommender.seen_event_masks is None
+    assert set(result.item_ids) == set(recommender.artifact.items.ids) - (bought - clicked_since)
+
+
+@pytest.fixture(scope="module")
+def shelved_with_validation(
+    tmp_path_factory: pytest.TempPathFactory, shelf: tuple[pd.DataFrame, pd.DataFrame]
+) -> Recommender:
+    """The shelf data with each user's last four events in the validation channel; one epoch, as
+    only the served state matters here."""
+    interactions, users = shelf
+    ordered = interactions.sort_values(["user_id", "timestamp"])
+    last = ordered.groupby("user_id").cumcount(ascending=False) < 4
+    return _trained(
+        tmp_path_factory.mktemp("shelf_validation_opt_ml"),
+        {**SHELF_HYPERPARAMETERS, "epochs": "1"},
+        {"train": ordered[~last], "validation": ordered[last], "users": users},
+    )
+
+
+def test_a_purchase_in_train_and_a_click_in_validation_stays_excluded(
+    shelved_with_validation: Recommender, shelf: tuple[pd.DataFrame, pd.DataFrame]
+) -> None:
+    interactions, _ = shelf
+    ordered = interactions.sort_values(["user_id", "timestamp"])
+    last = ordered.groupby("user_id").cumcount(ascending=False) < 4
+    train_buys = set(
+        ordered[~last & (ordered["event_type"] == "purchase")][["user_id", "item_id"]].itertuples(False)
+    )
+    latest = ordered.groupby(["user_id", "item_id"]).tail(1)
+    # Pairs bought in train whose latest event, in validation, is a click.
+    across = [
+        (user, item)
+        for user, item, event in latest[last.loc[latest.index]][
+            ["user_id", "item_id", "event_type"]
+        ].itertuples(False)
+        if event == "click" and (user, item) in train_buys
+    ]
+    assert len(across) >= 5, across
+    recommender = shelved_with_validation
+
+    results = recommender.recommend(
+        [
+            Query(user_id=user, exclude_event_types=("purchase",), k=recommender.num_items)
+            for user, _ in across
+        ]
+    )
+
+    for (user, item), result in zip(across, results, strict=True):
+        bought, _, _ = _bought_and_clicked(interactions, user)
+        assert item not in result.item_ids, (user, item)
+        assert set(result.item_ids) == set(recommender.artifact.items.ids) - bought, user
 
 
 @pytest.mark.parametrize(
@@ -348,6 +541,100 @@ def test_every_bad_field_is_a_400_that_names_it(shelved: Recommender, query: Que
     assert caught.value.status_code == 400
     for part in named:
         assert part in str(caught.value)
+
+
+@pytest.fixture(scope="module")
+def measured(tmp_path_factory: pytest.TempPathFactory, tiny_data: SyntheticData) -> Recommender:
+    """The tiny data with a numeric context column (the basket's value when the event happened)
+    and a numeric user attribute (age); one epoch, as only what the model accepts matters here.
+
+    Parquet, whose columns keep their types: from CSV every context column arrives as text, and a
+    context column is numeric only when its first batch holds numbers."""
+    rng = np.random.default_rng(0)
+    interactions = tiny_data.interactions.assign(
+        basket_value=rng.uniform(5, 50, len(tiny_data.interactions)).round(2)
+    )
+    users = tiny_data.users.assign(age=rng.integers(18, 70, len(tiny_data.users)))
+    return Recommender.load(
+        _trained_dir(
+            tmp_path_factory.mktemp("measured_opt_ml"),
+            {
+                **FAST_HYPERPARAMETERS,
+                "epochs": "1",
+                "context_columns": "basket_value",
+                "sampled_eval_negatives": "20",
+            },
+            {"train": interactions, "users": users},
+            suffix="parquet",
+        )
+    )
+
+
+@pytest.mark.parametrize(
+    ("query", "named"),
+    [
+        (
+            Query(user_id="u0001", context={"basket_value": "lots"}),
+            ["context: 'basket_value' is numeric", "'lots'"],
+        ),
+        (
+            Query(user_id="u0001", context={"basket_value": True}),
+            ["context: 'basket_value' is numeric", "True"],
+        ),
+        # The popular fallback checks the context too.
+        (
+            Query(user_id="nobody", context={"basket_value": "12"}),
+            ["context: 'basket_value' is numeric", "'12'"],
+        ),
+        (Query(user_attributes={"age": "old"}), ["user_attributes", "'age' is numeric", "'old'"]),
+        (Query(user_attributes={"age": "30"}), ["user_attributes", "'age' is numeric", "'30'"]),
+        (
+            Query(user_id="u0001", user_attributes={"age": True}),
+            ["user_attributes", "'age' is numeric", "True"],
+        ),
+    ],
+    ids=[
+        "context-text",
+        "context-bool",
+        "fallback-context-text",
+        "attribute-text",
+        "attribute-numeric-text",
+        "attribute-bool",
+    ],
+)
+def test_a_numeric_field_given_a_non_number_is_a_400_that_names_it(
+    measured: Recommender, query: Query, named: list[str]
+) -> None:
+    with pytest.raises(UserError) as caught:
+        measured.recommend([query])
+
+    assert caught.value.status_code == 400
+    for part in named:
+        assert part in str(caught.value)
+
+
+def test_numbers_for_the_numeric_fields_are_served(measured: Recommender) -> None:
+    # The faults above are the values, not the fields: both are numeric, and numbers are scored.
+    assert [c.name for c in measured.rows.numeric] == ["basket_value"]
+    assert [c.name for c in measured.artifact.user_encoding.numeric] == ["age"]
+    result = one(
+        measured, Query(user_id="u0001", context={"basket_value": 12.5}, user_attributes={"age": 30}, k=3)
+    )
+
+    assert len(result.item_ids) == 3 and not result.fallback
+
+
+def test_exclude_event_types_on_a_model_without_event_types_is_a_400_that_names_it(
+    paired: Recommender,
+) -> None:
+    assert paired.rows.event_column is None  # the pair data has no event_type column
+
+    with pytest.raises(UserError) as caught:
+        paired.recommend([Query(user_id="p0000", exclude_event_types=("purchase",))])
+
+    assert caught.value.status_code == 400
+    assert "exclude_event_types" in str(caught.value)
+    assert "trained without event types" in str(caught.value)
 
 
 def _random_queries(recommender: Recommender, rng: np.random.Generator, count: int) -> list[Query]:
