@@ -130,6 +130,13 @@ class TrainConfig:
         "text is categorical, numbers are numeric; a missing or unseen value has its own learnt row.",
         None,
     )
+    numeric_context_columns: tuple[str, ...] = _param(
+        (),
+        "Context columns to read as numbers whatever their type in the files, e.g. `basket_value`: CSV "
+        "and TSV hold only text, so their numeric context columns are named here (each must be one "
+        "of `context_columns`).",
+        None,
+    )
     event_type_column: str = _param(
         "event_type", "Column of the event type, e.g. click / cart / purchase (optional column)."
     )
@@ -391,6 +398,13 @@ def resolve_train_config(raw: Mapping[str, Any]) -> TrainConfig:
         raise ConfigError(
             f"hyperparameter 'attention_heads' ({config.attention_heads}) must divide 'embedding_dim' "
             f"({config.embedding_dim})."
+        )
+    undeclared = [name for name in config.numeric_context_columns if name not in config.context_columns]
+    if undeclared:
+        raise ConfigError(
+            f"hyperparameter 'numeric_context_columns' names {', '.join(map(repr, undeclared))}, which "
+            f"'context_columns' ({', '.join(config.context_columns) or 'none'}) does not: name each "
+            "numeric context column in both."
         )
     if config.user_id_column == config.item_id_column:
         raise ConfigError("hyperparameters 'user_id_column' and 'item_id_column' name the same column.")

@@ -275,3 +275,10 @@ def test_config_survives_a_json_round_trip() -> None:
     saved = json.loads(json.dumps(config_to_json(config)))
 
     assert resolve_train_config(saved) == config
+
+
+def test_numeric_context_columns_must_be_context_columns() -> None:
+    config = resolve_train_config({"context_columns": "device,basket", "numeric_context_columns": "basket"})
+    assert config.numeric_context_columns == ("basket",)
+    with pytest.raises(ConfigError, match=r"numeric_context_columns.*'price'.*device, basket"):
+        resolve_train_config({"context_columns": "device,basket", "numeric_context_columns": "price"})

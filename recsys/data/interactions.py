@@ -58,6 +58,7 @@ class InteractionColumns:
     timestamp: str = "timestamp"
     event_type: str = "event_type"  # optional: used when present
     context: tuple[str, ...] = ()  # declared context columns: each must be present
+    numeric_context: tuple[str, ...] = ()  # of ``context``, read as numbers even when stored as text
 
 
 @dataclass(frozen=True)
@@ -434,12 +435,11 @@ class _Encoder:
         array = _decoded(array)
         kind = self._row_kinds.get(name)
         if kind is None:
-            # The event type is a label whatever its type; a context column is numeric when its
-            # first batch holds numbers.
-            numeric = (
-                name != self.columns.event_type
-                and _is_number(array.type)
-                and not pa.types.is_null(array.type)
+            # The event type is a label whatever its type; a context column is numeric when it is
+            # declared so (CSV holds only text) or when its first batch holds numbers.
+            numeric = name != self.columns.event_type and (
+                name in self.columns.numeric_context
+                or (_is_number(array.type) and not pa.types.is_null(array.type))
             )
             kind = self._row_kinds[name] = "numeric" if numeric else "categorical"
         if kind == "numeric":
@@ -457,10 +457,15 @@ class _Encoder:
                 )
                 if bad.any():
                     value = array.slice(int(np.argmax(bad)), 1).to_pylist()[0]
+                    why = (
+                        "is declared numeric (numeric_context_columns)"
+                        if name in self.columns.numeric_context
+                        else "is numeric in its first rows"
+                    )
                     raise DataError(
-                        f"channel '{self.channel}': context column '{name}'{_where(source)} is numeric in "
-                        f"its first rows but has the value {value!r}. Make every value a number (or "
-                        f"empty), or write the column as text to treat it as categorical."
+                        f"channel '{self.channel}': context column '{name}'{_where(source)} {why} but has "
+                        f"the value {value!r}. Make every value a number (or empty), or write the column "
+                        f"as text (and leave it out of numeric_context_columns) to treat it as categorical."
                     )
             self._row_numbers.setdefault(name, []).append(values)
             return

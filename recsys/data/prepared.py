@@ -118,6 +118,7 @@ def interaction_columns(config: TrainConfig) -> InteractionColumns:
         config.timestamp_column,
         config.event_type_column,
         config.context_columns,
+        config.numeric_context_columns,
     )
 
 

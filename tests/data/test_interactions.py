@@ -817,3 +817,31 @@ def test_a_nul_id_is_located_by_file_and_row_across_batches(
         f"skipped 2 rows whose user or item id holds a NUL byte, the first at row 7 of {channel / 'b.csv'}"
         in (caplog.text)
     )
+
+
+def _context_csv(tmp_path: Path, values: list[str]) -> Path:
+    channel = tmp_path / "train"
+    channel.mkdir()
+    lines = ["user_id,item_id,basket_value"] + [f"u{i % 3},i{i},{v}" for i, v in enumerate(values)]
+    (channel / "part.csv").write_text("\n".join(lines) + "\n")
+    return channel
+
+
+def test_a_csv_context_column_is_numeric_when_declared_and_categorical_otherwise(tmp_path: Path) -> None:
+    channel = _context_csv(tmp_path, ["12.5", "3", "", "40"])
+    declared = InteractionColumns(context=("basket_value",), numeric_context=("basket_value",))
+    numbers = read_interactions(channel, declared, channel="train", min_rating=None).rows
+    assert set(numbers.numeric) == {"basket_value"} and not numbers.categorical
+    np.testing.assert_array_equal(numbers.numeric["basket_value"], [12.5, 3.0, np.nan, 40.0])
+    # CSV holds only text: undeclared, the same column is a label.
+    labels = read_interactions(
+        channel, InteractionColumns(context=("basket_value",)), channel="train", min_rating=None
+    ).rows
+    assert set(labels.categorical) == {"basket_value"} and not labels.numeric
+
+
+def test_a_declared_numeric_context_column_with_text_names_the_value_and_the_setting(tmp_path: Path) -> None:
+    channel = _context_csv(tmp_path, ["12.5", "large"])
+    declared = InteractionColumns(context=("basket_value",), numeric_context=("basket_value",))
+    with pytest.raises(DataError, match=r"'basket_value'.*numeric_context_columns.*'large'"):
+        read_interactions(channel, declared, channel="train", min_rating=None)
