@@ -24,3 +24,18 @@ def test_metric_definitions_in_readme_are_the_ones_in_code() -> None:
     text = README.read_text(encoding="utf-8")
     for definition in METRIC_DEFINITIONS:
         assert f'"Name": "{definition["Name"]}", "Regex": r"{definition["Regex"]}"' in text
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor of a heading: lower case, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_every_link_within_the_readme_names_a_heading() -> None:
+    text = README.read_text(encoding="utf-8")
+    # Code blocks hold shell comments, not headings.
+    prose = re.sub(r"^```.*?^```", "", text, flags=re.S | re.M)
+    anchors = {_slug(line.lstrip("#")) for line in prose.splitlines() if line.startswith("#")}
+    links = set(re.findall(r"\]\(#([^)\s]+)\)", prose))
+    assert links, "the README links its sections to each other"
+    assert sorted(links - anchors) == []
