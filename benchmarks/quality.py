@@ -6,6 +6,7 @@ Run from the repository root::
     python -m benchmarks.quality --protocol a --hyperparameters '{"epochs": "5"}'
     python -m benchmarks.quality --variant 'attention={"history_encoder": "attention"}'
     python -m benchmarks.quality --protocol a --references none --variant 'no time={"time_features": "false"}'
+    python -m benchmarks.quality --validation-only --variant 'attention={"history_encoder": "attention"}'
     python -m benchmarks.quality --json                 # the side-by-side table as JSON on stdout
     python -m benchmarks.quality --markdown             # ... as a markdown table (for the README)
 
@@ -56,6 +57,14 @@ times over (measured: 150 s instead of 9 s per epoch of the project's job); ther
 ``OMP_NUM_THREADS=1 python -m benchmarks.quality --threads 1`` (the job honours OMP_NUM_THREADS).
 The references' time budget is wall-clock, so a slow machine buys them fewer epochs: the epochs run
 are in the details below the table.
+
+``--validation-only`` is how settings are chosen without looking at a test item: protocol A's
+training part alone, each project row trained on it through the contract (the job holds out each
+user's latest remaining interaction as its validation set and early-stops on it) and reported by
+the job's own validation figures; most-popular and EASE (its l2 chosen on that same validation set)
+are scored on each user's latest training interaction for scale (same-second ties may break
+differently from the job's, which orders them by item). The test items are dropped unread; no
+reference is trained.
 
 Progress goes to stderr; the table to stdout; every figure to ``benchmarks/.cache/quality.json`` and
 the markdown table to ``benchmarks/.cache/quality.md``. Run directories (channels, model, training
@@ -116,6 +125,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 RUNS = CACHE / "runs"
 RESULTS_FILE = CACHE / "quality.json"
 MARKDOWN_FILE = CACHE / "quality.md"
+VALIDATION_FILE = CACHE / "quality_validation.json"
 DEFAULT_LABEL = "recsys default"
 REFERENCE_LABELS: dict[Architecture, str] = {"sasrec": "SASRec ref", "gru4rec": "GRU4Rec ref"}
 # The issue's target: the project's training within this many seconds.
@@ -359,6 +369,8 @@ def _project_training(run: TrainingRun, base: Path) -> dict[str, Any]:
         epoch_lines=run.epoch_lines,
         epochs_run=job.get("epochs_run"),
         best_epoch=job.get("best_epoch"),
+        # The job's own validation figures (NDCG@10 and the rest, with standard errors).
+        validation=job.get("validation"),
         run_dir=str(base),
     )
 
@@ -614,6 +626,69 @@ def run_cold(
         "references": seq["references"],
         "serving": serving,
     }
+
+
+VALIDATION_TITLE = (
+    "Validation only: protocol A's training part; each user's latest remaining interaction is the "
+    "validation set; the test items are never scored"
+)
+
+
+def run_validation_only(data: MovieLens, variants: Sequence[Variant]) -> dict[str, Any]:
+    """Every project row trained on protocol A's training part and judged by its job's validation
+    figures, beside most-popular and validation-tuned EASE on the same users' latest interaction."""
+    tag = "validation"
+    # Protocol A's test items are cut off here and never read again.
+    train, _ = split_last(data.interactions, PROTOCOLS["a"].test_size)
+    catalogue = Catalogue.of(train, data)
+    fit_part, validation = split_last(train, 1)
+    X_fit = interaction_matrix(fit_part, catalogue.users, catalogue.items)
+    relevant, _ = relevant_items(validation, catalogue.users, catalogue.items)
+    models: dict[str, Any] = {}
+    training: dict[str, Any] = {}
+    for index, variant in enumerate(variants):
+        _, figures = train_project(RUNS / "validation" / f"variant_{index}", train, data, variant, tag)
+        job_validation = figures.get("validation")
+        if not job_validation:
+            raise SystemExit(f"the job of {variant.label!r} wrote no validation figures")
+        models[variant.label] = job_validation
+        training[variant.label] = figures
+    _progress(f"[{tag}] most-popular and EASE (l2 grid {list(EASE_L2_GRID)})")
+    l2, by_l2 = choose_ease_l2(X_fit, relevant, EASE_L2_GRID, K)
+    popularity = most_popular_scores(X_fit)[:1]
+    baselines = {
+        "most-popular": full_ranking_metrics(
+            np.broadcast_to(popularity, X_fit.shape).copy(), X_fit, relevant, K
+        ),
+        "EASE": full_ranking_metrics(ease_scores(X_fit, ease_fit(X_fit, l2)), X_fit, relevant, K),
+    }
+    return {
+        "title": VALIDATION_TITLE,
+        "num_users": len(catalogue.users),
+        "num_items": len(catalogue.items),
+        "train_interactions": len(train),
+        "models": {**baselines, **models},
+        "training": training,
+        "ease_l2": l2,
+        f"ease_validation_ndcg@{K}": {str(key): value for key, value in by_l2.items()},
+    }
+
+
+def format_validation_markdown(result: Mapping[str, Any]) -> str:
+    """The validation-only table: one row per model, NDCG@10 ± SE, HR@10, epochs and training time."""
+    lines = [
+        f"| model | val NDCG@{K} | val HR@{K} | best epoch (of) | train s |",
+        "|---|---|---|---|---|",
+    ]
+    for label, metrics in result["models"].items():
+        figures = result["training"].get(label, {})
+        epochs = f"{figures['best_epoch']} ({figures['epochs_run']})" if figures.get("epochs_run") else "n/a"
+        seconds = f"{figures['wall_seconds']:.0f}" if "wall_seconds" in figures else "n/a"
+        lines.append(
+            f"| {label} | {metrics[f'ndcg@{K}']:.4f} ± {metrics[f'ndcg@{K}_se']:.4f} "
+            f"| {metrics[f'hr@{K}']:.4f} | {epochs} | {seconds} |"
+        )
+    return "\n".join(lines)
 
 
 # -- the table ----------------------------------------------------------------------------------
@@ -883,6 +958,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.cpu_count() or 1,
         help="torch threads of the references (default: all)",
     )
+    parser.add_argument(
+        "--validation-only",
+        action="store_true",
+        help="choose settings without the test: train every project row on protocol A's training part "
+        "and print its validation figures beside most-popular and EASE (no references, no test "
+        "scoring; --protocol and the reference options are ignored)",
+    )
     output = parser.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print the side-by-side table as JSON")
     output.add_argument("--markdown", action="store_true", help="print the side-by-side table as markdown")
@@ -908,6 +990,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     keys = PROTOCOL_CHOICES[args.protocol]
     data = load(fetch())
+    if args.validation_only:
+        return _main_validation_only(data, variants, started)
     results: dict[str, Any] = {
         "dataset": "MovieLens-100K (recbole 1.2.1 copy)",
         "k": K,
@@ -973,6 +1057,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"\nwall time {results['wall_seconds']:.0f} s (load average at the end {load_average[0]:.1f} on "
         f"{os.cpu_count()} CPUs); JSON: {RESULTS_FILE}; markdown: {MARKDOWN_FILE}"
+    )
+    return 0
+
+
+def _main_validation_only(data: MovieLens, variants: Sequence[Variant], started: float) -> int:
+    result = run_validation_only(data, variants)
+    result["variants"] = {v.label: v.hyperparameters for v in variants}
+    result["wall_seconds"] = time.perf_counter() - started
+    result["machine"] = {
+        "torch": torch.__version__,
+        "cpus": os.cpu_count(),
+        "load_average_at_end": os.getloadavg(),
+    }
+    markdown = format_validation_markdown(result)
+    VALIDATION_FILE.parent.mkdir(parents=True, exist_ok=True)
+    VALIDATION_FILE.write_text(json.dumps(result, indent=1, sort_keys=True))
+    print(
+        f"MovieLens-100K, {result['title']} (EASE l2 {result['ease_l2']:g}); ± one standard error over users"
+    )
+    print(markdown)
+    print(
+        f"\nwall time {result['wall_seconds']:.0f} s (load average at the end "
+        f"{result['machine']['load_average_at_end'][0]:.1f} on {os.cpu_count()} CPUs); "
+        f"JSON: {VALIDATION_FILE}"
     )
     return 0
 

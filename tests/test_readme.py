@@ -43,3 +43,18 @@ def test_every_request_field_has_a_curl_example() -> None:
     missing = [name for name in fields if f'"{name}":' not in examples]
 
     assert not missing, f"README's POST /invocations examples never send {missing}"
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor of a heading: lower case, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_every_link_within_the_readme_names_a_heading() -> None:
+    text = README.read_text(encoding="utf-8")
+    # Code blocks hold shell comments, not headings.
+    prose = re.sub(r"^```.*?^```", "", text, flags=re.S | re.M)
+    anchors = {_slug(line.lstrip("#")) for line in prose.splitlines() if line.startswith("#")}
+    links = set(re.findall(r"\]\(#([^)\s]+)\)", prose))
+    assert links, "the README links its sections to each other"
+    assert sorted(links - anchors) == []

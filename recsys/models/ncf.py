@@ -3,10 +3,12 @@
 Shapes: B = batch of users, M = candidates per user, N = catalogue items, L = history length,
 D = embedding size, H = first MLP width.
 
-A user is the sum of up to three parts: an id embedding (row ``num_users`` is the "unknown
-user", trained by hiding ids at random), their attribute embeddings, and a recency-weighted
-pool of their latest items. The pool is what lets serving score a new user from a list of
-items without retraining. An item is its id embedding plus its attribute embeddings.
+A user is the sum of up to four parts: an id embedding (row ``num_users`` is the "unknown
+user", trained by hiding ids at random), the embeddings of their attribute values, a history
+vector (a recency-weighted pool of their latest items, or a causal transformer over their latest
+events that reads the item side's own embeddings) and the context of the moment predicted. The
+history and the attribute values are what let serving score a new user without retraining. An
+item is its id embedding plus its attribute embeddings.
 
 Scoring is split into a user side and an item side so that the item side of every tower can be
 computed once for the whole catalogue (``encode_items``) and reused: by full-ranking

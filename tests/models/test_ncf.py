@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from recsys.data.features import FeatureArrays
-from recsys.models.ncf import NCF, FeatureSpec, ModelConfig
+from recsys.models.ncf import NCF, AttributeTower, AttributeValues, FeatureSpec, ModelConfig
 
 NUM_USERS, NUM_ITEMS, DIM, LENGTH = 5, 7, 8, 4
 KINDS = ["gmf", "mlp", "neumf"]
@@ -227,3 +228,64 @@ def test_fuse_pretrained_refuses_models_of_the_wrong_kinds() -> None:
     gmf, neumf = _model(_config("gmf")), _model(_config("neumf"))
     with pytest.raises(ValueError, match="fuses a gmf and an mlp into a neumf"):
         neumf.fuse_pretrained(gmf, gmf)
+
+
+def _zero_rows(vectors: torch.Tensor) -> float:
+    return float((vectors.abs().sum(-1) == 0).float().mean())
+
+
+def test_attribute_hiding_hides_each_column_of_each_row_at_rate_p() -> None:
+    # One multi-valued column and one numeric column, every value present: a row's output is zero
+    # exactly where training hid that column.
+    rows, p = 4000, 0.3
+    torch.manual_seed(0)
+    tower = AttributeTower(FeatureSpec(rows, categorical=((5, 2),), num_numeric=0), DIM)
+    numbers = AttributeTower(FeatureSpec(rows, categorical=(), num_numeric=1), DIM)
+    codes = torch.randint(1, 5, (rows, 2))
+    values = AttributeValues((codes,), torch.zeros(rows, 0))
+    ones = AttributeValues((), torch.ones(rows, 1))
+
+    shown = tower.embed(values)
+    hidden = tower.embed(values, hide=p)
+
+    assert _zero_rows(shown) == 0.0 and _zero_rows(numbers.embed(ones)) == 0.0
+    assert 0.27 < _zero_rows(hidden) < 0.33
+    assert 0.27 < _zero_rows(numbers.embed(ones, hide=p)) < 0.33
+    # A multi-valued column is hidden whole: a row is either all there or all gone.
+    kept = hidden.abs().sum(-1) > 0
+    torch.testing.assert_close(hidden[kept], shown[kept])
+
+
+def test_the_model_hides_user_attributes_at_feature_dropout_in_training_only() -> None:
+    # User = attributes only (no id; an empty history pools to zero): its GMF vector is zero
+    # exactly where the attributes were hidden.
+    users, p = 2000, 0.25
+    config = ModelConfig(
+        kind="gmf",
+        num_users=users,
+        num_items=NUM_ITEMS,
+        embedding_dim=DIM,
+        dropout=0.0,
+        use_user_id=False,
+        history_length=LENGTH,
+        user_features=FeatureSpec(users, categorical=((4, 1),), num_numeric=0),
+        feature_dropout=p,
+    )
+    torch.manual_seed(0)
+    model = NCF(config)
+    codes = torch.randint(1, 4, (users, 1)).numpy()
+    no_numbers = np.zeros((users, 0), dtype=np.float32)
+    model.load_attributes(None, FeatureArrays((codes,), no_numbers, no_numbers.astype(np.float64)))
+    index = torch.arange(users)
+    empty = torch.zeros(users, LENGTH, dtype=torch.long)
+
+    def zero_share() -> float:
+        with torch.no_grad():
+            state = model.encode_users(index, empty, empty.bool())
+        assert state.gmf is not None
+        return _zero_rows(state.gmf)
+
+    model.train()
+    assert 0.22 < zero_share() < 0.28
+    model.eval()
+    assert zero_share() == 0.0

@@ -221,6 +221,41 @@ def _validation_with_unknown_ids(base: Path, data: SyntheticData, build_tree: Tr
     return ["'validation'", "'train'"]
 
 
+def _event_weights(base: Path, data: SyntheticData, build_tree: TreeBuilder, weights: str) -> None:
+    build_tree(base, data, hyperparameters={**FAST_HYPERPARAMETERS, "event_weights": weights})
+
+
+def _event_weight_of_an_unknown_event_type(
+    base: Path, data: SyntheticData, build_tree: TreeBuilder
+) -> list[str]:
+    _event_weights(base, data, build_tree, '{"purchase": 3, "refund": 2}')
+    return ["event_weights", "'refund'", "column 'event_type'", "cart, click, purchase"]
+
+
+def _negative_event_weight(base: Path, data: SyntheticData, build_tree: TreeBuilder) -> list[str]:
+    _event_weights(base, data, build_tree, '{"purchase": -1, "click": 1}')
+    return ["event_weights", "'purchase'", "-1"]
+
+
+def _event_weight_not_a_number(base: Path, data: SyntheticData, build_tree: TreeBuilder) -> list[str]:
+    _event_weights(base, data, build_tree, '{"purchase": "lots"}')
+    return ["event_weights", "'purchase'", "must be a number", "'lots'"]
+
+
+def _event_weights_without_the_event_type_column(
+    base: Path, data: SyntheticData, build_tree: TreeBuilder
+) -> list[str]:
+    # The types are in a column of another name, and event_type_column does not say so.
+    renamed = data.interactions.rename(columns={"event_type": "action"})
+    build_tree(
+        base,
+        data,
+        train=renamed,
+        hyperparameters={**FAST_HYPERPARAMETERS, "event_weights": '{"purchase": 3}'},
+    )
+    return ["event_weights", "purchase", "no event type column 'event_type'", "event_type_column"]
+
+
 BAD_INPUTS: dict[str, CaseBuilder] = {
     "missing train channel": _missing_train_channel,
     "empty train directory": _empty_train_directory,
@@ -234,6 +269,10 @@ BAD_INPUTS: dict[str, CaseBuilder] = {
     "min_rating without rating column": _min_rating_without_rating_column,
     "bad timestamp": _bad_timestamp,
     "validation ids all unknown": _validation_with_unknown_ids,
+    "event weight of an event type the data never has": _event_weight_of_an_unknown_event_type,
+    "negative event weight": _negative_event_weight,
+    "event weight not a number": _event_weight_not_a_number,
+    "event weights without the event type column": _event_weights_without_the_event_type_column,
 }
 
 
@@ -313,6 +352,37 @@ def test_validation_channel_is_used(
     assert len(artifact.seen_items) == len(both)
     assert artifact.seen_timestamps is not None and artifact.seen_events is not None
     assert "validation" in artifact.fingerprint["channels"]
+
+
+@pytest.mark.usefixtures("no_plot")
+def test_a_renamed_event_type_column_trains_with_weights_and_targets(
+    tmp_path: Path, small_data: SyntheticData, make_tree: TreeBuilder
+) -> None:
+    # The generator's carts and purchases are rare (no user's latest interaction is one); cycling
+    # click, cart, purchase over the rows leaves many users whose latest is a target to validate.
+    types = np.array(["click", "cart", "purchase"])[np.arange(len(small_data.interactions)) % 3]
+    renamed = small_data.interactions.drop(columns="event_type").assign(action=types)
+    hyperparameters = {
+        **ONE_EPOCH,
+        "event_type_column": "action",
+        "event_weights": '{"purchase": 3, "cart": 2}',
+        "target_event_types": "cart,purchase",
+    }
+    make_tree(tmp_path, small_data, train=renamed, hyperparameters=hyperparameters)
+
+    _assert_succeeded(tmp_path, train(_paths(tmp_path)))
+
+    artifact = load_artifact(_paths(tmp_path).model_dir)
+    rows = artifact.feature_encodings["rows"]
+    assert rows["event_column"] == "action"
+    assert rows["event_types"] == ["cart", "click", "purchase"]
+    # The column was read as event types, not as a context column, and every event kept its type.
+    assert rows["categorical"] == []
+    assert artifact.model_config.num_event_types == 4
+    assert artifact.seen_events is not None and set(artifact.seen_events.tolist()) == {1, 2, 3}
+    # Validation judges only the target types: the users whose latest interaction is a cart or a purchase.
+    assert artifact.train_config["target_event_types"] == ["cart", "purchase"]
+    assert _read_metrics(tmp_path)["validation"]["num_users"] < renamed["user_id"].nunique()
 
 
 @pytest.mark.usefixtures("no_plot")

@@ -1,4 +1,5 @@
-"""Device-side training data: history gathering and epoch batches, checked against brute force."""
+"""Device-side training data: history gathering, epoch batches and the attention encoder's windows,
+checked against brute force."""
 
 from __future__ import annotations
 
@@ -6,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from recsys.data.device import DeviceInteractions, gather_history, user_histories
+from recsys.data.device import DeviceInteractions, RowArrays, gather_history, user_histories
 from recsys.data.interactions import IndexedInteractions
-from recsys.training.batches import Batch, epoch_order, iterate_batches
+from recsys.training.batches import Batch, epoch_order, iterate_batches, iterate_windows, sequence_windows
 
 CPU = torch.device("cpu")
 
@@ -155,3 +156,115 @@ def test_zero_dropout_hides_nothing() -> None:
     data = DeviceInteractions.from_indexed(_indexed([40] * 50), CPU)
     for batch in _epoch(data, seed=0, dropout=0.0, batch_size=256):
         assert torch.equal(batch.users, data.users[batch.positives])
+
+
+def _brute_windows(indptr: list[int], length: int) -> list[tuple[int, int, int]]:
+    """(user, start, end) of every window: the latest ``length + 1`` events, then the ones before."""
+    span = length + 1
+    windows = []
+    for user in range(len(indptr) - 1):
+        end = indptr[user + 1]
+        while end > indptr[user]:
+            windows.append((user, max(indptr[user], end - span), end))
+            end -= span
+    return windows
+
+
+def _random_rows(counts: list[int], seed: int) -> tuple[IndexedInteractions, RowArrays]:
+    rng = np.random.default_rng(seed)
+    source = _indexed(counts, items=rng.integers(0, 30, sum(counts)).tolist(), num_items=30)
+    size = source.num_interactions
+    return source, RowArrays(
+        gaps=rng.integers(1, 20, size),
+        events=rng.integers(1, 4, size),
+        context=rng.integers(0, 5, (size, 2)),
+        context_numeric=rng.normal(size=(size, 1)).astype(np.float32),
+        weights=rng.choice([1.0, 2.0, 3.0], size).astype(np.float32),
+        targets=rng.random(size) < 0.7,
+    )
+
+
+# Users with no event, one, exactly a window's worth, one more, and several windows' worth.
+WINDOW_COUNTS = [0, 1, 4, 5, 6, 13, 2, 9]
+
+
+@pytest.mark.parametrize("length", [1, 3, 4, 8])
+def test_sequence_windows_match_brute_force(length: int) -> None:
+    source, _ = _random_rows(WINDOW_COUNTS, seed=length)
+    windows = sequence_windows(DeviceInteractions.from_indexed(source, CPU), length)
+    got = list(zip(windows.users.tolist(), windows.starts.tolist(), windows.ends.tolist(), strict=True))
+    assert got == _brute_windows(source.indptr.tolist(), length)
+    assert windows.count == len(got)
+    # Every event is in exactly one window.
+    covered = sorted(p for _, start, end in got for p in range(start, end))
+    assert covered == list(range(source.num_interactions))
+
+
+@pytest.mark.parametrize("length", [1, 3, 8])
+def test_iterate_windows_matches_brute_force(length: int) -> None:
+    source, rows = _random_rows(WINDOW_COUNTS, seed=10 + length)
+    data = DeviceInteractions.from_indexed(source, CPU, rows)
+    windows = sequence_windows(data, length)
+    generator = torch.Generator().manual_seed(0)
+    order = epoch_order(windows.count, generator)
+    batches = list(
+        iterate_windows(
+            data,
+            windows,
+            order,
+            windows_per_step=3,
+            history_length=length,
+            user_id_dropout=0.0,
+            generator=generator,
+        )
+    )
+    assert [int(b.users.shape[0]) for b in batches] == [3] * (windows.count // 3) + (
+        [windows.count % 3] if windows.count % 3 else []
+    )
+    assert rows.gaps is not None and rows.events is not None and rows.context is not None
+    assert rows.weights is not None and rows.targets is not None
+    items = source.items.tolist()
+    seen = []
+    for batch, chosen in zip(batches, torch.split(order, 3), strict=True):
+        for row, index in enumerate(chosen.tolist()):
+            user, start, end = _brute_windows(source.indptr.tolist(), length)[index]
+            seen.append(index)
+            size = end - start
+            # Position 0 reads the start token; position t >= 1 the event before target t.
+            tokens = [0] + [items[start + t - 1] for t in range(1, size)] + [0] * (length + 1 - size)
+            assert batch.tokens[row].tolist() == tokens
+            assert batch.lengths[row] == size
+            assert batch.users[row] == batch.attribute_rows[row] == user
+            targets = [start + t for t in range(size) if rows.targets[start + t]]
+            mask = batch.target_mask[row]
+            assert mask.tolist() == [t < size and bool(rows.targets[start + t]) for t in range(length + 1)]
+            assert batch.targets[row][mask].tolist() == [items[p] for p in targets]
+            assert batch.weights is not None and batch.context is not None
+            assert batch.weights[row][mask].tolist() == rows.weights[targets].tolist()
+            assert batch.context[row][mask].tolist() == rows.context[targets].tolist()
+            assert batch.token_events is not None and batch.token_gaps is not None
+            before = [start + t - 1 for t in range(1, size)]
+            assert batch.token_events[row][1:size].tolist() == rows.events[before].tolist()
+            assert batch.token_gaps[row][1:size].tolist() == rows.gaps[before].tolist()
+            assert not batch.token_events[row][size:].any() and batch.token_events[row][0] == 0
+    assert sorted(seen) == list(range(windows.count))
+
+
+def test_batches_carry_each_positives_weight_and_only_target_positions_are_drawn() -> None:
+    source, rows = _random_rows([6, 1, 4, 9], seed=3)
+    data = DeviceInteractions.from_indexed(source, CPU, rows)
+    targets = data.target_positions()
+    assert rows.targets is not None and rows.weights is not None
+    assert targets.tolist() == np.flatnonzero(rows.targets).tolist()
+    generator = torch.Generator().manual_seed(0)
+    positions = targets[epoch_order(targets.shape[0], generator)]
+    for batch, chunk in zip(
+        iterate_batches(
+            data, positions, batch_size=4, history_length=3, user_id_dropout=0.0, generator=generator
+        ),
+        torch.split(positions, 4),
+        strict=True,
+    ):
+        assert batch.weights is not None
+        assert batch.positives.tolist() == source.items[chunk.numpy()].tolist()
+        assert batch.weights.tolist() == rows.weights[chunk.numpy()].tolist()

@@ -192,3 +192,69 @@ def test_a_few_steps_reduce_the_loss(loss: LossKind) -> None:
     assert values[-1] < values[0]
     # Whatever the loss, the positives climb the full ranking.
     assert _full_softmax_loss(model, batch) < before - 0.05
+
+
+def _gradients(model: NCF, value: torch.Tensor) -> list[torch.Tensor]:
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    grads = torch.autograd.grad(value, parameters, allow_unused=True)
+    return [torch.zeros_like(p) if g is None else g for p, g in zip(parameters, grads, strict=True)]
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_an_event_weight_counts_a_positive_that_many_times(loss: LossKind) -> None:
+    # event_weights {"purchase": 3}: row 0 (a purchase) weighs 3, the others 1. The weighted loss
+    # and its gradient must be those of a batch holding row 0 three times, unweighted.
+    model = _model("neumf")
+    # Away from the near-uniform initialisation, so that the rows' losses differ.
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.normal_(0.0, 0.5, generator=generator)
+    batch = _batch()
+    weighted = Batch(
+        batch.users, batch.positives, batch.history, batch.history_mask, weights=torch.tensor([3.0, 1, 1, 1])
+    )
+    copies = torch.tensor([0, 0, 0, 1, 2, 3])
+    repeated = Batch(
+        batch.users[copies], batch.positives[copies], batch.history[copies], batch.history_mask[copies]
+    )
+    negatives = sample_negatives(
+        loss,
+        batch_size=4,
+        num_items=model.config.num_items,
+        num_negatives=3,
+        generator=torch.Generator().manual_seed(1),
+    )
+    # bce draws each row's own negatives: a copy of a row keeps them.
+    repeated_negatives = negatives[copies] if loss == "bce" and negatives is not None else negatives
+
+    value = compute_loss(model, weighted, loss=loss, negatives=negatives)
+    expected = compute_loss(model, repeated, loss=loss, negatives=repeated_negatives)
+    plain = compute_loss(model, batch, loss=loss, negatives=negatives)
+
+    assert value.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert abs(value.item() - plain.item()) > 1e-4  # the weight changed something
+    for got, want in zip(_gradients(model, value), _gradients(model, expected), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-7)
+
+
+def test_event_weights_are_relative_and_a_zero_weight_drops_the_positive() -> None:
+    model = _model("gmf")
+    batch = _batch()
+
+    def softmax(weights: list[float] | None, rows: tuple[int, ...] = (0, 1, 2, 3)) -> float:
+        index = torch.tensor(rows)
+        chosen = Batch(
+            batch.users[index],
+            batch.positives[index],
+            batch.history[index],
+            batch.history_mask[index],
+            weights=torch.tensor(weights) if weights is not None else None,
+        )
+        with torch.no_grad():
+            return float(compute_loss(model, chosen, loss="softmax", negatives=None))
+
+    # A weighted mean: doubling every weight changes nothing; unit weights are no weights.
+    assert softmax([2.0, 2, 2, 2]) == pytest.approx(softmax(None), rel=1e-6)
+    assert softmax([3.0, 1, 1, 1]) == pytest.approx(softmax([6.0, 2, 2, 2]), rel=1e-6)
+    assert softmax([0.0, 1, 1, 1]) == pytest.approx(softmax(None, (1, 2, 3)), rel=1e-6)
