@@ -187,8 +187,14 @@ def train(
         train_device,
         item_counts,
         title="recsys evaluation report: validation",
-        source=f"Validation of the kept model (best epoch {result.best_epoch}) on {source}, beside "
-        "the most-popular baseline computed in the same job.",
+        source=f"Validation of the kept model (best epoch {result.best_epoch}) on {source}"
+        + (
+            f", on a fixed random sample of {split.evaluated_users:,} of its {split.held_out_users:,} users "
+            "(validation_users)"
+            if sampled
+            else ""
+        )
+        + ", beside the most-popular baseline computed in the same job.",
         details=report_details(config, model.config, device=device, num_training_users=len(data.users)),
         notes=warnings,
         epochs=[asdict(r) for r in result.records],

@@ -48,3 +48,6 @@ def test_a_job_validates_on_the_sample_and_says_so(
         "seed": 42,
     }  # the default seed
     assert metrics["validation"]["num_users"] == 40
+    # The page a person reads says so too.
+    report = json.loads((base / "output" / "data" / "report.json").read_text())
+    assert "a fixed random sample of 40 of its 120 users (validation_users)" in report["source"]
