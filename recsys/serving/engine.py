@@ -13,12 +13,11 @@ import difflib
 import itertools
 import logging
 import math
-import operator
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, overload
 
 import numpy as np
 import pyarrow as pa
@@ -67,12 +66,87 @@ class Event(NamedTuple):
     event_type: str | None = None
 
 
+_EVENTS = itertools.repeat(Event)  # tuple.__new__(Event, fields) is Event(*fields) without a Python frame
+
+
+class EventLog(Sequence[Event]):
+    """A request's history as three columns: item ids, times, event types.
+
+    What validation reads from a JSON list of events and what the engine's merge works on are
+    columns; a tuple per event in between cost more than the merge itself at 50 events a request.
+    The log is the sequence of its events: iterating or indexing it gives events, and it
+    equals the tuple of the same events. A column of None only is stored as None.
+    """
+
+    __slots__ = ("event_types", "item_ids", "timestamps")
+
+    def __init__(
+        self,
+        item_ids: tuple[str, ...],
+        timestamps: tuple[float | None, ...] | None = None,
+        event_types: tuple[str | None, ...] | None = None,
+    ) -> None:
+        self.item_ids = item_ids
+        self.timestamps = timestamps  # None: no event gives one
+        self.event_types = event_types  # None: no event gives one
+
+    @classmethod
+    def of(cls, history: Sequence[str | Event]) -> EventLog:
+        """The log of a history of item ids and events."""
+        if isinstance(history, EventLog):
+            return history
+        entries = [Event(e) if isinstance(e, str) else e for e in history]
+        if not entries:
+            return cls(())
+        ids, stamps, types = zip(*entries, strict=True)
+        return cls(
+            ids,
+            stamps if stamps.count(None) != len(stamps) else None,
+            types if types.count(None) != len(types) else None,
+        )
+
+    def _columns(self) -> Iterator[tuple[str, float | None, str | None]]:
+        count = len(self.item_ids)
+        stamps = self.timestamps if self.timestamps is not None else (None,) * count
+        types = self.event_types if self.event_types is not None else (None,) * count
+        return zip(self.item_ids, stamps, types, strict=True)
+
+    def __len__(self) -> int:
+        return len(self.item_ids)
+
+    def __iter__(self) -> Iterator[Event]:
+        return map(tuple.__new__, _EVENTS, self._columns())
+
+    @overload
+    def __getitem__(self, index: int) -> Event: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> tuple[Event, ...]: ...
+
+    def __getitem__(self, index: int | slice) -> Event | tuple[Event, ...]:
+        return tuple(self)[index]
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, EventLog | tuple):
+            return tuple(self) == tuple(other)
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(tuple(self))
+
+    def __repr__(self) -> str:
+        return f"EventLog({tuple(self)!r})"
+
+
+History = tuple[str | Event, ...] | EventLog
+
+
 @dataclass(frozen=True)
 class Query:
     """One instance of a request, already type-checked."""
 
     user_id: str | None = None
-    history: tuple[str | Event, ...] | None = None  # oldest first
+    history: History | None = None  # oldest first
     item_id: str | None = None
     k: int | None = None  # None: every candidate of ``items``, else 10
     exclude_seen: bool | None = None  # None: True, except when ranking candidates (``items``)
@@ -395,8 +469,10 @@ class Recommender:
             # read is a 400 whether it is scored personally or answered with the popular fallback.
             if query.context:
                 self._check_context(query.context)
-            if query.history and _names_event_types(query.history):
-                self._event_codes([Event(e) if isinstance(e, str) else e for e in query.history])
+            if query.history:
+                types = EventLog.of(query.history).event_types
+                if types is not None:
+                    self._event_codes(types)
         results: list[Recommendation | None] = [None] * len(queries)
         personal: list[int] = []
         for row, query in enumerate(queries):
@@ -406,7 +482,7 @@ class Recommender:
                 (query.user_id is not None and query.user_id in self.artifact.users)
                 or (
                     query.history is not None
-                    and any(_item_of(e) in self.artifact.items for e in query.history)
+                    and any(map(self.artifact.items.__contains__, EventLog.of(query.history).item_ids))
                 )
                 or bool(query.user_attributes)
             ):
@@ -664,8 +740,8 @@ class Recommender:
         """The history, gaps, event types, extra exclusions and attributes of one query, alone."""
         # Column by column, not event by event: a request may carry hundreds of events, and this
         # runs holding the GIL that the event loop needs to read the next requests.
-        entries = [Event(e) if isinstance(e, str) else e for e in query.history or ()]
-        ids, stamps, types = zip(*entries, strict=True) if entries else ((), (), ())
+        log = EventLog.of(query.history or ())
+        ids = log.item_ids
         found = self.artifact.items.lookup(ids)
         known = found >= 0
         every_known = bool(known.all())
@@ -673,10 +749,10 @@ class Recommender:
             unknown.extend(ids[i] for i in np.flatnonzero(~known))
         new_items = found if every_known else found[known]
         # Times as known (None -> NaN: not given, so gaps are unknown, as in training).
-        new_times = np.array(stamps, dtype=np.float64)
+        new_times = _times_of(log)
         new_events = np.zeros(len(ids), np.int64)
-        if types.count(None) != len(types):
-            new_events = self._event_codes(entries)
+        if log.event_types is not None:
+            new_events = self._event_codes(log.event_types)
         if not every_known:
             new_times, new_events = new_times[known], new_events[known]
         if user >= 0:
@@ -757,23 +833,23 @@ class Recommender:
             return self._stacked(rows, sides)
         count = len(rows)
         users = index[np.asarray(rows, dtype=np.int64)]
-        # The request's events, row after row, read column by column: one zip over the whole pass.
-        histories = [queries[row].history or () for row in rows]
-        sent = np.fromiter(map(len, histories), np.int64, count)
-        entries: list[Any] = list(itertools.chain.from_iterable(histories))
-        if str in set(map(type, entries)):  # bare ids, from callers other than the server
-            entries = [Event(e) if isinstance(e, str) else e for e in entries]
-        ids, stamps, types = zip(*entries, strict=True) if entries else ((), (), ())
+        # The request's events, row after row, column by column (the server's are columns already).
+        logs = [EventLog.of(queries[row].history or ()) for row in rows]
+        sent = np.fromiter((len(log.item_ids) for log in logs), np.int64, count)
+        ids: list[str] = list(itertools.chain.from_iterable(log.item_ids for log in logs))
         found: np.ndarray = self.artifact.items.lookup(ids)
         new_row: np.ndarray = np.repeat(np.arange(count), sent)
-        new_times: np.ndarray = np.array(stamps, dtype=np.float64)  # None (not given) -> NaN
+        new_times: np.ndarray = (
+            np.concatenate([_times_of(log) for log in logs])
+            if any(log.timestamps is not None for log in logs)
+            else np.full(len(ids), np.nan)
+        )
         new_events: np.ndarray = np.zeros(len(ids), np.int64)
-        if types.count(None) != len(types):
+        if any(log.event_types is not None for log in logs):
             sent_end = np.cumsum(sent)
-            for r in range(count):
-                lo, hi = int(sent_end[r] - sent[r]), int(sent_end[r])
-                if types[lo:hi].count(None) != hi - lo:
-                    new_events[lo:hi] = self._event_codes(entries[lo:hi])
+            for r, log in enumerate(logs):
+                if log.event_types is not None:
+                    new_events[sent_end[r] - sent[r] : sent_end[r]] = self._event_codes(log.event_types)
         known_new = found >= 0
         if not known_new.all():
             for position in np.flatnonzero(~known_new):
@@ -936,19 +1012,19 @@ class Recommender:
             unknown_attributes=[side.unknown_attributes for side in sides],
         )
 
-    def _event_codes(self, entries: Sequence[Event]) -> np.ndarray:
-        """The event-type codes of a request's events (0 where none is given)."""
+    def _event_codes(self, types: Sequence[str | None]) -> np.ndarray:
+        """The event-type codes of a request's events, given their types (0 where none is)."""
         if self.rows.event_column is None:
-            position = next(i for i, e in enumerate(entries) if e.event_type is not None)
+            position = next(i for i, name in enumerate(types) if name is not None)
             raise UserError(
                 f"history[{position}].event_type: the model was trained without event types; "
                 "leave event_type out."
             )
-        codes = np.array([0 if e.event_type is None else self.rows.event_code(e.event_type) for e in entries])
-        for position, (entry, code) in enumerate(zip(entries, codes, strict=True)):
-            if entry.event_type is not None and code == 0:
+        codes = np.array([0 if name is None else self.rows.event_code(name) for name in types])
+        for position, (name, code) in enumerate(zip(types, codes, strict=True)):
+            if name is not None and code == 0:
                 raise UserError(
-                    f"history[{position}].event_type: unknown event type {entry.event_type!r}; the "
+                    f"history[{position}].event_type: unknown event type {name!r}; the "
                     f"model's event types: {', '.join(self.rows.event_types)}."
                 )
         return codes.astype(np.int64)
@@ -1193,7 +1269,7 @@ class Recommender:
         unknown: list[str] = []
         seen = np.zeros(0, dtype=np.int64)
         if query.history is not None:
-            seen = self._lookup([_item_of(e) for e in query.history], unknown)
+            seen = self._lookup(EventLog.of(query.history).item_ids, unknown)
             if query.exclude_event_types:
                 typed = [
                     e.item_id
@@ -1227,9 +1303,6 @@ class Recommender:
         scores[index] = float("-inf")
         item_ids, values = self._top(scores, query.size)
         return Recommendation(item_ids, values, "similar", False, False, unknown)
-
-
-_EVENT_TYPE = operator.itemgetter(2)
 
 
 def _by_row_then_key(rows: np.ndarray, keys: np.ndarray, count: int) -> np.ndarray:
@@ -1267,16 +1340,11 @@ def _latest_of_each(
     return keep
 
 
-def _names_event_types(history: Sequence[str | Event]) -> bool:
-    """Whether any entry of a history gives an event type (C-level passes, no per-entry frame)."""
-    if str in set(map(type, history)):
-        return any(not isinstance(e, str) and e.event_type is not None for e in history)
-    types = list(map(_EVENT_TYPE, history))
-    return types.count(None) != len(types)
-
-
-def _item_of(entry: str | Event) -> str:
-    return entry.item_id if isinstance(entry, Event) else entry
+def _times_of(log: EventLog) -> np.ndarray:
+    """[len(log)] the events' times, NaN where not given (gaps are then unknown, as in training)."""
+    if log.timestamps is None:
+        return np.full(len(log.item_ids), np.nan)
+    return np.array(log.timestamps, dtype=np.float64)  # None -> NaN
 
 
 def _moment(value: Any) -> float:
