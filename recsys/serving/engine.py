@@ -610,15 +610,21 @@ class Recommender:
             users = torch.from_numpy(index[local[masked]]).to(self.device)
             owner, flat = segment_positions(self.seen_indptr, users)
             logits[torch.from_numpy(masked).to(self.device)[owner], self.seen_flat[flat]] = float("-inf")
-        # Rows that leave out their fresh items too (or those of excluded event types): another
-        # scatter, over the built sides' items, instead of a masking pass per row.
+        # Rows that leave out their fresh items too (or those of excluded event types): from a few
+        # rows on, another scatter over the built sides' items, instead of a masking pass per row
+        # (whose fixed cost is lower for one or two).
         slots = [
             (position, slot)
             for position, row in enumerate(rows)
             if (slot := built.slot.get(row)) is not None
             and (queries[row].excludes_seen or queries[row].exclude_event_types)
         ]
-        if slots:
+        if len(slots) < BATCHED_SIDES_FROM:
+            for position, slot in slots:
+                extra = built.seen_of(slot)
+                if len(extra):
+                    logits[position].index_fill_(0, torch.from_numpy(extra).to(self.device), float("-inf"))
+        else:
             owners, seen = built.seen_positions([slot for _, slot in slots])
             at = np.asarray([position for position, _ in slots], dtype=np.int64)[owners]
             logits[
@@ -794,7 +800,10 @@ class Recommender:
         # Seconds since the previous event, for the kept window (the first kept one has one too,
         # unless it is the user's first).
         before = times[max(0, start - 1) :]
-        gaps = previous_gaps(before, np.array([0, len(before)]))[1 if start else 0 :]
+        gaps = np.empty(len(before))
+        gaps[:1] = np.nan
+        np.subtract(before[1:], before[:-1], out=gaps[1:])
+        gaps = gaps[1 if start else 0 :]
         stored = int((origin[start:] < len(stored_items)).sum())
         return _UserSide(
             history=items[start:][::-1].copy(),
@@ -840,7 +849,15 @@ class Recommender:
         found: np.ndarray = self.artifact.items.lookup(ids)
         new_row: np.ndarray = np.repeat(np.arange(count), sent)
         new_times: np.ndarray = (
-            np.concatenate([_times_of(log) for log in logs])
+            np.array(  # None -> NaN
+                list(
+                    itertools.chain.from_iterable(
+                        log.timestamps if log.timestamps is not None else (None,) * len(log.item_ids)
+                        for log in logs
+                    )
+                ),
+                dtype=np.float64,
+            )
             if any(log.timestamps is not None for log in logs)
             else np.full(len(ids), np.nan)
         )
@@ -997,6 +1014,7 @@ class Recommender:
                 True,
             )
         seen = [side.seen for side in sides]
+        counts = np.fromiter(map(len, seen), np.int64, len(seen))
         return _BuiltSides(
             rows=np.asarray(rows, dtype=np.int64),
             history=history,
@@ -1004,8 +1022,8 @@ class Recommender:
             events=events,
             mask=mask,
             last_time=np.array([side.last_time for side in sides], dtype=np.float64),
-            seen=np.concatenate(seen) if seen else np.zeros(0, np.int64),
-            seen_end=np.cumsum([len(s) for s in seen], dtype=np.int64),
+            seen=seen[0] if len(seen) == 1 else np.concatenate(seen) if seen else np.zeros(0, np.int64),
+            seen_end=np.cumsum(counts),
             stored=[side.stored for side in sides],
             fresh=[side.fresh for side in sides],
             attributes=[side.attributes for side in sides],
