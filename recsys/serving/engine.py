@@ -323,6 +323,13 @@ class Recommender:
         if config.num_event_types and self.seen_event_codes is not None:
             self.seen_events = torch.from_numpy(self.seen_event_codes).to(device)
         self.context_keys = (*self.rows.context_columns, TIMESTAMP_KEY)
+        self._context_key_set = frozenset(self.context_keys)
+        # Each categorical context column's value -> code (1 + its first position): a dict lookup
+        # per request instead of a search of the column's values.
+        self._context_codes = [
+            {value: code for code, value in reversed(list(enumerate(values, start=1)))}
+            for _, values in self.rows.categorical
+        ]
         self._no_sides = self._stacked([], [])  # a pass where no row brought its own user side
         with torch.no_grad():
             self.user_cache = self._build_user_cache()
@@ -1193,21 +1200,22 @@ class Recommender:
             np.full((size, len(encoding.numeric)), np.nan, dtype=np.float32) if encoding.numeric else None
         )
         for row, query in enumerate(queries):
-            if not query.context:
+            given = query.context
+            if not given:
                 continue
-            given = {k: v for k, v in query.context.items() if k != TIMESTAMP_KEY}  # checked keys
-            for c, (name, values) in enumerate(encoding.categorical):
-                value = given.get(name)
+            for c, (name, _) in enumerate(encoding.categorical):
+                value = given.get(name) if name != TIMESTAMP_KEY else None  # keys checked already
                 if value is None:
                     continue
                 text = f"{value:g}" if isinstance(value, float) else str(value)
-                try:
-                    assert codes is not None
-                    codes[row, offset + c] = values.index(text) + 1
-                except ValueError:
+                code = self._context_codes[c].get(text)
+                if code is None:
                     unknown[row][name] = text
+                else:
+                    assert codes is not None
+                    codes[row, offset + c] = code
             for f, column in enumerate(encoding.numeric):
-                value = given.get(column.name)
+                value = given.get(column.name) if column.name != TIMESTAMP_KEY else None
                 if value is None:
                     continue
                 assert numeric is not None
@@ -1221,7 +1229,7 @@ class Recommender:
     def _check_context(self, context: Mapping[str, Any]) -> None:
         """A request's context may name only the model's context keys, a number for a numeric one."""
         encoding = self.rows
-        extra = sorted(set(context) - set(self.context_keys))
+        extra = sorted(context.keys() - self._context_key_set)
         if extra:
             known = ", ".join(self.context_keys)
             raise UserError(f"context: unknown key {extra[0]!r}; the model's context keys: {known}.")
