@@ -44,7 +44,8 @@ connections. Either way it shares the machine's cores with the server, which the
 Printed: req/s, p50 and p99 latency per endpoint and concurrency, the ratio of /invocations to /ping
 req/s, the fresh requests' p50 and p99 against the plain ones', and whether the targets hold:
 
-* ``/invocations`` >= 0.5 x ``/ping`` req/s at 32 connections with 1,682 items;
+* ``/invocations`` >= 0.55 x ``/ping`` req/s at 32 connections with 1,682 items (issue 11: it keeps
+  the ratio it had before requests could carry fresh events);
 * p99 < 50 ms at 1,000,000 items through the index, judged at 1 and at 32 connections, with
   recall@10 >= 0.95 against the exact server's answers in the same run;
 * fresh requests' p50 and p99 <= 1.5 x the plain requests', at 1,682 items, 1 and 32 connections.
@@ -110,7 +111,7 @@ STARTUP_TIMEOUT_S = 600.0  # a 1M-item artifact is checksummed twice and loaded 
 STOP_TIMEOUT_S = 45.0  # the server drains in-flight requests for up to 30 s on SIGTERM
 WARMUP_S = 2.0
 
-PING_TARGET = (1682, 32, 0.5)  # (items, connections, minimum /invocations : /ping req/s)
+PING_TARGET = (1682, 32, 0.55)  # (items, connections, minimum /invocations : /ping req/s)
 P99_TARGET = (1_000_000, (1, 32), 50.0)  # (items, connections judged, p99 limit in ms)
 FRESH_TARGET = (1682, (1, 32), 1.5)  # (items, connections judged, most fresh / plain p50 and p99)
 INDEX_TARGET = (1_000_000, 0.95)  # (items, least recall@10 of the indexed server's against exact)

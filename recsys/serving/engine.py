@@ -10,14 +10,14 @@ Shapes: B = queries in a batch, N = catalogue items, L = history length, D = emb
 from __future__ import annotations
 
 import difflib
+import itertools
 import logging
 import math
-import operator
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, NamedTuple, cast
+from typing import Any, Literal, NamedTuple, overload
 
 import numpy as np
 import pyarrow as pa
@@ -66,12 +66,87 @@ class Event(NamedTuple):
     event_type: str | None = None
 
 
+_EVENTS = itertools.repeat(Event)  # tuple.__new__(Event, fields) is Event(*fields) without a Python frame
+
+
+class EventLog(Sequence[Event]):
+    """A request's history as three columns: item ids, times, event types.
+
+    What validation reads from a JSON list of events and what the engine's merge works on are
+    columns; a tuple per event in between cost more than the merge itself at 50 events a request.
+    The log is the sequence of its events: iterating or indexing it gives events, and it
+    equals the tuple of the same events. A column of None only is stored as None.
+    """
+
+    __slots__ = ("event_types", "item_ids", "timestamps")
+
+    def __init__(
+        self,
+        item_ids: tuple[str, ...],
+        timestamps: tuple[float | None, ...] | None = None,
+        event_types: tuple[str | None, ...] | None = None,
+    ) -> None:
+        self.item_ids = item_ids
+        self.timestamps = timestamps  # None: no event gives one
+        self.event_types = event_types  # None: no event gives one
+
+    @classmethod
+    def of(cls, history: Sequence[str | Event]) -> EventLog:
+        """The log of a history of item ids and events."""
+        if isinstance(history, EventLog):
+            return history
+        entries = [Event(e) if isinstance(e, str) else e for e in history]
+        if not entries:
+            return cls(())
+        ids, stamps, types = zip(*entries, strict=True)
+        return cls(
+            ids,
+            stamps if stamps.count(None) != len(stamps) else None,
+            types if types.count(None) != len(types) else None,
+        )
+
+    def _columns(self) -> Iterator[tuple[str, float | None, str | None]]:
+        count = len(self.item_ids)
+        stamps = self.timestamps if self.timestamps is not None else (None,) * count
+        types = self.event_types if self.event_types is not None else (None,) * count
+        return zip(self.item_ids, stamps, types, strict=True)
+
+    def __len__(self) -> int:
+        return len(self.item_ids)
+
+    def __iter__(self) -> Iterator[Event]:
+        return map(tuple.__new__, _EVENTS, self._columns())
+
+    @overload
+    def __getitem__(self, index: int) -> Event: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> tuple[Event, ...]: ...
+
+    def __getitem__(self, index: int | slice) -> Event | tuple[Event, ...]:
+        return tuple(self)[index]
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, EventLog | tuple):
+            return tuple(self) == tuple(other)
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(tuple(self))
+
+    def __repr__(self) -> str:
+        return f"EventLog({tuple(self)!r})"
+
+
+History = tuple[str | Event, ...] | EventLog
+
+
 @dataclass(frozen=True)
 class Query:
     """One instance of a request, already type-checked."""
 
     user_id: str | None = None
-    history: tuple[str | Event, ...] | None = None  # oldest first
+    history: History | None = None  # oldest first
     item_id: str | None = None
     k: int | None = None  # None: every candidate of ``items``, else 10
     exclude_seen: bool | None = None  # None: True, except when ranking candidates (``items``)
@@ -153,6 +228,42 @@ class _UserSide:
 
 
 @dataclass(frozen=True)
+class _BuiltSides:
+    """The user sides of a pass's rows that brought fresh events, attributes or event-type
+    exclusions, as the user tower reads them: [n, L] arrays, most recent event first."""
+
+    rows: np.ndarray  # [n] the rows (positions in the pass) these are the sides of, ascending
+    history: np.ndarray  # [n, L] item indices (0 past a row's length)
+    gaps: np.ndarray  # [n, L] gap codes
+    events: np.ndarray  # [n, L] event-type codes
+    mask: np.ndarray  # [n, L] bool: an event
+    last_time: np.ndarray  # [n] each row's latest event's time (NaN unknown)
+    seen: np.ndarray  # items to leave out beyond the stored ones, row after row
+    seen_end: np.ndarray  # [n] where each row's part of ``seen`` ends
+    stored: list[int]
+    fresh: list[int]
+    attributes: list[tuple[list[np.ndarray], np.ndarray] | None]  # [1, W] codes per column, [1, F]
+    unknown_attributes: list[dict[str, str]]
+    slot: dict[int, int] = field(init=False)  # row -> its position here
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "slot", dict(zip(self.rows.tolist(), range(len(self.rows)), strict=True)))
+
+    def seen_of(self, slot: int) -> np.ndarray:
+        return self.seen[(self.seen_end[slot - 1] if slot else 0) : self.seen_end[slot]]
+
+    def seen_positions(self, slots: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """The rows' seen items in one gather: for each, which of ``slots`` it belongs to and its
+        position in ``seen``."""
+        picked = np.asarray(slots, dtype=np.int64)
+        ends = self.seen_end[picked]
+        counts = ends - np.where(picked > 0, self.seen_end[picked - 1], 0)
+        gathered_end = np.cumsum(counts)
+        owners = np.repeat(np.arange(len(picked)), counts)
+        return owners, np.arange(int(gathered_end[-1])) + np.repeat(ends - gathered_end, counts)
+
+
+@dataclass(frozen=True)
 class _Attribute:
     """A filterable item attribute: categorical codes or raw numbers."""
 
@@ -225,6 +336,14 @@ class Recommender:
         if config.num_event_types and self.seen_event_codes is not None:
             self.seen_events = torch.from_numpy(self.seen_event_codes).to(device)
         self.context_keys = (*self.rows.context_columns, TIMESTAMP_KEY)
+        self._context_key_set = frozenset(self.context_keys)
+        # Each categorical context column's value -> code (1 + its first position): a dict lookup
+        # per request instead of a search of the column's values.
+        self._context_codes = [
+            {value: code for code, value in reversed(list(enumerate(values, start=1)))}
+            for _, values in self.rows.categorical
+        ]
+        self._no_sides = self._stacked([], [])  # a pass where no row brought its own user side
         with torch.no_grad():
             self.user_cache = self._build_user_cache()
 
@@ -370,8 +489,10 @@ class Recommender:
             # read is a 400 whether it is scored personally or answered with the popular fallback.
             if query.context:
                 self._check_context(query.context)
-            if query.history and _names_event_types(query.history):
-                self._event_codes([Event(e) if isinstance(e, str) else e for e in query.history])
+            if query.history:
+                types = EventLog.of(query.history).event_types
+                if types is not None:
+                    self._event_codes(types)
         results: list[Recommendation | None] = [None] * len(queries)
         personal: list[int] = []
         for row, query in enumerate(queries):
@@ -381,7 +502,7 @@ class Recommender:
                 (query.user_id is not None and query.user_id in self.artifact.users)
                 or (
                     query.history is not None
-                    and any(_item_of(e) in self.artifact.items for e in query.history)
+                    and any(map(self.artifact.items.__contains__, EventLog.of(query.history).item_ids))
                 )
                 or bool(query.user_attributes)
             ):
@@ -423,13 +544,12 @@ class Recommender:
             for row, query in enumerate(queries)
             if query.history is not None or query.user_attributes or query.exclude_event_types
         ]
-        built = self._user_sides(queries, rows, index, moments, unknown_rows) if rows else {}
+        built = self._user_sides(queries, rows, index, moments, unknown_rows) if rows else self._no_sides
         state = self._base_state(index, known, built)
         unknown_context: list[dict[str, str]] = [{} for _ in queries]
         if self.model.config.has_context:
             last = np.where(known, self.last_time[np.maximum(index, 0)], np.nan)
-            for row, built_side in built.items():
-                last[row] = built_side.last_time
+            last[built.rows] = built.last_time
             codes, numeric = self._moment_codes(queries, moments, last, unknown_context)
             moment = self.model.encode_moment(codes, numeric, size)
             state = UserState(
@@ -451,9 +571,9 @@ class Recommender:
             # Scores come sorted, so the masked (-inf) items are a tail to cut.
             cut = next((j for j, v in enumerate(values) if v == float("-inf")), len(values))
             kind: QueryKind = "user" if query.history is None else "history"
-            side = built.get(row)
-            if side is not None:
-                stored, fresh = side.stored, side.fresh
+            slot = built.slot.get(row)
+            if slot is not None:
+                stored, fresh = built.stored[slot], built.fresh[slot]
             else:
                 stored, fresh = (min(int(counts[index[row]]), self.history_length) if known[row] else 0), 0
             out.append(
@@ -467,19 +587,19 @@ class Recommender:
                     stored,
                     fresh,
                     unknown_context[row],
-                    side.unknown_attributes if side is not None else {},
+                    built.unknown_attributes[slot] if slot is not None else {},
                 )
             )
         return out
 
     # -- ranking: exact or through the index -------------------------------------------------
 
-    def _extra_seen(self, query: Query, built: Mapping[int, _UserSide], row: int) -> np.ndarray | None:
+    def _extra_seen(self, query: Query, built: _BuiltSides, row: int) -> np.ndarray | None:
         """Items to leave out beyond the stored ones: the fresh events (or those of the excluded
         event types), when the query excludes seen items."""
-        given = built.get(row)
-        if given is not None and (query.excludes_seen or query.exclude_event_types):
-            return given.seen
+        slot = built.slot.get(row)
+        if slot is not None and (query.excludes_seen or query.exclude_event_types):
+            return built.seen_of(slot)
         return None
 
     def _exact_tops(
@@ -488,7 +608,7 @@ class Recommender:
         state: UserState,
         index: np.ndarray,
         known: np.ndarray,
-        built: Mapping[int, _UserSide],
+        built: _BuiltSides,
         unknown_rows: list[list[str]],
         rows: list[int],
         tops: list[tuple[list[float], list[int]] | None],
@@ -510,12 +630,31 @@ class Recommender:
             users = torch.from_numpy(index[local[masked]]).to(self.device)
             owner, flat = segment_positions(self.seen_indptr, users)
             logits[torch.from_numpy(masked).to(self.device)[owner], self.seen_flat[flat]] = float("-inf")
+        # Rows that leave out their fresh items too (or those of excluded event types): from a few
+        # rows on, another scatter over the built sides' items, instead of a masking pass per row
+        # (whose fixed cost is lower for one or two).
+        slots = [
+            (position, slot)
+            for position, row in enumerate(rows)
+            if (slot := built.slot.get(row)) is not None
+            and (queries[row].excludes_seen or queries[row].exclude_event_types)
+        ]
+        if len(slots) < BATCHED_SIDES_FROM:
+            for position, slot in slots:
+                extra = built.seen_of(slot)
+                if len(extra):
+                    logits[position].index_fill_(0, torch.from_numpy(extra).to(self.device), float("-inf"))
+        else:
+            owners, seen = built.seen_positions([slot for _, slot in slots])
+            at = np.asarray([position for position, _ in slots], dtype=np.int64)[owners]
+            logits[
+                torch.from_numpy(at).to(self.device), torch.from_numpy(built.seen[seen]).to(self.device)
+            ] = float("-inf")
+        no_seen = np.zeros(0, dtype=np.int64)
         for position, row in enumerate(rows):
             query = queries[row]
-            extra_seen = self._extra_seen(query, built, row)
-            if extra_seen is not None or query.exclude or query.items is not None or query.filter:
-                seen = extra_seen if extra_seen is not None else np.zeros(0, dtype=np.int64)
-                self._restrict(logits[position], query, seen, unknown_rows[row])
+            if query.exclude or query.items is not None or query.filter:
+                self._restrict(logits[position], query, no_seen, unknown_rows[row])
         top_k = min(max(queries[r].size for r in rows), self.num_items)
         top = torch.topk(logits, top_k, dim=1)
         for position, (values, indices) in enumerate(
@@ -530,7 +669,7 @@ class Recommender:
         state: UserState,
         index: np.ndarray,
         known: np.ndarray,
-        built: Mapping[int, _UserSide],
+        built: _BuiltSides,
         unknown_rows: list[list[str]],
         tops: list[tuple[list[float], list[int]] | None],
     ) -> None:
@@ -644,8 +783,8 @@ class Recommender:
         """The history, gaps, event types, extra exclusions and attributes of one query, alone."""
         # Column by column, not event by event: a request may carry hundreds of events, and this
         # runs holding the GIL that the event loop needs to read the next requests.
-        entries = [Event(e) if isinstance(e, str) else e for e in query.history or ()]
-        ids, stamps, types = zip(*entries, strict=True) if entries else ((), (), ())
+        log = EventLog.of(query.history or ())
+        ids = log.item_ids
         found = self.artifact.items.lookup(ids)
         known = found >= 0
         every_known = bool(known.all())
@@ -653,10 +792,10 @@ class Recommender:
             unknown.extend(ids[i] for i in np.flatnonzero(~known))
         new_items = found if every_known else found[known]
         # Times as known (None -> NaN: not given, so gaps are unknown, as in training).
-        new_times = np.array(stamps, dtype=np.float64)
+        new_times = _times_of(log)
         new_events = np.zeros(len(ids), np.int64)
-        if types.count(None) != len(types):
-            new_events = self._event_codes(entries)
+        if log.event_types is not None:
+            new_events = self._event_codes(log.event_types)
         if not every_known:
             new_times, new_events = new_times[known], new_events[known]
         if user >= 0:
@@ -696,7 +835,10 @@ class Recommender:
         # Seconds since the previous event, for the kept window (the first kept one has one too,
         # unless it is the user's first).
         before = times[max(0, start - 1) :]
-        gaps = previous_gaps(before, np.array([0, len(before)]))[1 if start else 0 :]
+        gaps = np.empty(len(before))
+        gaps[:1] = np.nan
+        np.subtract(before[1:], before[:-1], out=gaps[1:])
+        gaps = gaps[1 if start else 0 :]
         stored = int((origin[start:] < len(stored_items)).sum())
         return _UserSide(
             history=items[start:][::-1].copy(),
@@ -717,49 +859,49 @@ class Recommender:
         index: np.ndarray,
         moments: np.ndarray,
         unknown: Sequence[list[str]],
-    ) -> dict[int, _UserSide]:
+    ) -> _BuiltSides:
         """The history, gaps, event types, extra exclusions and attributes of the given rows.
 
         From BATCHED_SIDES_FROM rows on, built together: each step is one array operation over
-        every event of the batch, not one per query. This runs holding the GIL that the event loop
-        needs to read the next requests, and at 32 connections numpy's fixed cost per call, paid
-        per query, was most of a 50-event request's scoring time. Fewer rows are built one by one
-        (``_user_side``), whose fixed cost is lower. Both give the same sides
-        (tests/serving/test_present.py compares a batch with each query alone).
+        every event of the batch, not one per query, and the result is the [n, L] arrays the user
+        tower reads. This runs holding the GIL that the event loop needs to read the next
+        requests, and at 32 connections numpy's fixed cost per call, paid per query, was most of a
+        50-event request's scoring time. Fewer rows are built one by one (``_user_side``), whose
+        fixed cost is lower. Both give the same sides (tests/serving/test_present.py compares a
+        batch with each query alone).
         """
         if len(rows) < BATCHED_SIDES_FROM:
-            return {
-                row: self._user_side(queries[row], int(index[row]), moments[row], unknown[row])
-                for row in rows
-            }
+            sides = [
+                self._user_side(queries[row], int(index[row]), moments[row], unknown[row]) for row in rows
+            ]
+            return self._stacked(rows, sides)
         count = len(rows)
         users = index[np.asarray(rows, dtype=np.int64)]
-        # The request's events, row after row (columns, not event by event).
-        ids: list[str] = []
-        stamps: list[float | None] = []
-        sent = np.zeros(count, np.int64)
-        typed: dict[int, list[Event]] = {}  # rows whose events name a type
-        for r, row in enumerate(rows):
-            history = queries[row].history
-            if not history:
-                continue
-            if str in set(map(type, history)):  # bare ids, from callers other than the server
-                history = tuple(Event(e) if isinstance(e, str) else e for e in history)
-            entries = cast(tuple[Event, ...], history)
-            row_ids, row_stamps, row_types = zip(*entries, strict=True)
-            ids += row_ids
-            stamps += row_stamps
-            sent[r] = len(row_ids)
-            if row_types.count(None) != len(row_types):
-                typed[r] = list(entries)
+        # The request's events, row after row, column by column (the server's are columns already).
+        logs = [EventLog.of(queries[row].history or ()) for row in rows]
+        sent = np.fromiter((len(log.item_ids) for log in logs), np.int64, count)
+        ids: list[str] = list(itertools.chain.from_iterable(log.item_ids for log in logs))
         found: np.ndarray = self.artifact.items.lookup(ids)
         new_row: np.ndarray = np.repeat(np.arange(count), sent)
-        new_times: np.ndarray = np.array(stamps, dtype=np.float64)  # None (not given) -> NaN
+        new_times: np.ndarray = (
+            np.array(  # None -> NaN
+                list(
+                    itertools.chain.from_iterable(
+                        log.timestamps if log.timestamps is not None else (None,) * len(log.item_ids)
+                        for log in logs
+                    )
+                ),
+                dtype=np.float64,
+            )
+            if any(log.timestamps is not None for log in logs)
+            else np.full(len(ids), np.nan)
+        )
         new_events: np.ndarray = np.zeros(len(ids), np.int64)
-        if typed:
+        if any(log.event_types is not None for log in logs):
             sent_end = np.cumsum(sent)
-            for r, typed_entries in typed.items():
-                new_events[sent_end[r] - sent[r] : sent_end[r]] = self._event_codes(typed_entries)
+            for r, log in enumerate(logs):
+                if log.event_types is not None:
+                    new_events[sent_end[r] - sent[r] : sent_end[r]] = self._event_codes(log.event_types)
         known_new = found >= 0
         if not known_new.all():
             for position in np.flatnonzero(~known_new):
@@ -793,8 +935,10 @@ class Recommender:
         # Which events make each row's sequence. merge (a known user with fresh events): both, by
         # time; a known user without fresh events (or without a history): the stored ones; else
         # (a new user, or history_mode=replace) the request's, as sent.
-        merge = np.array([queries[row].history_mode == "merge" for row in rows], dtype=bool) & (users >= 0)
-        given = np.array([queries[row].history is not None for row in rows], dtype=bool)
+        merge = np.fromiter((queries[row].history_mode == "merge" for row in rows), bool, count) & (
+            users >= 0
+        )
+        given = np.fromiter((queries[row].history is not None for row in rows), bool, count)
         sort = merge & (new_counts > 0)
         use_stored = sort | (merge & (new_counts == 0)) | (~given & (users >= 0))
         use_new = sort | ~use_stored
@@ -813,15 +957,8 @@ class Recommender:
             stored_keys = np.where(np.isnan(stored_times), -np.inf, stored_times)
             new_keys = np.where(np.isnan(new_times), moments[np.asarray(rows)][new_row], new_times)
             keys = np.concatenate([stored_keys[take_stored], new_keys[take_new]])
-            order = np.lexsort((np.where(sort[row_of], keys, 0.0), row_of))
-            # A repeated item of a merged row counts once, at its latest time. Other rows keep
-            # every event (a key of their own each). A dict keeps a repeated key's last position.
-            ordered_rows = row_of[order]
-            pair = np.where(
-                sort[ordered_rows], ordered_rows * self.num_items + items[order], -1 - np.arange(len(order))
-            )
-            latest = dict(zip(pair.tolist(), range(len(pair)), strict=True))
-            order = order[np.fromiter(sorted(latest.values()), np.int64, len(latest))]
+            order = _by_row_then_key(row_of, np.where(sort[row_of], keys, 0.0), count)
+            order = order[_latest_of_each(row_of[order], items[order], sort, count, self.num_items)]
         elif count > 1:  # rows of stored events, then rows of fresh ones: grouped by row
             order = np.argsort(row_of, kind="stable")
         if order is not None:
@@ -832,60 +969,114 @@ class Recommender:
         begin = end - lengths
         # Seconds since the previous event of the same row (the first kept one has one too, unless
         # it is the user's first); then the kept window: the latest history_length events.
-        gaps = np.diff(times, prepend=np.nan)
-        gaps[begin[lengths > 0]] = np.nan
-        gap_of = gap_codes(gaps).astype(np.int64)
+        gaps = np.empty_like(times)
+        np.subtract(times[1:], times[:-1], out=gaps[1:])
+        gaps[begin[lengths > 0]] = np.nan  # gaps[0] among them, if there are events
         window = np.maximum(begin, end - self.history_length)
         fresh_before = np.concatenate([[0], np.cumsum(fresh)])
         kept_fresh = fresh_before[end] - fresh_before[window]
+        # The window's events into [n, L], most recent first: position p of row r goes to column
+        # end[r] - 1 - p.
+        kept = end - window
+        kept_end = np.cumsum(kept)
+        kept_row = np.repeat(np.arange(count), kept)
+        at = np.arange(int(kept_end[-1])) + np.repeat(window - (kept_end - kept), kept)
+        column = end[kept_row] - 1 - at
+        shape = (count, self.history_length)
+        history, gap_matrix, event_matrix = (np.zeros(shape, np.int64) for _ in range(3))
+        mask = np.zeros(shape, dtype=bool)
+        history[kept_row, column] = items[at]
+        gap_matrix[kept_row, column] = gap_codes(gaps[at])
+        event_matrix[kept_row, column] = events[at]
+        mask[kept_row, column] = True
+        last_time = np.full(count, np.nan)
+        last_time[lengths > 0] = times[end[lengths > 0] - 1]
 
-        sides: dict[int, _UserSide] = {}
-        for r, row in enumerate(rows):
-            query = queries[row]
-            lo, hi = int(window[r]), int(end[r])
-            fresh_here = int(kept_fresh[r])
-            new_lo, new_hi = int(new_end[r] - new_counts[r]), int(new_end[r])
-            excluded = query.exclude_event_types
-            user = int(users[r])
-            if excluded:
-                codes = np.asarray([self.rows.event_code(n) for n in excluded])
-                seen = np.concatenate(
+        # What to leave out beyond the stored items: the known fresh ones, or, with
+        # exclude_event_types, the user's events (stored and fresh) of those types.
+        seen, seen_end = found, new_end
+        excluding = [r for r, row in enumerate(rows) if queries[row].exclude_event_types]
+        if excluding:
+            parts = [found[new_end[r] - new_counts[r] : new_end[r]] for r in range(count)]
+            for r in excluding:
+                codes = np.asarray([self.rows.event_code(n) for n in queries[rows[r]].exclude_event_types])
+                new_lo, new_hi = int(new_end[r] - new_counts[r]), int(new_end[r])
+                parts[r] = np.concatenate(
                     [
-                        self._stored_of_types(user, codes),
+                        self._stored_of_types(int(users[r]), codes),
                         found[new_lo:new_hi][np.isin(new_events[new_lo:new_hi], codes)],
                     ]
                 )
-            else:
-                seen = found[new_lo:new_hi]
-            attributes = (
-                self._attribute_values(query.user_attributes, user) if query.user_attributes else None
-            )
-            sides[row] = _UserSide(
-                history=items[lo:hi][::-1].copy(),
-                gaps=gap_of[lo:hi][::-1].copy(),
-                events=events[lo:hi][::-1].copy(),
-                last_time=float(times[hi - 1]) if hi > begin[r] else math.nan,
-                seen=seen,
-                stored=hi - lo - fresh_here,
-                fresh=fresh_here,
-                attributes=attributes[:2] if attributes is not None else None,
-                unknown_attributes=attributes[2] if attributes is not None else {},
-            )
-        return sides
+            seen, seen_end = np.concatenate(parts), np.cumsum([len(part) for part in parts])
+        attributes: list[tuple[list[np.ndarray], np.ndarray] | None] = [None] * count
+        unknown_attributes: list[dict[str, str]] = [{} for _ in range(count)]
+        for r, row in enumerate(rows):
+            given_attributes = queries[row].user_attributes
+            if given_attributes:
+                categorical, numeric, unknown_attributes[r] = self._attribute_values(
+                    given_attributes, int(users[r])
+                )
+                attributes[r] = (categorical, numeric)
+        return _BuiltSides(
+            rows=np.asarray(rows, dtype=np.int64),
+            history=history,
+            gaps=gap_matrix,
+            events=event_matrix,
+            mask=mask,
+            last_time=last_time,
+            seen=seen,
+            seen_end=seen_end,
+            stored=(kept - kept_fresh).tolist(),
+            fresh=kept_fresh.tolist(),
+            attributes=attributes,
+            unknown_attributes=unknown_attributes,
+        )
 
-    def _event_codes(self, entries: Sequence[Event]) -> np.ndarray:
-        """The event-type codes of a request's events (0 where none is given)."""
+    def _stacked(self, rows: Sequence[int], sides: Sequence[_UserSide]) -> _BuiltSides:
+        """Sides built one by one, as the [n, L] arrays the user tower reads."""
+        size, length = len(sides), self.history_length
+        history = np.zeros((size, length), dtype=np.int64)
+        gaps = np.zeros((size, length), dtype=np.int64)
+        events = np.zeros((size, length), dtype=np.int64)
+        mask = np.zeros((size, length), dtype=bool)
+        for row, side in enumerate(sides):
+            n = len(side.history)
+            history[row, :n], gaps[row, :n], events[row, :n], mask[row, :n] = (
+                side.history,
+                side.gaps,
+                side.events,
+                True,
+            )
+        seen = [side.seen for side in sides]
+        counts = np.fromiter(map(len, seen), np.int64, len(seen))
+        return _BuiltSides(
+            rows=np.asarray(rows, dtype=np.int64),
+            history=history,
+            gaps=gaps,
+            events=events,
+            mask=mask,
+            last_time=np.array([side.last_time for side in sides], dtype=np.float64),
+            seen=seen[0] if len(seen) == 1 else np.concatenate(seen) if seen else np.zeros(0, np.int64),
+            seen_end=np.cumsum(counts),
+            stored=[side.stored for side in sides],
+            fresh=[side.fresh for side in sides],
+            attributes=[side.attributes for side in sides],
+            unknown_attributes=[side.unknown_attributes for side in sides],
+        )
+
+    def _event_codes(self, types: Sequence[str | None]) -> np.ndarray:
+        """The event-type codes of a request's events, given their types (0 where none is)."""
         if self.rows.event_column is None:
-            position = next(i for i, e in enumerate(entries) if e.event_type is not None)
+            position = next(i for i, name in enumerate(types) if name is not None)
             raise UserError(
                 f"history[{position}].event_type: the model was trained without event types; "
                 "leave event_type out."
             )
-        codes = np.array([0 if e.event_type is None else self.rows.event_code(e.event_type) for e in entries])
-        for position, (entry, code) in enumerate(zip(entries, codes, strict=True)):
-            if entry.event_type is not None and code == 0:
+        codes = np.array([0 if name is None else self.rows.event_code(name) for name in types])
+        for position, (name, code) in enumerate(zip(types, codes, strict=True)):
+            if name is not None and code == 0:
                 raise UserError(
-                    f"history[{position}].event_type: unknown event type {entry.event_type!r}; the "
+                    f"history[{position}].event_type: unknown event type {name!r}; the "
                     f"model's event types: {', '.join(self.rows.event_types)}."
                 )
         return codes.astype(np.int64)
@@ -918,11 +1109,11 @@ class Recommender:
                 numeric[:, f] = values.numeric[:, f]
         return categorical, numeric.astype(np.float32), dict(values.unknown)
 
-    def _base_state(self, index: np.ndarray, known: np.ndarray, built: Mapping[int, _UserSide]) -> UserState:
+    def _base_state(self, index: np.ndarray, known: np.ndarray, built: _BuiltSides) -> UserState:
         """Every row's user side without the moment's context: cached, gathered or built."""
         size = len(index)
         plain = np.ones(size, dtype=bool)
-        plain[list(built)] = False
+        plain[built.rows] = False
         parts: list[tuple[np.ndarray, UserState]] = []
         rows = np.flatnonzero(plain)
         if len(rows):
@@ -931,9 +1122,8 @@ class Recommender:
                 parts.append((rows, self._cached_state(torch.from_numpy(index[rows]).to(self.device))))
             else:
                 parts.append((rows, self._encode_stored(index[rows], known[rows])))
-        if built:
-            rows = np.fromiter(built, dtype=np.int64, count=len(built))
-            parts.append((rows, self._encode_built(index[rows], [built[int(r)] for r in rows])))
+        if len(built.rows):
+            parts.append((built.rows, self._encode_built(index[built.rows], built)))
         if len(parts) == 1 and len(parts[0][0]) == size:
             return parts[0][1]
         out: list[Tensor | None] = []
@@ -965,44 +1155,35 @@ class Recommender:
             users, history, mask, UserExtras(history_gaps=gaps, history_events=events), with_context=False
         )
 
-    def _encode_built(self, index: np.ndarray, sides: Sequence[_UserSide]) -> UserState:
+    def _encode_built(self, index: np.ndarray, built: _BuiltSides) -> UserState:
         """User vectors of rows whose history or attributes the request gave."""
-        size, length = len(sides), self.history_length
-        history = np.zeros((size, length), dtype=np.int64)
-        gaps = np.zeros((size, length), dtype=np.int64)
-        events = np.zeros((size, length), dtype=np.int64)
-        mask = np.zeros((size, length), dtype=bool)
-        for row, side in enumerate(sides):
-            n = len(side.history)
-            history[row, :n], gaps[row, :n], events[row, :n], mask[row, :n] = (
-                side.history,
-                side.gaps,
-                side.events,
-                True,
-            )
         attributes = None
-        if any(side.attributes is not None for side in sides):
-            attributes = self._batch_attributes(index, sides)
+        if any(given is not None for given in built.attributes):
+            attributes = self._batch_attributes(index, built.attributes)
 
         def device(array: np.ndarray) -> Tensor:
             return torch.from_numpy(array).to(self.device)
 
         config = self.model.config
         extras = UserExtras(
-            history_gaps=device(gaps) if config.use_gaps else None,
-            history_events=device(events) if config.num_event_types else None,
+            history_gaps=device(built.gaps) if config.use_gaps else None,
+            history_events=device(built.events) if config.num_event_types else None,
             attributes=attributes,
         )
         users = device(np.where(index >= 0, index, self.num_users))
-        return self.model.encode_users(users, device(history), device(mask), extras, with_context=False)
+        return self.model.encode_users(
+            users, device(built.history), device(built.mask), extras, with_context=False
+        )
 
-    def _batch_attributes(self, index: np.ndarray, sides: Sequence[_UserSide]) -> AttributeValues:
+    def _batch_attributes(
+        self, index: np.ndarray, given: Sequence[tuple[list[np.ndarray], np.ndarray] | None]
+    ) -> AttributeValues:
         arrays = self.artifact.user_arrays
         categorical: list[list[np.ndarray]] = [[] for _ in arrays.categorical]
         numeric: list[np.ndarray] = []
-        for user, side in zip(index, sides, strict=True):
-            if side.attributes is not None:
-                codes, values = side.attributes
+        for user, attributes in zip(index, given, strict=True):
+            if attributes is not None:
+                codes, values = attributes
             else:
                 known = user >= 0
                 codes = [
@@ -1046,21 +1227,22 @@ class Recommender:
             np.full((size, len(encoding.numeric)), np.nan, dtype=np.float32) if encoding.numeric else None
         )
         for row, query in enumerate(queries):
-            if not query.context:
+            given = query.context
+            if not given:
                 continue
-            given = {k: v for k, v in query.context.items() if k != TIMESTAMP_KEY}  # checked keys
-            for c, (name, values) in enumerate(encoding.categorical):
-                value = given.get(name)
+            for c, (name, _) in enumerate(encoding.categorical):
+                value = given.get(name) if name != TIMESTAMP_KEY else None  # keys checked already
                 if value is None:
                     continue
                 text = f"{value:g}" if isinstance(value, float) else str(value)
-                try:
-                    assert codes is not None
-                    codes[row, offset + c] = values.index(text) + 1
-                except ValueError:
+                code = self._context_codes[c].get(text)
+                if code is None:
                     unknown[row][name] = text
+                else:
+                    assert codes is not None
+                    codes[row, offset + c] = code
             for f, column in enumerate(encoding.numeric):
-                value = given.get(column.name)
+                value = given.get(column.name) if column.name != TIMESTAMP_KEY else None
                 if value is None:
                     continue
                 assert numeric is not None
@@ -1074,7 +1256,7 @@ class Recommender:
     def _check_context(self, context: Mapping[str, Any]) -> None:
         """A request's context may name only the model's context keys, a number for a numeric one."""
         encoding = self.rows
-        extra = sorted(set(context) - set(self.context_keys))
+        extra = sorted(context.keys() - self._context_key_set)
         if extra:
             known = ", ".join(self.context_keys)
             raise UserError(f"context: unknown key {extra[0]!r}; the model's context keys: {known}.")
@@ -1140,7 +1322,7 @@ class Recommender:
         unknown: list[str] = []
         seen = np.zeros(0, dtype=np.int64)
         if query.history is not None:
-            seen = self._lookup([_item_of(e) for e in query.history], unknown)
+            seen = self._lookup(EventLog.of(query.history).item_ids, unknown)
             if query.exclude_event_types:
                 typed = [
                     e.item_id
@@ -1176,19 +1358,46 @@ class Recommender:
         return Recommendation(item_ids, values, "similar", False, False, unknown)
 
 
-_EVENT_TYPE = operator.itemgetter(2)
+def _by_row_then_key(rows: np.ndarray, keys: np.ndarray, count: int) -> np.ndarray:
+    """``np.lexsort((keys, rows))``: the order by row, then by key, then as given.
+
+    The same two stable sorts lexsort makes, but the second one over rows as 16-bit integers,
+    which numpy sorts by radix (a pass's rows are at most 1024): lexsort's general merge sort of
+    keys shuffled by the first pass took twice as long for a batch of fresh-event requests."""
+    order = np.argsort(keys, kind="stable")
+    narrow = rows.astype(np.int16 if count < 2**15 else np.int64)
+    return order[np.argsort(narrow[order], kind="stable")]
 
 
-def _names_event_types(history: Sequence[str | Event]) -> bool:
-    """Whether any entry of a history gives an event type (C-level passes, no per-entry frame)."""
-    if str in set(map(type, history)):
-        return any(not isinstance(e, str) and e.event_type is not None for e in history)
-    types = list(map(_EVENT_TYPE, history))
-    return types.count(None) != len(types)
+def _latest_of_each(
+    rows: np.ndarray, items: np.ndarray, merged: np.ndarray, count: int, num_items: int
+) -> np.ndarray:
+    """[P] bool over events ordered by row and time: True for the latest event of each (row,
+    item) of a merged row (a repeated item counts once), and for every event of other rows.
+
+    One sort of integers, not a dict over every event: each event's key is its (row, item) pair
+    shifted past its own position, so the last of a run of equal pairs is the latest. Events of
+    rows that are not merged get a pair of their own, past every real one. A pair is below
+    count * num_items + P, and a pass holds count * num_items <= 2**25 (or one row), so the key
+    needs well under 63 bits.
+    """
+    total = len(rows)
+    pairs = np.where(merged[rows], rows * num_items + items, count * num_items + np.arange(total))
+    shift = max(total.bit_length(), 1)
+    keyed = np.sort((pairs << shift) | np.arange(total))
+    pair_of = keyed >> shift
+    last = np.ones(total, dtype=bool)
+    np.not_equal(pair_of[1:], pair_of[:-1], out=last[:-1])
+    keep = np.zeros(total, dtype=bool)
+    keep[keyed[last] & ((1 << shift) - 1)] = True
+    return keep
 
 
-def _item_of(entry: str | Event) -> str:
-    return entry.item_id if isinstance(entry, Event) else entry
+def _times_of(log: EventLog) -> np.ndarray:
+    """[len(log)] the events' times, NaN where not given (gaps are then unknown, as in training)."""
+    if log.timestamps is None:
+        return np.full(len(log.item_ids), np.nan)
+    return np.array(log.timestamps, dtype=np.float64)  # None -> NaN
 
 
 def _moment(value: Any) -> float:

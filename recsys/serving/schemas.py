@@ -21,7 +21,7 @@ from pydantic import (
 from recsys.data.context import epoch_seconds
 from recsys.errors import UserError
 from recsys.sagemaker.contract import MAX_PAYLOAD_ENV, MODEL_MEMORY_ENV
-from recsys.serving.engine import MAX_K, TIMESTAMP_KEY, Event, Query, Recommender
+from recsys.serving.engine import MAX_K, TIMESTAMP_KEY, Event, EventLog, Query, Recommender
 
 # What the validators below accept, as JSON Schema: the OpenAPI page must promise no more and no
 # less than the server takes, or a client generated from it sends what we refuse.
@@ -135,28 +135,30 @@ def _plain_event(entry: Any) -> Event | None:
 _NONE = type(None)
 _STAMP_KINDS = frozenset((float, int, _NONE))
 _TYPE_KINDS = frozenset((str, _NONE))
-_EVENTS = repeat(Event)  # tuple.__new__(Event, fields) is Event(*fields) with no Python frame per event
 
 
-def _plain_events(value: list[Any]) -> tuple[Event, ...] | None:
+def _plain_events(value: list[Any]) -> EventLog | None:
     """``_plain_event`` over a whole list of bare ids, or of event objects, column by column: C-level
-    passes (``map``, ``set``) instead of a Python call per event. None unless every entry is one
-    that ``_plain_event`` takes, so that the caller falls back to it (or to pydantic)."""
+    passes (``map``, ``set``) instead of a Python call per event, and the columns kept as they are
+    (an ``EventLog``) rather than a tuple made per event. None unless every entry is one that
+    ``_plain_event`` takes, so that the caller falls back to it (or to pydantic)."""
     kinds = set(map(type, value))
     if kinds == {str}:
-        if "" in value:
-            return None
-        return tuple(map(tuple.__new__, _EVENTS, zip(value, repeat(None), repeat(None), strict=False)))
-    if kinds != {dict} or not _EVENT_KEYS.issuperset(set().union(*value)):
+        return EventLog(tuple(value)) if "" not in value else None
+    if kinds != {dict}:
         return None
-    items = list(map(dict.get, value, repeat("item_id")))
+    keys = set().union(*value)
+    if not _EVENT_KEYS.issuperset(keys):
+        return None
+    items: tuple[Any, ...] = tuple(map(dict.get, value, repeat("item_id")))
     if set(map(type, items)) != {str} or "" in items:
         return None
-    stamps: list[Any] = list(map(dict.get, value, repeat("timestamp")))
-    stamp_kinds = set(map(type, stamps))
-    if not stamp_kinds <= _STAMP_KINDS:
-        return None
-    if stamp_kinds != {_NONE}:
+    stamps: tuple[Any, ...] | None = None
+    if "timestamp" in keys:  # a column no event names is all None: not read at all
+        stamps = tuple(map(dict.get, value, repeat("timestamp")))
+        stamp_kinds = set(map(type, stamps))
+        if not stamp_kinds <= _STAMP_KINDS:
+            return None
         numbers = stamps if _NONE not in stamp_kinds else [t for t in stamps if t is not None]
         if int in stamp_kinds:
             whole = numbers if stamp_kinds == {int} else [t for t in numbers if type(t) is int]
@@ -164,24 +166,35 @@ def _plain_events(value: list[Any]) -> tuple[Event, ...] | None:
                 return None
         if float in stamp_kinds and not all(map(math.isfinite, numbers)):
             return None
-        if int in stamp_kinds:
-            stamps = [None if t is None else float(t) for t in stamps]
-    types = list(map(dict.get, value, repeat("event_type")))
-    if not set(map(type, types)) <= _TYPE_KINDS:
-        return None
-    return tuple(map(tuple.__new__, _EVENTS, zip(items, stamps, types, strict=True)))
+        if stamp_kinds == {int}:
+            stamps = tuple(map(float, stamps))
+        elif int in stamp_kinds:
+            stamps = tuple(None if t is None else float(t) for t in stamps)
+        elif stamp_kinds == {_NONE}:
+            stamps = None
+    types: tuple[Any, ...] | None = None
+    if "event_type" in keys:
+        types = tuple(map(dict.get, value, repeat("event_type")))
+        type_kinds = set(map(type, types))
+        if not type_kinds <= _TYPE_KINDS:
+            return None
+        if type_kinds == {_NONE}:
+            types = None
+    return EventLog(items, stamps, types)
 
 
-def _history(value: Any, checked: ValidatorFunctionWrapHandler) -> tuple[Event, ...] | None:
+def _history(value: Any, checked: ValidatorFunctionWrapHandler) -> EventLog | None:
     if type(value) is list:
         plain = _plain_events(value)
         if plain is not None:
             return plain
         events = [_plain_event(entry) for entry in value]
         if all(event is not None for event in events):
-            return tuple(cast(list[Event], events))
+            return EventLog.of(cast(list[Event], events))
     history = checked(value)
-    return None if history is None else tuple(Event(e.item_id, e.timestamp, e.event_type) for e in history)
+    if history is None:
+        return None
+    return EventLog.of([Event(e.item_id, e.timestamp, e.event_type) for e in history])
 
 
 class Instance(BaseModel):
@@ -251,7 +264,7 @@ class Instance(BaseModel):
     def to_query(self) -> Query:
         return Query(
             user_id=self.user_id,
-            history=cast(tuple[Event, ...] | None, self.history),  # _history made it one
+            history=cast(EventLog | None, self.history),  # _history made it one
             item_id=self.item_id,
             k=self.k,
             exclude_seen=self.exclude_seen,

@@ -28,7 +28,14 @@ from recsys.errors import UserError
 from recsys.sagemaker.contract import ContainerPaths
 from recsys.sagemaker.train import train
 from recsys.serving import engine
-from recsys.serving.engine import Event, Query, Recommendation, Recommender
+from recsys.serving.engine import (
+    Event,
+    Query,
+    Recommendation,
+    Recommender,
+    _by_row_then_key,
+    _latest_of_each,
+)
 from tests.conftest import FAST_HYPERPARAMETERS
 from tests.serving.test_engine import NUM_PAIRS, PAIR_HYPERPARAMETERS, _pair_interactions
 
@@ -701,3 +708,30 @@ def test_a_batch_of_fresh_requests_is_answered_as_each_alone(
                 single.fresh_events,
                 single.unknown_items,
             ), query
+
+
+def test_the_batched_order_by_row_then_time_is_lexsorts() -> None:
+    rng = np.random.default_rng(3)
+    for count in (1, 5, 40):
+        rows = rng.integers(count, size=500)
+        # Ties, the unknown-time key (-inf), a row's "keep as sent" key (0.0) and -0.0 among them.
+        keys = rng.choice([-np.inf, -0.0, 0.0, 1.5e9, 1.5e9 + 1, 1.7e9, 1.7e9 + 0.5], size=500)
+
+        assert _by_row_then_key(rows, keys, count).tolist() == np.lexsort((keys, rows)).tolist()
+
+
+def test_a_repeated_item_keeps_its_latest_event_as_a_dict_of_the_last_positions_would() -> None:
+    rng = np.random.default_rng(5)
+    for count, num_items in ((1, 3), (6, 4), (30, 50)):
+        rows = np.sort(rng.integers(count, size=400))  # by row, then time: the caller's order
+        items = rng.integers(num_items, size=400)
+        merged = rng.random(count) < 0.7
+        # What the merge must keep: the last position of each (row, item) of a merged row, every
+        # event of other rows; in order.
+        last: dict[tuple[int, int], int] = {}
+        for position, (row, item) in enumerate(zip(rows.tolist(), items.tolist(), strict=True)):
+            last[(row, item) if merged[row] else (-1, position)] = position
+
+        kept = _latest_of_each(rows, items, merged, count, num_items)
+
+        assert np.flatnonzero(kept).tolist() == sorted(last.values())

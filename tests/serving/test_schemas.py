@@ -9,8 +9,15 @@ import pytest
 from pydantic import BeforeValidator, TypeAdapter, ValidationError, ValidatorFunctionWrapHandler
 
 from recsys.errors import UserError
-from recsys.serving.engine import Event
-from recsys.serving.schemas import HistoryEvent, _as_event, _history, _plain_event, parse_instances
+from recsys.serving.engine import Event, EventLog
+from recsys.serving.schemas import (
+    HistoryEvent,
+    _as_event,
+    _history,
+    _plain_event,
+    _plain_events,
+    parse_instances,
+)
 
 
 def test_history_entries_are_ids_or_events_with_a_time_in_either_form() -> None:
@@ -91,13 +98,21 @@ def _checked_history(entries: list[Any]) -> tuple[Event, ...] | str:
         return "error"
 
 
-def _served_history(entries: list[Any]) -> tuple[str | Event, ...] | str:
+def _served_history(entries: list[Any]) -> tuple[Event, ...] | str:
+    """What the server makes of ``entries``: its events (the log's, read back one by one)."""
     try:
         (query,) = parse_instances([{"history": entries}])
     except UserError:
         return "error"
-    assert query.history is not None
-    return query.history
+    assert isinstance(query.history, EventLog)
+    return tuple(query.history)
+
+
+def _typed(history: tuple[Event, ...] | str) -> object:
+    """A history with each value's type beside it: 3 == 3.0, but a time must come out a float."""
+    if isinstance(history, str):
+        return history
+    return [tuple((value, type(value)) for value in event) for event in history]
 
 
 # Every kind of value a JSON body can put in each place, the edge cases included.
@@ -139,11 +154,11 @@ def test_the_history_fast_path_accepts_and_returns_exactly_what_pydantic_does() 
         chosen = rng.sample(keys, rng.randint(0, 3))
         cases.append({key: rng.choice(_VALUES) for key in chosen})
     for entry in cases:
-        assert _served_history([entry]) == _checked_history([entry]), entry
+        assert _typed(_served_history([entry])) == _typed(_checked_history([entry])), entry
     # Whole lists: one bad entry among good ones sends the list down the checked path.
     for _ in range(300):
         entries = rng.sample(cases, 4)
-        assert _served_history(entries) == _checked_history(entries), entries
+        assert _typed(_served_history(entries)) == _typed(_checked_history(entries)), entries
     # Lists of one kind (all ids, all objects) take the column-by-column path: the same answers.
     strings = [case for case in cases if isinstance(case, str)]
     objects = [case for case in cases if isinstance(case, dict)]
@@ -151,12 +166,7 @@ def test_the_history_fast_path_accepts_and_returns_exactly_what_pydantic_does() 
     for _ in range(600):
         pool = rng.choice([strings, objects, good, good])
         entries = rng.sample(pool, rng.randint(1, 6))
-        served, expected = _served_history(entries), _checked_history(entries)
-        assert served == expected, entries
-        if isinstance(served, tuple) and isinstance(
-            expected, tuple
-        ):  # times as floats, as pydantic makes them
-            assert [type(e.timestamp) for e in served] == [type(e.timestamp) for e in expected]
+        assert _typed(_served_history(entries)) == _typed(_checked_history(entries)), entries
 
 
 def test_common_history_entries_never_reach_pydantics_per_event_validators() -> None:
@@ -180,3 +190,32 @@ def test_common_history_entries_never_reach_pydantics_per_event_validators() -> 
         Event("i3"),
         Event("i4", 1_764_700_001.0, "click"),
     )
+
+
+def test_an_event_log_is_the_sequence_of_its_events() -> None:
+    events = (Event("i1"), Event("i2", 5.0), Event("i3", None, "click"))
+    log = EventLog.of(events)
+
+    assert (log.item_ids, log.timestamps, log.event_types) == (
+        ("i1", "i2", "i3"),
+        (None, 5.0, None),
+        (None, None, "click"),
+    )
+    assert log == events and events == log and log == EventLog.of(list(events))
+    assert tuple(log) == events and len(log) == 3 and log[1] == events[1] and log[1:] == events[1:]
+    assert hash(log) == hash(events)
+    assert log != (Event("i1"),) and log != ["i1", "i2", "i3"]
+    # Bare ids are events with nothing else known; a column nobody gives is not kept.
+    bare = EventLog.of(["i1", "i2"])
+    assert bare == (Event("i1"), Event("i2")) and bare.timestamps is None and bare.event_types is None
+    assert EventLog.of([]) == () and not EventLog.of([])
+
+
+def test_a_list_of_common_events_is_kept_as_columns() -> None:
+    objects = [{"item_id": "i2", "timestamp": 1_764_700_000}, {"item_id": "i3", "timestamp": 1.5}]
+
+    log = _plain_events(objects)
+
+    assert log is not None
+    assert log.item_ids == ("i2", "i3") and log.timestamps == (1_764_700_000.0, 1.5)
+    assert log.timestamps is not None and type(log.timestamps[0]) is float and log.event_types is None
