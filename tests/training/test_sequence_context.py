@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -40,6 +40,19 @@ from recsys.models.ncf import NCF, AttributeValues, FeatureSpec, ModelConfig, Us
 from recsys.training.loop import FitSettings, fit
 
 NUM_ITEMS = 12
+
+
+def _config(num_users: int, **settings: Any) -> ModelConfig:
+    """A small GMF of the test catalogue that reads its users from their history alone."""
+    return ModelConfig(
+        "gmf",
+        num_users=num_users,
+        num_items=NUM_ITEMS,
+        embedding_dim=16,
+        dropout=0.0,
+        use_user_id=False,
+        **settings,
+    )
 
 
 def _settings(epochs: int) -> FitSettings:
@@ -81,13 +94,8 @@ def test_attention_predicts_the_successor_of_the_last_item_only() -> None:
     # Each sequence walks i -> i + 1: the next item depends on the last one, not on the bag.
     rng = np.random.default_rng(0)
     sequences = [[(start + t) % NUM_ITEMS for t in range(10)] for start in rng.integers(0, NUM_ITEMS, 200)]
-    config = ModelConfig(
-        "gmf",
-        num_users=len(sequences),
-        num_items=NUM_ITEMS,
-        embedding_dim=16,
-        dropout=0.0,
-        use_user_id=False,
+    config = _config(
+        len(sequences),
         history_length=6,
         history_encoder="attention",
         attention_dropout=0.0,
@@ -104,13 +112,8 @@ def test_attention_predicts_the_successor_of_the_last_item_only() -> None:
 
 
 def _order_model(encoder: Literal["pool", "attention"], sequences: list[list[int]]) -> NCF:
-    config = ModelConfig(
-        "gmf",
-        num_users=len(sequences),
-        num_items=NUM_ITEMS,
-        embedding_dim=16,
-        dropout=0.0,
-        use_user_id=False,
+    config = _config(
+        len(sequences),
         history_length=6,
         history_encoder=encoder,
         attention_dropout=0.0,
@@ -174,13 +177,8 @@ def test_context_moves_the_ranking_the_way_the_data_does() -> None:
         devices.append(device)
     data = _indexed(sequences)
     context = np.concatenate(devices).reshape(-1, 1)
-    config = ModelConfig(
-        "gmf",
-        num_users=len(sequences),
-        num_items=NUM_ITEMS,
-        embedding_dim=16,
-        dropout=0.0,
-        use_user_id=False,
+    config = _config(
+        len(sequences),
         history_length=4,
         context_cardinalities=(3,),
     )
@@ -216,13 +214,8 @@ def test_hour_and_weekday_move_the_ranking_the_way_the_data_does(effect: str) ->
         stamps.append(MONDAY + days * 86400.0 + hours * 3600.0)
     data = dataclasses.replace(_indexed(sequences), timestamps=np.concatenate(stamps))
     rows = row_arrays(data, RowEncoding(None, (), (), (), True), use_gaps=False)
-    config = ModelConfig(
-        "gmf",
-        num_users=len(sequences),
-        num_items=NUM_ITEMS,
-        embedding_dim=16,
-        dropout=0.0,
-        use_user_id=False,
+    config = _config(
+        len(sequences),
         history_length=4,
         context_cardinalities=TIME_CONTEXT_CARDINALITIES,
     )
@@ -271,13 +264,8 @@ def test_only_target_event_types_are_predicted_and_every_event_feeds_the_history
     def trained(settings: dict[str, str]) -> NCF:
         weights, targets = event_code_arrays(resolve_train_config(settings), encoding)
         rows = row_arrays(data, encoding, use_gaps=False, event_weights=weights, target_codes=targets)
-        config = ModelConfig(
-            "gmf",
-            num_users=len(sequences),
-            num_items=NUM_ITEMS,
-            embedding_dim=16,
-            dropout=0.0,
-            use_user_id=False,
+        config = _config(
+            len(sequences),
             history_length=4,
             history_encoder=encoder,
             attention_dropout=0.0,
@@ -384,13 +372,8 @@ def test_event_types_move_the_ranking_the_way_the_data_does() -> None:
         bought = bool(rng.random() < 0.5)
         sequences.append([*fillers, 0, 1 if bought else 2])
         events.append([click, click, purchase if bought else click, click])
-    config = ModelConfig(
-        "gmf",
-        num_users=len(sequences),
-        num_items=NUM_ITEMS,
-        embedding_dim=16,
-        dropout=0.0,
-        use_user_id=False,
+    config = _config(
+        len(sequences),
         history_length=4,
         num_event_types=3,
     )
@@ -422,13 +405,8 @@ def test_a_new_user_described_only_by_attributes_is_scored_from_them() -> None:
         declaration=FeatureDeclaration(categorical=("segment",)),
         channel="users",
     )
-    config = ModelConfig(
-        "gmf",
-        num_users=len(ids),
-        num_items=NUM_ITEMS,
-        embedding_dim=16,
-        dropout=0.0,
-        use_user_id=False,
+    config = _config(
+        len(ids),
         history_length=4,
         user_features=FeatureSpec(len(ids), feature_cardinalities(encoding), 0),
         # Training hides attributes at random, as serving meets users without them.
