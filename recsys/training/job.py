@@ -109,7 +109,8 @@ def train(
     ``started`` (a ``time.perf_counter()`` reading) is when the job began, so that the reported
     training time covers reading the data."""
     started = time.perf_counter() if started is None else started
-    device = device or ctx.device_for(resolve_device(config.device))
+    if device is None:
+        device = ctx.device_for(resolve_device(config.device))
     logger.info(
         "data: %d users, %d items, %d interactions; item attributes: %s; user attributes: %s; device: %s",
         len(data.users),
